@@ -1,0 +1,137 @@
+"""`make run`: materialize several simulated days end to end through Dagster, then summarize.
+
+Runs the repository's own jobs in-process on the persistent instance in ``DAGSTER_HOME`` (under the
+data directory by default), so ``make ui`` afterwards shows every run, materialization and check.
+Days are processed in the order the loop needs: day D's logs are ingested, then ``ad_events`` of D-1
+(whose attribution window closed when D's clicks arrived).
+"""
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import DagsterInstance, Definitions, ExecuteInProcessResult
+
+from pipelines.settings import data_dir, ensure_dagster_home
+
+
+@dataclass
+class DayReport:
+    """What happened to one day, read back from the runs' events."""
+
+    day: str
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+def _collect(result: ExecuteInProcessResult, report: DayReport) -> None:
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        report.metadata[mat.asset_key.to_user_string()] = {
+            k: getattr(v, "value", v) for k, v in mat.metadata.items()
+        }
+    for evaluation in result.get_asset_check_evaluations():
+        report.checks[evaluation.check_name] = evaluation.passed
+    for event in result.all_events:
+        if event.is_step_failure and event.event_specific_data.error:
+            error = event.event_specific_data.error
+            while error.cause is not None:  # the user's error, not Dagster's wrapper
+                error = error.cause
+            report.failures.append(f"{event.step_key}: {error.message.strip().splitlines()[0]}")
+
+
+def _instance() -> DagsterInstance:
+    ensure_dagster_home()
+    return DagsterInstance.get()
+
+
+def run_days(days: int) -> list[DayReport]:
+    """Ingest ``days + 1`` days and build the events of the first ``days``."""
+    from pipelines.definitions import daily_partitions, defs
+
+    instance = _instance()
+    keys = daily_partitions.get_partition_keys()[: days + 1]
+    if len(keys) < days + 1:
+        raise SystemExit(f"only {len(keys)} daily partitions exist; lower CLICKLOOP_RUN_DAYS")
+    reports = {k: DayReport(k) for k in keys}
+    for i, key in enumerate(keys):
+        _run(defs, "ingest_job", key, instance, reports[key])
+        if i > 0:
+            _run(defs, "events_job", keys[i - 1], instance, reports[keys[i - 1]])
+    return [reports[k] for k in keys[:-1]]
+
+
+#: the run's own log goes to the instance (the UI shows it); the terminal gets warnings and up.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _run(defs: Definitions, job: str, key: str, instance: DagsterInstance, report: DayReport) -> None:
+    t0 = time.perf_counter()
+    result = defs.get_job_def(job).execute_in_process(
+        instance=instance, partition_key=key, raise_on_error=False, run_config=QUIET
+    )
+    _collect(result, report)
+    status = "ok" if result.success else "FAILED"
+    print(f"  {job:<11} {key}  {status:<6} {time.perf_counter() - t0:5.1f}s  run {result.run_id[:8]}", flush=True)
+
+
+def _num(report: DayReport, asset: str, key: str) -> str:
+    value = report.metadata.get(asset, {}).get(key)
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else f"{value:,}"
+
+
+def summary(reports: list[DayReport]) -> str:
+    """The row accounting of every day, one line each."""
+    head = (
+        f"{'day':<10} {'imp lines':>9} {'valid':>9} {'quar':>5} {'events':>9} {'dup imp':>7} "
+        f"{'clicks':>7} {'attrib':>7} {'orphan':>6} {'before':>6} {'dup clk':>7} {'CTR':>7} checks"
+    )
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        outcomes = r.metadata.get("ad_events", {})
+        checks = "ok" if r.checks and all(r.checks.values()) else (
+            "FAILED: " + ", ".join(k for k, ok in r.checks.items() if not ok) if r.checks else "-"
+        )
+        attributed = outcomes.get("clicked")
+        lines.append(
+            f"{r.day:<10} {_num(r, 'raw_impressions', 'lines_read'):>9} "
+            f"{_num(r, 'raw_impressions', 'valid_rows'):>9} "
+            f"{_num(r, 'raw_impressions', 'quarantined_rows'):>5} "
+            f"{_num(r, 'ad_events', 'dagster/row_count'):>9} "
+            f"{_num(r, 'ad_events', 'duplicate_impressions'):>7} "
+            f"{_num(r, 'raw_clicks', 'valid_rows'):>7} "
+            f"{(f'{attributed:,}' if attributed is not None else '-'):>7} "
+            f"{_num(r, 'ad_events', 'orphan_clicks'):>6} "
+            f"{_num(r, 'ad_events', 'clicks_before_impression'):>6} "
+            f"{_num(r, 'ad_events', 'duplicate_clicks'):>7} "
+            f"{_num(r, 'ad_events', 'ctr'):>7} {checks}"
+        )
+        lines.extend(f"{'':<10} ! {f}" for f in r.failures)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--days", type=int, default=int(os.getenv("CLICKLOOP_RUN_DAYS", "8")),
+        help="simulated days to take through the loop",
+    )
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    print(f"clickloop: {args.days} days, data in {data_dir()}", flush=True)
+    reports = run_days(args.days)
+    print()
+    print(summary(reports))
+    print(f"\nDagster instance: {os.environ['DAGSTER_HOME']} (make ui shows these runs)")
+    print(f"total {time.perf_counter() - t0:.0f}s")
+    return 1 if any(r.failures for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
