@@ -32,8 +32,10 @@ class CheckProblem:
 
 
 def blocking_check_keys(context: AssetExecutionContext, assets: Sequence[str]) -> list[AssetCheckKey]:
-    """The blocking checks defined on the given assets in this code location."""
+    """The blocking checks defined on the given assets in this code location (not only in this
+    job: a job that builds ``ad_events`` does not run the checks of the raw logs it reads)."""
     graph = context.job_def.asset_layer.asset_graph
+    graph = getattr(graph, "source_asset_graph", graph)  # a job-scoped graph knows the whole one
     wanted = {AssetKey(a) for a in assets}
     return sorted(
         (k for k in graph.asset_check_keys if k.asset_key in wanted and graph.get_check_spec(k).blocking),

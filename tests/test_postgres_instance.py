@@ -1,0 +1,80 @@
+"""The production instance: the repository's dagster.yaml on the local PostgreSQL, for real.
+
+Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, database ``test``), as on the
+project's machines and CI; set CLICKLOOP_TEST_PG_URL to use another server.
+"""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from pipelines.definitions import build_defs
+from tests.test_pipeline import DAYS, small_resources
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.getenv("CLICKLOOP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture()
+def fresh_database() -> Iterator[str]:
+    """A new, empty database on the local server; dropped afterwards."""
+    name = f"clickloop_it_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+def test_materialization_with_the_instance_on_postgres(
+    fresh_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", fresh_database)
+
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+
+        defs = build_defs(small_resources(tmp_path))
+        for job, day in [("ingest_job", DAYS[0]), ("ingest_job", DAYS[1]), ("events_job", DAYS[0])]:
+            result = defs.get_job_def(job).execute_in_process(instance=instance, partition_key=day)
+            assert result.success
+        runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
+        assert {r.job_name for r in runs} == {"ingest_job", "events_job"} and len(runs) == 3
+        assert instance.get_latest_materialization_event(AssetKey("ad_events")) is not None
+    finally:
+        instance.dispose()
+
+    # what Dagster wrote is really in PostgreSQL, readable by any client
+    with psycopg2.connect(fresh_database) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
+        assert cur.fetchone()[0] == 3
+        cur.execute(
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
+            " AND asset_key LIKE %s",
+            ("%ad_events%",),
+        )
+        assert cur.fetchone()[0] == 1
+        cur.execute(
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'"
+        )
+        assert cur.fetchone()[0] == 5  # 2 raw checks x 2 days + ad_events' check
