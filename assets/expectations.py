@@ -124,7 +124,7 @@ def _utc_bounds(start: dt.datetime, end: dt.datetime) -> tuple[dt.datetime, dt.d
     return start_utc, end_utc
 
 
-def _named(name: str, description: str, expectation: Expectation) -> Expectation:
+def named_expectation(name: str, description: str, expectation: Expectation) -> Expectation:
     """Give an expectation a stable short name (in ``meta``) and a sentence for the UI."""
     expectation.meta = {**(expectation.meta or {}), "name": name}
     expectation.description = description
@@ -133,7 +133,7 @@ def _named(name: str, description: str, expectation: Expectation) -> Expectation
 
 def _columns_present(columns: Sequence[str]) -> Expectation:
     """Every contract column exists; extra columns are allowed."""
-    return _named(
+    return named_expectation(
         "columns_present",
         "every contract column is present (extra columns allowed)",
         gx.expectations.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=False),
@@ -142,7 +142,7 @@ def _columns_present(columns: Sequence[str]) -> Expectation:
 
 def _not_null(column: str) -> Expectation:
     """No null in ``column`` (no tolerance: the raw assets quarantine lines without ids)."""
-    return _named(
+    return named_expectation(
         f"{column}_not_null",
         f"`{column}` is never null",
         gx.expectations.ExpectColumnValuesToNotBeNull(column=column),
@@ -151,7 +151,7 @@ def _not_null(column: str) -> Expectation:
 
 def _ts_in_partition(column: str, start: dt.datetime, end: dt.datetime) -> Expectation:
     """``column`` inside ``[start, end)`` for all but a handful of stray rows (nulls ignored)."""
-    return _named(
+    return named_expectation(
         f"{column}_in_partition",
         f"`{column}` in [{start.isoformat()}, {end.isoformat()}) "
         f"for ≥ {STRAY_ROWS_MOSTLY:.1%} of rows",
@@ -167,7 +167,7 @@ def _ts_in_partition(column: str, start: dt.datetime, end: dt.datetime) -> Expec
 
 def _position_in_slots() -> Expectation:
     """``position`` is one of the page's ad slots."""
-    return _named(
+    return named_expectation(
         "position_in_slots",
         f"`position` in {set(POSITIONS)}",
         gx.expectations.ExpectColumnValuesToBeInSet(column="position", value_set=list(POSITIONS)),
@@ -185,7 +185,7 @@ def raw_impressions_suite(start: dt.datetime, end: dt.datetime) -> gx.Expectatio
         name="raw_impressions",
         expectations=[
             _columns_present(RAW_IMPRESSION_COLUMNS),
-            _named(
+            named_expectation(
                 "has_rows",
                 "at least one impression",
                 gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
@@ -193,14 +193,14 @@ def raw_impressions_suite(start: dt.datetime, end: dt.datetime) -> gx.Expectatio
             *(_not_null(c) for c in _IMPRESSION_KEYS),
             _ts_in_partition("ts", start, end),
             _position_in_slots(),
-            _named(
+            named_expectation(
                 "bid_cpc_positive",
                 "`bid_cpc` > 0",
                 gx.expectations.ExpectColumnValuesToBeBetween(
                     column="bid_cpc", min_value=0, strict_min=True
                 ),
             ),
-            _named(
+            named_expectation(
                 "bid_cpc_plausible",
                 f"`bid_cpc` in [{BID_CPC_MIN}, {BID_CPC_MAX}] per click for "
                 f"≥ {STRAY_ROWS_MOSTLY:.1%} of rows (prices logged in cents fail)",
@@ -211,7 +211,7 @@ def raw_impressions_suite(start: dt.datetime, end: dt.datetime) -> gx.Expectatio
                     mostly=STRAY_ROWS_MOSTLY,
                 ),
             ),
-            _named(
+            named_expectation(
                 "predicted_ctr_probability",
                 "`predicted_ctr` in [0, 1] where logged",
                 gx.expectations.ExpectColumnValuesToBeBetween(
@@ -242,12 +242,12 @@ def ad_events_suite(start: dt.datetime, end: dt.datetime) -> gx.ExpectationSuite
         name="ad_events",
         expectations=[
             _columns_present(AD_EVENT_COLUMNS),
-            _named(
+            named_expectation(
                 "has_rows",
                 "at least one event",
                 gx.expectations.ExpectTableRowCountToBeBetween(min_value=1),
             ),
-            _named(
+            named_expectation(
                 "impression_id_unique",
                 "one row per `impression_id` (duplicates removed)",
                 gx.expectations.ExpectColumnValuesToBeUnique(column="impression_id"),
@@ -255,31 +255,31 @@ def ad_events_suite(start: dt.datetime, end: dt.datetime) -> gx.ExpectationSuite
             *(_not_null(c) for c in (*_IMPRESSION_KEYS, "clicked")),
             _ts_in_partition("ts", start, end),
             _position_in_slots(),
-            _named(
+            named_expectation(
                 "clicked_binary",
                 "`clicked` in {0, 1}",
                 gx.expectations.ExpectColumnValuesToBeInSet(column="clicked", value_set=[0, 1]),
             ),
-            _named(
+            named_expectation(
                 "click_id_when_clicked",
                 "`click_id` is set on every clicked row",
                 gx.expectations.ExpectColumnValuesToNotBeNull(
                     column="click_id", row_condition=Column("clicked") == 1
                 ),
             ),
-            _named(
+            named_expectation(
                 "no_click_id_when_not_clicked",
                 "`click_id` is null on every row not clicked",
                 gx.expectations.ExpectColumnValuesToBeNull(
                     column="click_id", row_condition=Column("clicked") == 0
                 ),
             ),
-            _named(
+            named_expectation(
                 "click_delay_not_negative",
                 "`click_delay_s` ≥ 0 where there is a click",
                 gx.expectations.ExpectColumnValuesToBeBetween(column="click_delay_s", min_value=0),
             ),
-            _named(
+            named_expectation(
                 "daily_ctr_plausible",
                 f"daily CTR (mean of `clicked`) in [{CTR_MIN:.1%}, {CTR_MAX:.0%}]",
                 gx.expectations.ExpectColumnMeanToBeBetween(

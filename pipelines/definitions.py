@@ -4,6 +4,7 @@ from dagster import AssetSelection, Definitions, define_asset_job
 
 from assets.events import ad_events
 from assets.expectations import expectation_checks
+from assets.features import feature_checks, feature_stats, features
 from assets.partitions import daily_partitions
 from assets.raw_logs import raw_clicks, raw_impressions
 from pipelines.settings import data_dir, env_float, env_int, env_str, log_source_kind
@@ -44,17 +45,20 @@ ingest_job = define_asset_job(
 )
 events_job = define_asset_job(
     "events_job",
-    selection=AssetSelection.assets(ad_events),
+    selection=AssetSelection.assets(ad_events, feature_stats, features),
     partitions_def=daily_partitions,
-    description="Join one day's impressions to their clicks; needs the next day's clicks ingested.",
+    description=(
+        "Join one day's impressions to their clicks and compute its point-in-time features; "
+        "runs once the next day's clicks are ingested (the attribution window has closed)."
+    ),
 )
 
 
 def build_defs(resources: dict[str, object] | None = None) -> Definitions:
     """The repository; tests pass their own resources (a small simulator, a temporary warehouse)."""
     return Definitions(
-        assets=[raw_impressions, raw_clicks, ad_events],
-        asset_checks=expectation_checks,
+        assets=[raw_impressions, raw_clicks, ad_events, feature_stats, features],
+        asset_checks=[*expectation_checks, *feature_checks],
         jobs=[ingest_job, events_job],
         resources=resources if resources is not None else build_resources(),
     )
