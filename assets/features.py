@@ -3,8 +3,9 @@
 Two assets, both daily partitioned:
 
 * ``feature_stats`` (D): historical statistics usable on day D, computed from the ``ad_events``
-  of the ``FEATURE_WINDOW_DAYS`` days strictly before D (the window is a
-  ``TimeWindowPartitionMapping``; the code does no date arithmetic). Every day of the window that
+  of the ``FEATURE_WINDOW_DAYS`` days whose labels were final when D began, D-1-W … D-2 (the
+  window is a ``TimeWindowPartitionMapping``; the code does no date arithmetic). D-1 is left out:
+  its clicks keep arriving during D, so neither the ad server on D nor the model may count them. Every day of the window that
   exists in the partitions definition must be materialized. One Parquet file per partition, one
   long table::
 
@@ -14,7 +15,7 @@ Two assets, both daily partitioned:
       advertiser         advertiser  NULL            ...          ...     smoothed CTR
       site               site_id     NULL            ...          ...     smoothed CTR
       ad_site_category   ad_id       site_category   ...          ...     smoothed CTR
-      user_prev_day      user_id     NULL            impressions of the user on D-1 (ctr NULL)
+      user_prev_day      user_id     NULL            the user's impressions on D-2 (ctr NULL)
 
   Smoothed CTR = (clicks + m * prior) / (impressions + m) with ``m = PRIOR_STRENGTH`` and ``prior``
   the window's global CTR; a key never seen in the window gets the prior and 0 impressions. A day
@@ -23,9 +24,9 @@ Two assets, both daily partitioned:
 * ``features`` (D): every event of ``ad_events`` (D) with the model's ``FEATURE_COLUMNS``, joined to
   ``feature_stats`` (D), plus ids, the label and passthrough columns (price, the served model).
 
-Leakage: no statistic of day D is computed from day D. ``user_impressions_24h`` is the user's
-impressions in the 24 h before D starts, i.e. on the previous day (the latest partition of the
-window), not a rolling count inside D: serving on D knows only finished days.
+Leakage: no statistic of day D is computed from day D or from D-1's unfinished labels.
+``user_impressions_24h`` is the user's impressions on one whole day, the latest day of the window
+(D-2), not a rolling count inside D: serving on D knows only finished days.
 
 Position bias: ``position`` is a feature at training time, but ranking happens before the slot is
 known, so serving scores every candidate at ``REFERENCE_POSITION``.
@@ -100,9 +101,14 @@ DEFAULT_CTR: float = 0.02
 #: Ranking happens before the slot is known: serving scores every candidate at this position.
 REFERENCE_POSITION: int = 1
 
-#: ad_events of the W days strictly before D (days before the first partition are skipped).
+#: ad_events of the W days whose labels were final when day D began: D-1-W … D-2.
+#: The labels of D-1 are not: its clicks keep arriving during D (the attribution window). The ad
+#: server ranking on day D can only know what this window holds, so training uses the same window
+#: and serving has no skew. Days before the first partition are skipped.
 HISTORY_WINDOW = TimeWindowPartitionMapping(
-    start_offset=-FEATURE_WINDOW_DAYS, end_offset=-1, allow_nonexistent_upstream_partitions=True
+    start_offset=-(FEATURE_WINDOW_DAYS + 1),
+    end_offset=-2,
+    allow_nonexistent_upstream_partitions=True,
 )
 
 # --- The feature contract ----------------------------------------------------------------------
@@ -240,7 +246,7 @@ def feature_stats_sql(
     """The long statistics table of a day from its history files (see the module docstring).
 
     ``history`` are the ``ad_events`` files of the window (days strictly before D), ``previous_day``
-    the one of D-1 (for the per-user counts), or None when D-1 has no events partition.
+    the latest of them (for the per-user counts), or None when the window is empty.
     """
     key_sets = ", ".join(f"({', '.join(k.columns)})" for k in STAT_KEYS)
     m = repr(float(prior_strength))
@@ -293,7 +299,8 @@ def build_feature_stats(
     """Write the statistics of ``day`` to ``target`` (atomically) from its (key, path) history.
 
     Every history key must be strictly before ``day``: a day's own events never describe it.
-    The latest key is the previous day, the source of ``user_impressions_24h``.
+    The latest key (D-2 under ``HISTORY_WINDOW``) is the source of ``user_impressions_24h``: the
+    user's impressions on the latest day of the window.
     """
     late = [k for k, _ in history if k >= day]
     if late:
@@ -551,7 +558,8 @@ def stats_metadata(summary: StatsSummary) -> dict[str, object]:
 )
 def feature_stats(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
     """Impressions, clicks and smoothed CTR per ad, advertiser, site and (ad, site category) over
-    the days before D, and each user's impressions on D-1: what day D may know about the past."""
+    the days before D whose labels were final when D began (D-8 … D-2), and each user's
+    impressions on D-2: what the ad server may know about the past on day D."""
     day = context.partition_key
     keys = context.asset_partition_keys_for_input("ad_events")
     require_upstream_checks_passed(context, {"ad_events": keys})

@@ -43,9 +43,18 @@ ingest_job = define_asset_job(
     partitions_def=daily_partitions,
     description="Parse one day of raw ad-server logs into typed Parquet (and run their checks).",
 )
+feature_stats_job = define_asset_job(
+    "feature_stats_job",
+    selection=AssetSelection.assets(feature_stats),
+    partitions_def=daily_partitions,
+    description=(
+        "What the ad server may know about the past on day D (history whose labels were final "
+        "when D began). Run before day D is served: the champion ranks with it."
+    ),
+)
 events_job = define_asset_job(
     "events_job",
-    selection=AssetSelection.assets(ad_events, feature_stats, features),
+    selection=AssetSelection.assets(ad_events, features),
     partitions_def=daily_partitions,
     description=(
         "Join one day's impressions to their clicks and compute its point-in-time features; "
@@ -53,13 +62,12 @@ events_job = define_asset_job(
     ),
 )
 
-
 def build_defs(resources: dict[str, object] | None = None) -> Definitions:
     """The repository; tests pass their own resources (a small simulator, a temporary warehouse)."""
     return Definitions(
         assets=[raw_impressions, raw_clicks, ad_events, feature_stats, features],
         asset_checks=[*expectation_checks, *feature_checks],
-        jobs=[ingest_job, events_job],
+        jobs=[feature_stats_job, ingest_job, events_job],
         resources=resources if resources is not None else build_resources(),
     )
 

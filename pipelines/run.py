@@ -2,8 +2,9 @@
 
 Runs the repository's own jobs in-process on the persistent instance in ``DAGSTER_HOME`` (under the
 data directory by default), so ``make ui`` afterwards shows every run, materialization and check.
-Days are processed in the order the loop needs: day D's logs are ingested, then ``ad_events`` of D-1
-(whose attribution window closed when D's clicks arrived).
+Days are processed in the order the loop needs: the statistics the ad server may use on day D, then
+day D is served and its logs ingested, then ``ad_events`` and ``features`` of D-1 (whose attribution
+window closed when D's clicks arrived).
 """
 
 import argparse
@@ -59,8 +60,9 @@ def run_days(days: int) -> list[DayReport]:
         raise SystemExit(f"only {len(keys)} daily partitions exist; lower CLICKLOOP_RUN_DAYS")
     reports = {k: DayReport(k) for k in keys}
     for i, key in enumerate(keys):
-        _run(defs, "ingest_job", key, instance, reports[key])
-        if i > 0:
+        _run(defs, "feature_stats_job", key, instance, reports[key])  # what serving D may know
+        _run(defs, "ingest_job", key, instance, reports[key])  # day D is served and logged
+        if i > 0:  # D-1's attribution window closed with D's clicks
             _run(defs, "events_job", keys[i - 1], instance, reports[keys[i - 1]])
     return [reports[k] for k in keys[:-1]]
 

@@ -180,7 +180,7 @@ def ten_days(warehouse: Warehouse) -> Warehouse:
 def history_of(day: str) -> list[str]:
     """The window's days before ``day`` among KEYS (what the asset's partition mapping gives)."""
     i = KEYS.index(day)
-    return KEYS[max(0, i - FEATURE_WINDOW_DAYS) : i]
+    return KEYS[max(0, i - FEATURE_WINDOW_DAYS - 1) : max(0, i - 1)]
 
 
 def compute(wh: Warehouse, day: str, history: list[str] | None = None) -> pa.Table:

@@ -34,8 +34,12 @@ def run_job(defs: Definitions, job: str, day: str, instance: DagsterInstance):
 
 def materialize_days(defs: Definitions, instance: DagsterInstance, days: list[str]) -> list:
     """Ingest every day, and join every day whose next day has been ingested."""
-    results = [run_job(defs, "ingest_job", d, instance) for d in days]
-    results += [run_job(defs, "events_job", d, instance) for d in days[:-1]]
+    results = []
+    for i, day in enumerate(days):
+        results.append(run_job(defs, "feature_stats_job", day, instance))
+        results.append(run_job(defs, "ingest_job", day, instance))
+        if i > 0:
+            results.append(run_job(defs, "events_job", days[i - 1], instance))
     return results
 
 
@@ -136,6 +140,8 @@ def test_failed_blocking_check_stops_downstream_across_runs(tmp_path: Path) -> N
     resources = small_resources(tmp_path, scenario="price_unit_bug", scenario_start=DAYS[1])
     defs = build_defs(resources)
     instance = DagsterInstance.ephemeral()
+    for day in DAYS[:2]:
+        assert run_job(defs, "feature_stats_job", day, instance).success
     ingest = [run_job(defs, "ingest_job", d, instance) for d in DAYS[:3]]
     checks = {
         (e.asset_key.to_user_string(), e.partition): e.passed

@@ -55,11 +55,17 @@ def test_materialization_with_the_instance_on_postgres(
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
 
         defs = build_defs(small_resources(tmp_path))
-        for job, day in [("ingest_job", DAYS[0]), ("ingest_job", DAYS[1]), ("events_job", DAYS[0])]:
+        plan = [
+            ("feature_stats_job", DAYS[0]),
+            ("ingest_job", DAYS[0]),
+            ("ingest_job", DAYS[1]),
+            ("events_job", DAYS[0]),
+        ]
+        for job, day in plan:
             result = defs.get_job_def(job).execute_in_process(instance=instance, partition_key=day)
             assert result.success
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
-        assert {r.job_name for r in runs} == {"ingest_job", "events_job"} and len(runs) == 3
+        assert {r.job_name for r in runs} == {job for job, _ in plan} and len(runs) == len(plan)
         assert instance.get_latest_materialization_event(AssetKey("ad_events")) is not None
     finally:
         instance.dispose()
@@ -67,7 +73,7 @@ def test_materialization_with_the_instance_on_postgres(
     # what Dagster wrote is really in PostgreSQL, readable by any client
     with psycopg2.connect(fresh_database) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
-        assert cur.fetchone()[0] == 3
+        assert cur.fetchone()[0] == 4
         cur.execute(
             "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION'"
             " AND asset_key LIKE %s",
@@ -77,4 +83,4 @@ def test_materialization_with_the_instance_on_postgres(
         cur.execute(
             "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'"
         )
-        assert cur.fetchone()[0] == 5  # 2 raw checks x 2 days + ad_events' check
+        assert cur.fetchone()[0] == 6  # 2 raw checks x 2 days + ad_events' + features' check

@@ -1,0 +1,950 @@
+"""The benchmark of clickloop: each step of the loop next to the bare library doing the same work.
+
+``make bench`` (``python -m pipelines.bench``) simulates days of 1M and 5M impressions (``--sizes``;
+``--quick`` is one day of 100k) and, for each size, runs every step of :data:`STEPS` twice on the
+same files in the same run: clickloop's own function, and a *floor*, the bare library (DuckDB,
+pyarrow) doing the same work without clickloop's guarantees (quarantine, deduplication, accounting,
+ordering, atomic writes). Speed is reported as a ratio (clickloop seconds / floor seconds): the
+machine may be shared and noisy, a ratio of two neighbours is not.
+
+How a number is taken:
+
+- Every measured run (clickloop or floor) is its own child process,
+  ``python -m pipelines.bench --child ours|floor --step NAME --size N --work DIR --result FILE``.
+  The child imports what it needs, loads its inputs, and times only the work (wall clock and
+  process CPU time); the parent reads the child's peak resident memory from ``os.wait4``
+  (``ru_maxrss``), so each peak is that run's own, imports and loaded inputs included.
+- The parent imports the standard library only: ``subprocess`` starts children with ``vfork``, and
+  a child's ``ru_maxrss`` starts at its parent's high-water mark, so a heavy parent would inflate
+  every peak. Untimed preparation (simulating the neighbour days, ingesting them) runs in children
+  too (``--child prepare``).
+- DuckDB runs with the warehouse's settings on both sides (:data:`DUCKDB_THREADS` threads,
+  :data:`DUCKDB_MEMORY_LIMIT`, UTC); pyarrow and OpenMP get the same thread count.
+
+Results: a Markdown table on stdout, ``<data_dir>/bench/results.md`` and ``results.json`` (both
+written atomically); scratch files live in ``<data_dir>/bench/work`` and are removed at the end
+(``--keep-work`` keeps them). The data directory is ``CLICKLOOP_DATA_DIR`` or ``./data``.
+
+Adding a step (training against bare ``xgboost.train``, scoring latency, drift report, daily
+refresh): write its ``ours`` and ``floor`` functions (each loads its inputs, wraps exactly the
+measured work in ``with ctx.timed():`` and returns a small dict of facts), optionally a
+``prepare`` function that leaves the inputs in ``ctx.work``, and append a :class:`Step` to
+:data:`STEPS`. Steps run in list order, so a step may use what an earlier one left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# --- Settings ----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SIZES: tuple[int, ...] = (1_000_000, 5_000_000)
+QUICK_SIZE = 100_000
+#: Both sides of every comparison use the warehouse's DuckDB settings (resources/warehouse.py).
+DUCKDB_THREADS = 2
+DUCKDB_MEMORY_LIMIT = "4GB"
+SEED = 7
+#: The measured day D; D-1 and D+1 are simulated for the join, D-7 .. D-1 label the window.
+DAY = date(2026, 10, 8)
+HISTORY_DAYS = 7
+ATTRIBUTION_WINDOW_HOURS = 24.0
+ROLES = ("prepare", "ours", "floor")
+
+#: The raw log contract as a hand-written floor would type it (mirrors assets/raw_logs.py; kept
+#: here so the floor children never import clickloop, nor Dagster through it).
+RAW_COLUMNS: dict[str, dict[str, str]] = {
+    "impressions": {
+        "impression_id": "VARCHAR",
+        "ts": "TIMESTAMPTZ",
+        "request_id": "VARCHAR",
+        "user_id": "VARCHAR",
+        "user_segment": "VARCHAR",
+        "ad_id": "VARCHAR",
+        "campaign_id": "VARCHAR",
+        "advertiser_id": "VARCHAR",
+        "ad_category": "VARCHAR",
+        "site_id": "VARCHAR",
+        "site_category": "VARCHAR",
+        "device_type": "VARCHAR",
+        "os": "VARCHAR",
+        "country": "VARCHAR",
+        "position": "INTEGER",
+        "bid_cpc": "DOUBLE",
+        "model_version": "VARCHAR",
+        "predicted_ctr": "DOUBLE",
+    },
+    "clicks": {"click_id": "VARCHAR", "impression_id": "VARCHAR", "ts": "TIMESTAMPTZ"},
+}
+RAW_ASSETS = {"impressions": "raw_impressions", "clicks": "raw_clicks"}
+
+
+def data_dir() -> Path:
+    """The data directory (``CLICKLOOP_DATA_DIR`` or ``./data``), as ``pipelines.settings`` has it;
+    not imported from there because that module imports Dagster into the parent."""
+    return Path(os.getenv("CLICKLOOP_DATA_DIR", "data")).expanduser().resolve()
+
+
+def size_label(size: int) -> str:
+    """``5000000`` -> ``5M``, ``100000`` -> ``100k``."""
+    for unit, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return f"{size:,}"
+
+
+# --- What a child sees -------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """What one ``with ctx.timed():`` block measured."""
+
+    wall_s: float
+    cpu_s: float
+    rss_start_mib: float
+    hwm_end_mib: float
+
+
+def _proc_status_mib(field_name: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MiB (0 where /proc is unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Ctx:
+    """One size's scratch folder and the paths and helpers every step function shares."""
+
+    size: int
+    work: Path
+    timing: Timing | None = field(default=None, init=False)
+
+    # -- the timed block -------------------------------------------------------------------
+
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """Time exactly the measured work; a step function uses this once."""
+        if self.timing is not None:
+            raise RuntimeError("a step function times one block only")
+        rss = _proc_status_mib("VmRSS")
+        cpu, wall = time.process_time(), time.perf_counter()
+        yield
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        self.timing = Timing(wall, cpu, rss, _proc_status_mib("VmHWM"))
+
+    # -- days and paths --------------------------------------------------------------------
+
+    @property
+    def requests(self) -> int:
+        """Page views per day: two impressions each."""
+        return max(1, self.size // 2)
+
+    def day(self, offset: int = 0) -> date:
+        return DAY + timedelta(days=offset)
+
+    def key(self, offset: int = 0) -> str:
+        return self.day(offset).isoformat()
+
+    @property
+    def landing(self) -> Path:
+        """The simulator's landing folder, faults injected at the default rates."""
+        return self.work / "landing"
+
+    @property
+    def landing_clean(self) -> Path:
+        """Day D written again with every fault rate at 0 (pyarrow's JSON reader needs it)."""
+        return self.work / "landing_clean"
+
+    @property
+    def floor_dir(self) -> Path:
+        return self.work / "floor"
+
+    def traffic_path(self, offset: int = 0) -> Path:
+        """The pickled ``DayTraffic`` of a simulated day (input of clickloop's writer)."""
+        return self.work / "pickles" / f"traffic-{self.key(offset)}.pkl"
+
+    def frames_path(self, offset: int = 0) -> Path:
+        """The clean impressions and clicks frames of a day (input of the writing floor)."""
+        return self.work / "pickles" / f"frames-{self.key(offset)}.pkl"
+
+    def warehouse(self, name: str = "warehouse") -> Any:
+        """clickloop's warehouse under the scratch folder, with the benchmark's DuckDB settings."""
+        from resources.warehouse import Warehouse
+
+        return Warehouse(
+            data_dir=str(self.work / name),
+            duckdb_threads=DUCKDB_THREADS,
+            duckdb_memory_limit=DUCKDB_MEMORY_LIMIT,
+        )
+
+    def floor_path(self, name: str) -> Path:
+        path = self.floor_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def floor_connection() -> Any:
+    """A bare DuckDB connection with the warehouse's settings."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY_LIMIT})
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _dump(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _load(path: Path) -> Any:
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def _sql_list(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join(f"'{p}'" for p in paths) + "]"
+
+
+def _landed_files(landing: Path, kind: str, day: date) -> list[Path]:
+    """The log files of one day, as ``resources.landing.list_log_files`` lists them."""
+    files = sorted((landing / kind / f"date={day.isoformat()}").glob("*.jsonl.gz"))
+    if not files:
+        raise FileNotFoundError(f"no {kind} files of {day} under {landing}")
+    return files
+
+
+def _bytes(paths: Sequence[Path]) -> int:
+    return sum(p.stat().st_size for p in paths if p.exists())
+
+
+def _bench_settings(ctx: Ctx) -> dict[str, object]:
+    """What the manifests record about who wrote the days."""
+    return {"source": "pipelines.bench", "seed": SEED, "requests_per_day": ctx.requests}
+
+
+# --- 1. the simulator: simulate, then write the logs ------------------------------------------
+
+
+def _simulate(ctx: Ctx, offset: int) -> Any:
+    from resources.simulator import World, simulate_day
+
+    return simulate_day(World(SEED), ctx.day(offset), requests_per_day=ctx.requests)
+
+
+def _save_day(ctx: Ctx, traffic: Any, offset: int) -> None:
+    _dump(ctx.traffic_path(offset), traffic)
+    _dump(ctx.frames_path(offset), (traffic.impressions, traffic.clicks))
+
+
+def simulate_ours(ctx: Ctx) -> dict[str, object]:
+    """``World`` (untimed) and ``simulate_day`` of day D (timed); saves the day for the writers."""
+    from resources.simulator import World, simulate_day
+
+    world = World(SEED)
+    with ctx.timed():
+        traffic = simulate_day(world, ctx.day(), requests_per_day=ctx.requests)
+    _save_day(ctx, traffic, 0)
+    return {"impressions": len(traffic.impressions), "clicks": len(traffic.clicks)}
+
+
+def write_ours(ctx: Ctx) -> dict[str, object]:
+    """``write_day`` of day D with the default fault rates: rendering, faults, gzip, manifest."""
+    from resources.simulator import FaultRates, write_day
+
+    traffic = _load(ctx.traffic_path())
+    with ctx.timed():
+        manifest = write_day(traffic, ctx.landing, FaultRates(), settings=_bench_settings(ctx))
+    files = [ctx.landing / name for name in manifest["files"]]
+    return {"lines": sum(f["lines"] for f in manifest["files"].values()), "bytes": _bytes(files)}
+
+
+def write_floor(ctx: Ctx) -> dict[str, object]:
+    """DuckDB writes the same clean impressions and clicks frames as gzip JSON lines."""
+    impressions, clicks = _load(ctx.frames_path())
+    con = floor_connection()
+    con.register("impressions_frame", impressions)
+    con.register("clicks_frame", clicks)
+    targets = [ctx.floor_path("impressions.jsonl.gz"), ctx.floor_path("clicks.jsonl.gz")]
+    with ctx.timed():
+        for frame, target in zip(("impressions_frame", "clicks_frame"), targets):
+            con.execute(f"COPY {frame} TO '{target}' (FORMAT json, COMPRESSION gzip)")
+    return {"lines": len(impressions) + len(clicks), "bytes": _bytes(targets)}
+
+
+# --- 2. ingest: JSON lines -> typed Parquet with quarantine -----------------------------------
+
+
+def ingest_prepare(ctx: Ctx) -> None:
+    """Simulate and write days D-1 and D+1 (the clicks of D include D-1's late clicks)."""
+    from resources.simulator import FaultRates, write_day
+
+    for offset in (-1, 1):
+        traffic = _simulate(ctx, offset)
+        write_day(traffic, ctx.landing, FaultRates(), settings=_bench_settings(ctx))
+        del traffic
+
+
+def _ingest_day(ctx: Ctx, landing: Path, warehouse: Any, kinds: Sequence[str], offset: int) -> dict:
+    """clickloop's ``ingest_partition`` of the given kinds of one day; returns the counts."""
+    from assets.raw_logs import ingest_partition
+    from resources.landing import LandingFolder
+
+    source = LandingFolder(landing_dir=str(landing))
+    counts: dict[str, object] = {}
+    for kind in kinds:
+        parsed, _, _ = ingest_partition(source, warehouse, kind, RAW_ASSETS[kind], ctx.day(offset))
+        counts[kind] = {
+            "lines": parsed.lines_read,
+            "valid": parsed.valid.num_rows,
+            "quarantined": parsed.quarantine.num_rows,
+        }
+        del parsed
+    return counts
+
+
+def ingest_ours(ctx: Ctx) -> dict[str, object]:
+    """``ingest_partition`` of day D's impressions and clicks: typed Parquet plus quarantine."""
+    warehouse = ctx.warehouse()
+    with ctx.timed():
+        counts = _ingest_day(ctx, ctx.landing, warehouse, ("impressions", "clicks"), 0)
+    return counts
+
+
+def _duckdb_read_json_to_parquet(ctx: Ctx, landing: Path, prefix: str) -> dict[str, object]:
+    con = floor_connection()
+    counts: dict[str, object] = {}
+    jobs = []
+    for kind, columns in RAW_COLUMNS.items():
+        files = _landed_files(landing, kind, ctx.day())
+        spec = "{" + ", ".join(f"'{name}': '{sql}'" for name, sql in columns.items()) + "}"
+        jobs.append((kind, files, spec, ctx.floor_path(f"{prefix}-{kind}.parquet")))
+    with ctx.timed():
+        for kind, files, spec, target in jobs:
+            (rows,) = con.execute(
+                f"""COPY (SELECT * FROM read_json({_sql_list(files)}, format = 'newline_delimited',
+                          ignore_errors = true, hive_partitioning = false, columns = {spec}))
+                    TO '{target}' (FORMAT parquet, COMPRESSION zstd)"""
+            ).fetchone()
+            counts[kind] = {"rows": rows}
+    return counts
+
+
+def ingest_floor(ctx: Ctx) -> dict[str, object]:
+    """DuckDB ``read_json(..., ignore_errors=true)`` -> ``COPY TO parquet`` of the same files."""
+    return _duckdb_read_json_to_parquet(ctx, ctx.landing, "raw")
+
+
+def ingest_clean_prepare(ctx: Ctx) -> None:
+    """Write day D again with every fault rate at 0, into its own landing folder."""
+    from resources.simulator import FaultRates, write_day
+
+    write_day(_load(ctx.traffic_path()), ctx.landing_clean, FaultRates.clean(), settings=_bench_settings(ctx))
+
+
+def ingest_clean_ours(ctx: Ctx) -> dict[str, object]:
+    """``ingest_partition`` of the clean copy of day D (only D: its clicks folder lacks D-1's)."""
+    warehouse = ctx.warehouse("warehouse_clean")
+    with ctx.timed():
+        counts = _ingest_day(ctx, ctx.landing_clean, warehouse, ("impressions", "clicks"), 0)
+    return counts
+
+
+def ingest_clean_floor(ctx: Ctx) -> dict[str, object]:
+    """pyarrow ``json.read_json`` with an explicit schema -> ``parquet.write_table``; clean files
+    only, because pyarrow's reader stops at the first line it cannot parse."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    types = {
+        "VARCHAR": pa.string(),
+        "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+        "INTEGER": pa.int32(),
+        "DOUBLE": pa.float64(),
+    }
+    jobs = []
+    for kind, columns in RAW_COLUMNS.items():
+        schema = pa.schema([(name, types[sql]) for name, sql in columns.items()])
+        files = _landed_files(ctx.landing_clean, kind, ctx.day())
+        jobs.append((kind, files, schema, ctx.floor_path(f"pyarrow-{kind}.parquet")))
+    counts: dict[str, object] = {}
+    with ctx.timed():
+        for kind, files, schema, target in jobs:
+            options = pa_json.ParseOptions(explicit_schema=schema)
+            table = pa.concat_tables(
+                pa_json.read_json(pa.input_stream(f, compression="gzip"), parse_options=options)
+                for f in files
+            )
+            pq.write_table(table, target, compression="zstd")
+            counts[kind] = {"rows": table.num_rows}
+            del table
+    return counts
+
+
+# --- 3. the ad_events join ---------------------------------------------------------------------
+
+
+def join_prepare(ctx: Ctx) -> None:
+    """Ingest (with clickloop, untimed) what day D's join reads besides day D itself: the
+    impressions and clicks of D-1 and the clicks of D+1."""
+    warehouse = ctx.warehouse()
+    _ingest_day(ctx, ctx.landing, warehouse, ("impressions", "clicks"), -1)
+    _ingest_day(ctx, ctx.landing, warehouse, ("clicks",), 1)
+
+
+def _raw_paths(ctx: Ctx, kind: str, offsets: Sequence[int]) -> list[tuple[str, Path]]:
+    warehouse = ctx.warehouse()
+    keys = [ctx.key(o) for o in offsets]
+    return list(zip(keys, warehouse.require_partition_paths(RAW_ASSETS[kind], keys)))
+
+
+def _events_path(ctx: Ctx) -> Path:
+    return ctx.work / "warehouse" / "ad_events" / f"date={ctx.key()}" / "part-0.parquet"
+
+
+def join_ours(ctx: Ctx) -> dict[str, object]:
+    """``join_events`` of day D over impressions D-1, D and clicks D-1, D, D+1."""
+    from assets.events import join_events
+
+    warehouse = ctx.warehouse()
+    impressions = _raw_paths(ctx, "impressions", (-1, 0))
+    clicks = _raw_paths(ctx, "clicks", (-1, 0, 1))
+    with warehouse.duckdb() as con:
+        with ctx.timed():
+            accounting = join_events(
+                con,
+                ctx.key(),
+                impressions,
+                clicks,
+                ATTRIBUTION_WINDOW_HOURS,
+                warehouse.partition_path("ad_events", ctx.key()),
+                warehouse.quarantine_path("ad_events", ctx.key()),
+            )
+    return {"events": accounting.events, "clicked": accounting.clicked}
+
+
+def _raw_file(ctx: Ctx, kind: str, offset: int) -> Path:
+    return ctx.work / "warehouse" / RAW_ASSETS[kind] / f"date={ctx.key(offset)}" / "part-0.parquet"
+
+
+def join_floor(ctx: Ctx) -> dict[str, object]:
+    """Bare DuckDB: day D's impressions LEFT JOIN the first click per impression (clicks of D and
+    D+1), written to Parquet; no deduplication, window, quarantine or ordering."""
+    con = floor_connection()
+    impressions = _raw_file(ctx, "impressions", 0)
+    clicks = [_raw_file(ctx, "clicks", 0), _raw_file(ctx, "clicks", 1)]
+    target = ctx.floor_path("ad_events.parquet")
+    with ctx.timed():
+        (rows,) = con.execute(
+            f"""COPY (
+                SELECT i.* EXCLUDE (source_file, line_number),
+                       CAST(c.click_ts IS NOT NULL AS TINYINT) AS clicked, c.click_ts
+                FROM read_parquet('{impressions}') i
+                LEFT JOIN (SELECT impression_id, min(ts) AS click_ts
+                           FROM read_parquet({_sql_list(clicks)}) GROUP BY 1) c
+                USING (impression_id)
+            ) TO '{target}' (FORMAT parquet, COMPRESSION zstd)"""
+        ).fetchone()
+    return {"events": rows}
+
+
+# --- 4. features: the statistics of a 7-day window, then the features of day D ----------------
+
+
+def _history(ctx: Ctx) -> list[tuple[str, Path]]:
+    """The 7-day window: day D's ad_events file under the keys D-7 .. D-1 (one day simulated)."""
+    return [(ctx.key(-k), _events_path(ctx)) for k in range(HISTORY_DAYS, 0, -1)]
+
+
+def _stats_path(ctx: Ctx) -> Path:
+    return ctx.work / "warehouse" / "feature_stats" / f"date={ctx.key()}" / "part-0.parquet"
+
+
+def stats_ours(ctx: Ctx) -> dict[str, object]:
+    """``build_feature_stats`` of day D over the 7-day window."""
+    from assets.features import build_feature_stats
+
+    warehouse = ctx.warehouse()
+    history = _history(ctx)
+    with warehouse.duckdb() as con:
+        with ctx.timed():
+            summary = build_feature_stats(con, ctx.key(), history, _stats_path(ctx))
+    return {"history_rows": summary.history_rows, "keys": summary.keys}
+
+
+def stats_floor(ctx: Ctx) -> dict[str, object]:
+    """Bare DuckDB: impressions and clicks per ad, advertiser, site, (ad, site category) over the
+    window and per user over D-1, one GROUP BY each, UNION ALL, to Parquet."""
+    con = floor_connection()
+    files = [p for _, p in _history(ctx)]
+    window = f"read_parquet({_sql_list(files)})"
+    previous = f"read_parquet('{files[-1]}')"
+    groups = [
+        ("ad", "ad_id", "NULL", "ad_id"),
+        ("advertiser", "advertiser_id", "NULL", "advertiser_id"),
+        ("site", "site_id", "NULL", "site_id"),
+        ("ad_site_category", "ad_id", "site_category", "ad_id, site_category"),
+    ]
+    parts = [
+        f"SELECT 'global' AS key_type, NULL::VARCHAR AS key1, NULL::VARCHAR AS key2, "
+        f"count(*) AS impressions, sum(clicked) AS clicks FROM {window}"
+    ]
+    parts += [
+        f"SELECT '{name}', {k1}, {k2}, count(*), sum(clicked) FROM {window} GROUP BY {by}"
+        for name, k1, k2, by in groups
+    ]
+    parts.append(
+        f"SELECT 'user_prev_day', user_id, NULL, count(*), sum(clicked) FROM {previous} GROUP BY user_id"
+    )
+    target = ctx.floor_path("feature_stats.parquet")
+    with ctx.timed():
+        (rows,) = con.execute(
+            f"COPY ({' UNION ALL '.join(parts)}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)"
+        ).fetchone()
+    return {"rows": rows}
+
+
+def features_ours(ctx: Ctx) -> dict[str, object]:
+    """``build_features`` of day D's events with the statistics of the window."""
+    from assets.features import build_features
+
+    warehouse = ctx.warehouse()
+    target = warehouse.partition_path("features", ctx.key())
+    with warehouse.duckdb() as con:
+        with ctx.timed():
+            build_features(con, _events_path(ctx), _stats_path(ctx), target)
+        (rows,) = con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()
+    return {"rows": rows}
+
+
+def features_floor(ctx: Ctx) -> dict[str, object]:
+    """Bare DuckDB: the same columns from plain equality LEFT JOINs of the events to the same
+    statistics file, to Parquet, in no particular order."""
+    con = floor_connection()
+    stats = f"read_parquet('{_stats_path(ctx)}')"
+    lookups = [
+        ("ad", "ad", "k.key1 = e.ad_id"),
+        ("advertiser", "advertiser", "k.key1 = e.advertiser_id"),
+        ("site", "site", "k.key1 = e.site_id"),
+        ("ad_site_category", "ad_site_category", "k.key1 = e.ad_id AND k.key2 = e.site_category"),
+    ]
+    columns = [
+        "e.impression_id", "e.request_id", "e.ts", "e.clicked", "e.ad_id", "e.campaign_id",
+        "e.bid_cpc", "e.model_version", "e.predicted_ctr", "e.user_segment", "e.ad_category",
+        "e.site_id", "e.site_category", "e.device_type", "e.os", "e.country", "e.advertiser_id",
+        "hour(e.ts) AS hour", "isodow(e.ts) - 1 AS weekday", "e.position",
+    ]  # fmt: skip
+    joins = []
+    for i, (name, key_type, condition) in enumerate(lookups):
+        alias = f"k{i}"
+        columns += [
+            f"coalesce({alias}.impressions, 0) AS hist_{name}_impressions",
+            f"coalesce({alias}.ctr, p.prior) AS hist_{name}_ctr",
+        ]
+        joins.append(
+            f"LEFT JOIN (SELECT key1, key2, impressions, ctr FROM {stats} "
+            f"WHERE key_type = '{key_type}') {alias} ON {condition.replace('k.', alias + '.')}"
+        )
+    columns.append("coalesce(u.impressions, 0) AS user_impressions_24h")
+    joins.append(
+        f"LEFT JOIN (SELECT key1, impressions FROM {stats} WHERE key_type = 'user_prev_day') u "
+        "ON u.key1 = e.user_id"
+    )
+    target = ctx.floor_path("features.parquet")
+    sql = f"""
+        SELECT {", ".join(columns)}
+        FROM read_parquet('{_events_path(ctx)}') e
+        CROSS JOIN (SELECT ctr AS prior FROM {stats} WHERE key_type = 'global') p
+        {" ".join(joins)}
+    """
+    with ctx.timed():
+        (rows,) = con.execute(
+            f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)"
+        ).fetchone()
+    return {"rows": rows}
+
+
+# --- The list of steps -------------------------------------------------------------------------
+
+StepFn = Callable[[Ctx], dict[str, object]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One measured step: clickloop's function next to its floor (None: nothing to compare)."""
+
+    name: str
+    title: str
+    ours: StepFn
+    floor: StepFn | None
+    floor_label: str
+    prepare: Callable[[Ctx], None] | None = None
+
+
+STEPS: list[Step] = [
+    Step("simulate", "simulate day", simulate_ours, None, "none (no bare equivalent)"),
+    Step(
+        "write_logs",
+        "write logs (jsonl.gz)",
+        write_ours,
+        write_floor,
+        "DuckDB COPY of the clean frames to gzip JSON lines",
+    ),
+    Step(
+        "ingest",
+        "ingest → Parquet + quarantine",
+        ingest_ours,
+        ingest_floor,
+        "DuckDB read_json(ignore_errors) → COPY parquet",
+        prepare=ingest_prepare,
+    ),
+    Step(
+        "ingest_clean",
+        "ingest, clean files",
+        ingest_clean_ours,
+        ingest_clean_floor,
+        "pyarrow json.read_json → parquet.write_table (clean files: fault rates 0)",
+        prepare=ingest_clean_prepare,
+    ),
+    Step(
+        "join",
+        "ad_events join",
+        join_ours,
+        join_floor,
+        "DuckDB imps LEFT JOIN first click per impression → parquet",
+        prepare=join_prepare,
+    ),
+    Step(
+        "feature_stats",
+        "feature stats (7-day window)",
+        stats_ours,
+        stats_floor,
+        "DuckDB one GROUP BY per key, UNION ALL → parquet",
+    ),
+    Step(
+        "features",
+        "features",
+        features_ours,
+        features_floor,
+        "DuckDB equality LEFT JOINs to the stats → parquet",
+    ),
+]
+
+NOTES: tuple[str, ...] = (
+    "ratio = clickloop wall seconds / floor wall seconds, same files, same run; "
+    f"DuckDB {DUCKDB_THREADS} threads and {DUCKDB_MEMORY_LIMIT} on both sides.",
+    "peak = the child process's ru_maxrss (os.wait4): interpreter, imports (Dagster on the "
+    "clickloop side) and loaded inputs included; RSS when the timed work started is in results.json.",
+    "simulate: World construction is untimed; the simulator has no bare-library floor.",
+    "write logs: clickloop renders ISO timestamps, injects faults and gzips at level 1; "
+    "the floor writes the clean frames with DuckDB's own JSON and gzip defaults.",
+    "ingest, clean files: pyarrow.json.read_json stops at the first bad line, so this row reads "
+    "day D written again with every fault rate at 0 (clicks folder: day D's own clicks only).",
+    "ad_events join: days D-1, D and D+1 are simulated at the size; clickloop reads impressions "
+    "D-1, D and clicks D-1, D, D+1 (dedup, window, quarantine); the floor reads impressions D and "
+    "clicks D, D+1.",
+    f"feature stats: the {HISTORY_DAYS}-day window reuses day D's ad_events file under "
+    f"{HISTORY_DAYS} keys (same file on both sides).",
+)
+
+
+def step_named(name: str) -> Step:
+    for step in STEPS:
+        if step.name == name:
+            return step
+    raise KeyError(f"no step {name!r}; steps: {[s.name for s in STEPS]}")
+
+
+# --- Child processes ---------------------------------------------------------------------------
+
+
+def child_main(role: str, step_name: str, size: int, work: Path, result: Path) -> int:
+    """Run one role of one step in this (child) process; write its measurement to ``result``."""
+    step = step_named(step_name)
+    ctx = Ctx(size=size, work=work)
+    work.mkdir(parents=True, exist_ok=True)
+    if role == "prepare":
+        if step.prepare is None:
+            raise ValueError(f"step {step_name} has nothing to prepare")
+        step.prepare(ctx)
+        result.write_text(json.dumps({}))
+        return 0
+    fn = step.ours if role == "ours" else step.floor
+    if fn is None:
+        raise ValueError(f"step {step_name} has no floor")
+    info = fn(ctx)
+    if ctx.timing is None:
+        raise RuntimeError(f"{step_name}/{role} never entered ctx.timed()")
+    payload = {**ctx.timing.__dict__, "info": info}
+    result.write_text(json.dumps(payload, default=str))
+    return 0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One child's measurement as the parent sees it."""
+
+    wall_s: float
+    cpu_s: float
+    peak_mib: float
+    rss_start_mib: float
+    hwm_end_mib: float
+    child_wall_s: float
+    info: dict[str, object]
+
+
+class ChildFailed(RuntimeError):
+    """A child process exited with an error; the message holds the end of its log."""
+
+
+def run_child(role: str, step: Step, size: int, work: Path) -> Run:
+    """Start one child, wait for it with ``os.wait4`` and return its timing and peak RSS."""
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    result = logs / f"{step.name}-{role}.json"
+    log = logs / f"{step.name}-{role}.log"
+    result.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "pipelines.bench", "--child", role, "--step", step.name]
+    command += ["--size", str(size), "--work", str(work), "--result", str(result)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = str(DUCKDB_THREADS)  # pyarrow's and XGBoost's thread pools
+    env["PYTHONWARNINGS"] = "ignore"
+    start = time.perf_counter()
+    with open(log, "wb") as out:
+        # cwd = the scratch folder: DuckDB's spill directory (.tmp) lands there and is removed.
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=work, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    child_wall = time.perf_counter() - start
+    if proc.returncode != 0 or not result.exists():
+        tail = log.read_text(errors="replace")[-4000:]
+        raise ChildFailed(f"{step.name}/{role} at {size:,} exited {proc.returncode}:\n{tail}")
+    payload = json.loads(result.read_text())
+    peak = usage.ru_maxrss / 1024  # KiB on Linux
+    return Run(
+        wall_s=payload.get("wall_s", 0.0),
+        cpu_s=payload.get("cpu_s", 0.0),
+        peak_mib=peak,
+        rss_start_mib=payload.get("rss_start_mib", 0.0),
+        hwm_end_mib=payload.get("hwm_end_mib", 0.0),
+        child_wall_s=child_wall,
+        info=payload.get("info", {}),
+    )
+
+
+# --- The parent: run, report -------------------------------------------------------------------
+
+
+def machine() -> dict[str, object]:
+    """The machine and library versions, without importing the libraries."""
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    memory_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_gib = round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "duckdb": version("duckdb"),
+        "pyarrow": version("pyarrow"),
+        "pandas": version("pandas"),
+        "numpy": version("numpy"),
+        "xgboost": version("xgboost"),
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def _row(size: int, step: Step, ours: Run, floor: Run | None) -> dict[str, object]:
+    def as_dict(run: Run | None) -> dict[str, object] | None:
+        return None if run is None else {
+            "seconds": run.wall_s,
+            "cpu_seconds": run.cpu_s,
+            "peak_mib": run.peak_mib,
+            "rss_start_mib": run.rss_start_mib,
+            "hwm_end_mib": run.hwm_end_mib,
+            "child_wall_seconds": run.child_wall_s,
+            "info": run.info,
+        }
+
+    ratio = ours.wall_s / floor.wall_s if floor and floor.wall_s > 0 else None
+    cpu_ratio = ours.cpu_s / floor.cpu_s if floor and floor.cpu_s > 0 else None
+    return {
+        "size": size,
+        "step": step.name,
+        "title": step.title,
+        "floor_label": step.floor_label,
+        "ours": as_dict(ours),
+        "floor": as_dict(floor),
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+    }
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The report: the table, the floors, the notes and the machine."""
+    lines = [
+        "# clickloop benchmark",
+        "",
+        "| size | step | clickloop s | floor s | ratio | clickloop peak MiB | floor peak MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        ours, floor = row["ours"], row["floor"]
+        ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}×"
+        lines.append(
+            f"| {size_label(row['size'])} | {row['title']} | {_num(ours['seconds'])} | "
+            f"{_num(floor and floor['seconds'])} | {ratio} | {_num(ours['peak_mib'], 0)} | "
+            f"{_num(floor and floor['peak_mib'], 0)} |"
+        )
+    lines += ["", "Floors:", ""]
+    lines += [f"- {step.title}: {step.floor_label}" for step in STEPS]
+    lines += ["", "Notes:", ""]
+    lines += [f"- {note}" for note in results["notes"]]
+    m = results["machine"]
+    lines += [
+        "",
+        f"Machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; Python {m['python']}, "
+        f"DuckDB {m['duckdb']}, pyarrow {m['pyarrow']}, pandas {m['pandas']}, numpy {m['numpy']}, "
+        f"xgboost {m['xgboost']}. Load average at start {m['load_average_start']}, "
+        f"at end {m['load_average_end']}.",
+        "",
+        f"Total wall time: {results['total_wall_seconds']:.0f} s "
+        f"(started {results['started_at']}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _atomic_write_text(target: Path, text: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_benchmark(sizes: Sequence[int], bench_dir: Path, keep_work: bool = False) -> dict[str, Any]:
+    """Run every step at every size; write and return the results."""
+    work_root = bench_dir / "work"
+    shutil.rmtree(work_root, ignore_errors=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {
+            "sizes": list(sizes),
+            "duckdb_threads": DUCKDB_THREADS,
+            "duckdb_memory_limit": DUCKDB_MEMORY_LIMIT,
+            "seed": SEED,
+            "day": DAY.isoformat(),
+        },
+        "notes": list(NOTES),
+        "rows": [],
+    }
+    try:
+        for size in sizes:
+            work = work_root / f"size-{size}"
+            for step in STEPS:
+                if step.prepare is not None:
+                    _progress(f"{size_label(size)} {step.name}: preparing")
+                    run_child("prepare", step, size, work)
+                ours = run_child("ours", step, size, work)
+                floor = run_child("floor", step, size, work) if step.floor else None
+                row = _row(size, step, ours, floor)
+                results["rows"].append(row)
+                ratio = "" if row["ratio"] is None else f", ratio {row['ratio']:.2f}"
+                floor_s = "" if floor is None else f", floor {floor.wall_s:.2f} s"
+                _progress(
+                    f"{size_label(size)} {step.name}: clickloop {ours.wall_s:.2f} s{floor_s}{ratio}"
+                )
+    finally:
+        if not keep_work:
+            shutil.rmtree(work_root, ignore_errors=True)
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["total_wall_seconds"] = time.perf_counter() - started
+    _atomic_write_text(bench_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    _atomic_write_text(bench_dir / "results.md", markdown(results))
+    return results
+
+
+def _progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.bench",
+        description="clickloop's steps side by side with the bare libraries doing the same work.",
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="impressions per day (default: 1000000 5000000)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a smoke run at {QUICK_SIZE:,} (unless --sizes)"
+    )
+    parser.add_argument("--keep-work", action="store_true", help="keep <data_dir>/bench/work")
+    # Internal: one child process of the benchmark.
+    parser.add_argument("--child", choices=ROLES, help=argparse.SUPPRESS)
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.sizes and min(args.sizes) < 1_000:
+        parser.error("sizes must be at least 1000 impressions per day")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child, args.step, args.size, args.work, args.result)
+    sizes = args.sizes or ([QUICK_SIZE] if args.quick else list(DEFAULT_SIZES))
+    results = run_benchmark(sizes, data_dir() / "bench", keep_work=args.keep_work)
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
