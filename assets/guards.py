@@ -3,23 +3,30 @@
 Inside one run Dagster skips the assets downstream of a failed blocking check. The loop also runs a
 day in several runs (ingest now, join when the next day's clicks arrive, train weekly), so every asset
 that builds on upstream partitions asks the instance, before it reads them, whether the latest
-evaluation of each upstream blocking check passed on the latest materialization of each partition
-it reads. A failure, a check that never ran, or a check older than the data stops the asset with a
-message naming the asset, the partition and the check.
+completed evaluation of each upstream blocking check passed on the latest materialization of each
+partition it reads. A failure, a check that never ran, or a check older than the data stops the
+asset with a message naming the asset, the partition and the check. The promotion gate uses the
+same functions over everything its model was built from.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dagster import (
     AssetCheckKey,
     AssetExecutionContext,
     AssetKey,
+    AssetRecordsFilter,
     DagsterInstance,
     Failure,
     MetadataValue,
 )
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import (
+    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+    AssetCheckExecutionRecordStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -31,59 +38,108 @@ class CheckProblem:
     problem: str
 
 
-def blocking_check_keys(context: AssetExecutionContext, assets: Sequence[str]) -> list[AssetCheckKey]:
-    """The blocking checks defined on the given assets in this code location (not only in this
-    job: a job that builds ``ad_events`` does not run the checks of the raw logs it reads)."""
-    graph = context.job_def.asset_layer.asset_graph
-    graph = getattr(graph, "source_asset_graph", graph)  # a job-scoped graph knows the whole one
-    wanted = {AssetKey(a) for a in assets}
+def upstream_partitions(
+    graph: BaseAssetGraph, asset_key: AssetKey, partition_keys: Sequence[str]
+) -> dict[AssetKey, set[str]]:
+    """Every partitioned ancestor partition that ``partition_keys`` of ``asset_key`` were built
+    from, through the graph's own partition mappings (the asset itself included)."""
+    found: dict[AssetKey, set[str]] = {asset_key: set(partition_keys)}
+    frontier: list[tuple[AssetKey, str]] = [(asset_key, k) for k in partition_keys]
+    while frontier:
+        child, key = frontier.pop()
+        for parent in graph.get(child).parent_keys:
+            if not graph.has(parent) or not graph.get(parent).is_partitioned:
+                continue
+            mapped = graph.get_parent_partition_keys_for_child(key, parent, child)
+            for parent_key in mapped.partitions_subset.get_partition_keys():
+                if parent_key not in found.setdefault(parent, set()):
+                    found[parent].add(parent_key)
+                    frontier.append((parent, parent_key))
+    return found
+
+
+def blocking_checks_on(graph: BaseAssetGraph, assets: Iterable[AssetKey]) -> list[AssetCheckKey]:
+    wanted = set(assets)
     return sorted(
-        (k for k in graph.asset_check_keys if k.asset_key in wanted and graph.get_check_spec(k).blocking),
+        (
+            k
+            for k in graph.asset_check_keys
+            if k.asset_key in wanted and graph.get_check_spec(k).blocking
+        ),
         key=lambda k: k.to_user_string(),
     )
+
+
+def check_problem(instance: DagsterInstance, key: AssetCheckKey, partition: str | None) -> str | None:
+    """Why a blocking check does not vouch for the latest materialization of one partition (or of a
+    non-partitioned asset, ``partition`` None); None when it does.
+
+    The latest *completed* evaluation counts: one that was planned but never ran (its run failed
+    before reaching the check) leaves the last completed one in force. A failure, no evaluation at
+    all, or an evaluation older than the latest materialization is a problem.
+    """
+    records = instance.event_log_storage.get_asset_check_execution_history(
+        key,
+        limit=1,
+        status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
+        partition_filter=PartitionKeyFilter(key=partition),
+    )
+    if not records:
+        return "never evaluated"
+    record = records[0]
+    if record.status == AssetCheckExecutionRecordStatus.FAILED:
+        return "failed"
+    latest = instance.fetch_materializations(
+        AssetRecordsFilter(
+            asset_key=key.asset_key, asset_partitions=None if partition is None else [partition]
+        ),
+        limit=1,
+    ).records
+    if not latest:
+        return None
+    evaluation = record.evaluation
+    target = evaluation.target_materialization_data if evaluation else None
+    current = (
+        target.storage_id == latest[0].storage_id
+        if target is not None
+        else latest[0].timestamp <= record.create_timestamp
+    )
+    return None if current else "older than the latest materialization"
 
 
 def check_problems(
     instance: DagsterInstance,
     check_keys: Sequence[AssetCheckKey],
-    partitions: Mapping[AssetKey, Sequence[str]],
+    partitions: Mapping[AssetKey, Iterable[str]] | None = None,
 ) -> list[CheckProblem]:
-    """Which (check, partition) pairs did not pass on the partition's latest materialization."""
-    problems: list[CheckProblem] = []
+    """Every (check, partition) that does not vouch for its data; ``partitions`` gives the
+    partitions of each partitioned asset (a non-partitioned asset is left out of it)."""
+    problems = []
     for key in check_keys:
-        wanted = list(partitions.get(key.asset_key, []))
-        if not wanted:
-            continue
-        infos = {
-            info.partition_key: info
-            for info in instance.event_log_storage.get_asset_check_partition_info(
-                [key], partition_keys=wanted
-            )
-        }
+        wanted: list[str | None] = (
+            sorted(partitions[key.asset_key]) if partitions and key.asset_key in partitions else [None]
+        )
         for partition in wanted:
-            info = infos.get(partition)
-            if info is None:
-                problem = "never evaluated"
-            elif info.latest_execution_status == AssetCheckExecutionRecordStatus.FAILED:
-                problem = "failed"
-            elif info.latest_execution_status != AssetCheckExecutionRecordStatus.SUCCEEDED:
-                problem = f"not finished ({info.latest_execution_status.value})"
-            elif not info.is_current:
-                problem = "older than the latest materialization"
-            else:
-                continue
-            problems.append(CheckProblem(key.to_user_string(), partition, problem))
+            problem = check_problem(instance, key, partition)
+            if problem is not None:
+                problems.append(CheckProblem(key.to_user_string(), partition or "-", problem))
     return problems
+
+
+
+def code_location_graph(context: AssetExecutionContext) -> BaseAssetGraph:
+    """The whole asset graph of the code location (a job only knows its own selection)."""
+    graph = context.job_def.asset_layer.asset_graph
+    return getattr(graph, "source_asset_graph", graph)
 
 
 def require_upstream_checks_passed(
     context: AssetExecutionContext, partitions: Mapping[str, Sequence[str]]
 ) -> None:
     """Stop this asset unless every blocking check of the partitions it reads passed."""
-    check_keys = blocking_check_keys(context, list(partitions))
-    problems = check_problems(
-        context.instance, check_keys, {AssetKey(a): keys for a, keys in partitions.items()}
-    )
+    graph = code_location_graph(context)
+    wanted = {AssetKey(a): list(keys) for a, keys in partitions.items() if keys}
+    problems = check_problems(context.instance, blocking_checks_on(graph, wanted), wanted)
     if problems:
         table = "\n".join(f"| {p.check} | {p.partition} | {p.problem} |" for p in problems)
         raise Failure(

@@ -155,21 +155,23 @@ def read_lines(files: Sequence[Path]) -> pa.Table:
 
 
 def _reason_sql(fields: Sequence[LogField]) -> str:
-    """A CASE expression naming the first reason a line cannot be typed, NULL when it can."""
+    """A CASE expression naming the first reason a line cannot be typed, NULL when it can.
+
+    It reads ``t<i>``, the JSON type of field i (computed once per line, 'NULL' when missing).
+    """
     rules = [
         "WHEN trim(line) = '' THEN 'empty_line'",
-        "WHEN NOT json_valid(line) THEN 'invalid_json'",
-        "WHEN json_type(line) <> 'OBJECT' THEN 'not_an_object'",
+        "WHEN NOT is_valid THEN 'invalid_json'",
+        "WHEN NOT is_object THEN 'not_an_object'",
     ]
     for i, f in enumerate(fields, start=1):
-        jt = f"coalesce(json_type(v[{i}]), 'NULL')"
         if f.required:
-            rules.append(f"WHEN {jt} = 'NULL' THEN 'null:{f.name}'")
+            rules.append(f"WHEN t{i} = 'NULL' THEN 'null:{f.name}'")
         accepted = ", ".join(f"'{t}'" for t in _JSON_TYPES[f.kind])
-        rules.append(f"WHEN {jt} NOT IN ('NULL', {accepted}) THEN 'bad_type:{f.name}'")
+        rules.append(f"WHEN t{i} NOT IN ('NULL', {accepted}) THEN 'bad_type:{f.name}'")
         if f.kind == "timestamp":
             rules.append(
-                f"WHEN {jt} <> 'NULL' AND TRY_CAST(v[{i}]->>'$' AS TIMESTAMPTZ) IS NULL "
+                f"WHEN t{i} <> 'NULL' AND TRY_CAST(v[{i}]->>'$' AS TIMESTAMPTZ) IS NULL "
                 f"THEN 'bad_type:{f.name}'"
             )
     return "CASE " + " ".join(rules) + " ELSE NULL END"
@@ -187,19 +189,31 @@ def parse_log_lines(
 ) -> tuple[pa.Table, pa.Table]:
     """Split lines into (typed valid rows, quarantined rows with a reason)."""
     paths = ", ".join(f"'$.{f.name}'" for f in fields)
+    types = ", ".join(
+        f"coalesce(json_type(v[{i}]), 'NULL') AS t{i}" for i in range(1, len(fields) + 1)
+    )
     con.register("log_lines", lines)
     try:
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE classified AS
-            WITH extracted AS (
-                SELECT source_file, line_number, line,
-                       CASE WHEN json_valid(line) AND json_type(line) = 'OBJECT'
-                            THEN json_extract(line, [{paths}]) END AS v
+            WITH checked AS (
+                SELECT source_file, line_number, line, json_valid(line) AS is_valid
                 FROM log_lines
+            ),
+            objects AS (
+                SELECT *, CASE WHEN is_valid THEN json_type(line) = 'OBJECT' ELSE false END AS is_object
+                FROM checked
+            ),
+            extracted AS (
+                SELECT *, CASE WHEN is_object THEN json_extract(line, [{paths}]) END AS v
+                FROM objects
+            ),
+            typed AS (
+                SELECT *, {types} FROM extracted
             )
             SELECT source_file, line_number, line, v, {_reason_sql(fields)} AS reason
-            FROM extracted
+            FROM typed
             """
         )
         valid = con.sql(

@@ -39,12 +39,12 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import field_validator
 
 from resources.landing import LogSource, list_log_files
+from resources.serving import ChampionServing
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary and magnitudes of the world
@@ -132,8 +132,10 @@ HOUR_EFFECT = 0.12 * np.cos(2 * np.pi * (np.arange(24) - 20) / 24)
 
 AFFINITY_SD = 0.65
 FAVOURITE_BOOST = 1.2
-SITE_EFFECT_SD = 0.3
-AD_QUALITY_SD = 0.3
+SITE_CATEGORY_EFFECT_SD = 0.3
+SITE_EFFECT_SD = 0.1
+ADVERTISER_EFFECT_SD = 0.3
+AD_QUALITY_SD = 0.1
 NEW_AD_QUALITY_MEAN = 0.2
 NEW_AD_QUALITY_SD = 0.35
 BID_MEDIAN = 0.5
@@ -389,6 +391,7 @@ class World:
         self._build_sites(rng, n_sites)
         self._build_effects(rng)
         self._build_ads(rng, np.random.default_rng([seed, 2]), n_ads)
+        self._build_group_effects(np.random.default_rng([seed, 4]))
         self._build_vocabularies()
         self.base_logit = self._calibrate_base(np.random.default_rng([seed, 3]))
         self.average_ctr = TARGET_CTR
@@ -441,6 +444,19 @@ class World:
         self.ad_ids = _id_strings("a", 1, self.n_ads_total, 6)
         self.campaign_ids = _id_strings("c", 1, len(self.campaign_advertiser), 4)
         self.advertiser_ids = _id_strings("adv", 1, int(self.campaign_advertiser.max()) + 1, 3)
+
+    def _build_group_effects(self, rng: np.random.Generator) -> None:
+        """Real sites and ads resemble their kin: a site's effect is mostly its category's, an ad's
+        quality mostly its advertiser's, plus an individual part (``SITE_EFFECT_SD``,
+        ``AD_QUALITY_SD``). Advertisers of the ``new_campaigns`` wave are new, so their share is
+        as unknown to a model as their ads."""
+        self.site_effect = self.site_effect + rng.normal(
+            0.0, SITE_CATEGORY_EFFECT_SD, len(CATEGORIES)
+        )[self.site_category]
+        n_advertisers = int(self.campaign_advertiser.max()) + 1
+        self.ad_quality = self.ad_quality + rng.normal(
+            0.0, ADVERTISER_EFFECT_SD, n_advertisers
+        )[self.ad_advertiser]
 
     def _build_vocabularies(self) -> None:
         """Categorical dtypes (for fast columns) and lookup indexes (for ground truth)."""
@@ -738,6 +754,9 @@ class DayTraffic:
     true_bid_cpc: np.ndarray
     clicked: np.ndarray
     click_impression_row: np.ndarray = field(repr=False)
+    #: expected revenue of the oracle policy on the same requests and candidates (see
+    #: :func:`oracle_expected_revenue`); None for traffic built without it
+    oracle_expected_revenue: float | None = None
 
     @property
     def scenario_active(self) -> bool:
@@ -887,6 +906,40 @@ def rank_top_two(
     return winners, predictions
 
 
+def oracle_expected_revenue(
+    world: World, context: RequestContext, candidates: np.ndarray, chunk_requests: int = 32_768
+) -> float:
+    """Expected revenue of the oracle policy on these requests and candidate sets.
+
+    The oracle knows the ground-truth CTR and the true bid: it shows each request's two candidates
+    of highest ``true CTR at position 1 x true bid``, the best at position 1. Under the examination
+    model (click = position factor x relevance) that maximises the request's expected revenue
+    ``factor(1) * v1 + factor(2) * v2``; the same sum over served impressions is the manifest's
+    ``expected_revenue``, so the two compare like for like. Consumes no random numbers.
+    """
+    n, k = candidates.shape
+    if k < 2:
+        raise ValueError("the oracle needs at least 2 candidates per request")
+    top, second = _position_factor(1), _position_factor(2)
+    total = 0.0
+    for start in range(0, n, chunk_requests):
+        rows = slice(start, min(start + chunk_requests, n))
+        ads = candidates[rows]
+        relevance = world.true_ctr_codes(
+            world.user_segment[context.user[rows]][:, None],
+            world.ad_category[ads],
+            context.site[rows][:, None],
+            context.device[rows][:, None],
+            context.hour[rows][:, None],
+            ads,
+            world.scenario_offset(context.ts_ms[rows])[:, None],
+            np.ones(1),
+        )
+        best_two = np.partition(relevance * world.ad_bid_cpc[ads], k - 2, axis=1)[:, -2:]
+        total += float((top * best_two.max(axis=1) + second * best_two.min(axis=1)).sum())
+    return total
+
+
 def _click_delays_ms(rng: np.random.Generator, n: int) -> np.ndarray:
     """Click delays: mostly minutes (lognormal), a few percent hours (up to 20 h)."""
     short = rng.lognormal(np.log(SHORT_DELAY_MEDIAN_S), SHORT_DELAY_LOG_SD, n)
@@ -973,6 +1026,7 @@ def simulate_day(
         world.scenario_offset(ts_ms),
         _position_factor(impressions["position"].to_numpy()),
     )
+    oracle = oracle_expected_revenue(world, context, candidates, chunk_requests)
     clicked = click_rng.random(len(true_ctr)) < true_ctr
     clicked_rows = np.flatnonzero(clicked)
     click_ts = ts_ms[clicked_rows] + _click_delays_ms(click_rng, len(clicked_rows))
@@ -997,6 +1051,7 @@ def simulate_day(
         true_bid_cpc=true_bid,
         clicked=clicked,
         click_impression_row=clicked_rows,
+        oracle_expected_revenue=oracle,
     )
 
 
@@ -1430,6 +1485,11 @@ def _manifest(
         "clicks_by_landing_date": clicks_by_date,
         "revenue": round(float(traffic.true_bid_cpc[traffic.clicked].sum()), 2),
         "expected_revenue": round(float((traffic.true_ctr * traffic.true_bid_cpc).sum()), 4),
+        "oracle_expected_revenue": (
+            None
+            if traffic.oracle_expected_revenue is None
+            else round(traffic.oracle_expected_revenue, 4)
+        ),
         "fault_rates": asdict(faults),
         "faults": totals,
         "files": files,
@@ -1471,6 +1531,8 @@ class AdServerSimulator(LogSource):
     malformed_line_rate: float = 0.002
     wrong_type_rate: float = 0.002
     null_field_rate: float = 0.002
+    #: where the champion comes from; None serves with the random policy forever
+    serving: ChampionServing | None = None
 
     @field_validator("scenario")
     @classmethod
@@ -1522,10 +1584,19 @@ class AdServerSimulator(LogSource):
 
     def settings(self) -> dict:
         """Everything but the landing folder that determines a day's files."""
-        return {name: value for name, value in self.model_dump().items() if name != "landing_dir"}
+        return {
+            name: value
+            for name, value in self.model_dump().items()
+            if name not in ("landing_dir", "serving")
+        }
 
     def policy_for(self, day: date | str) -> RankingPolicy:
-        """The ranking policy serving ``day``: the random policy until a champion exists."""
+        """The ranking policy serving ``day``: the champion when one has been promoted (and
+        ``serving`` is set), the random policy until then."""
+        if self.serving is not None:
+            champion = self.serving.policy_for(as_date(day))
+            if champion is not None:
+                return champion
         return RandomPolicy(prior_ctr=self.world().average_ctr)
 
     def _first_day(self) -> date:
@@ -1579,3 +1650,13 @@ class AdServerSimulator(LogSource):
     def ground_truth_ctr(self, impressions: pd.DataFrame) -> np.ndarray:
         """True click probability of logged impressions (see :meth:`World.ground_truth_ctr`)."""
         return self.world().ground_truth_ctr(impressions)
+
+    def oracle_revenue(self, day: date | str) -> float | None:
+        """Expected revenue of the oracle policy on ``day``'s requests and candidates (compare it
+        with the manifest's ``expected_revenue`` of the served policy); None when the day was
+        not simulated or its manifest predates the oracle."""
+        path = manifest_path(self.landing_dir, as_date(day))
+        if not path.exists():
+            return None
+        value = json.loads(path.read_text()).get("oracle_expected_revenue")
+        return None if value is None else float(value)

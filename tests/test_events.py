@@ -1,6 +1,6 @@
 """The impression-click join: every edge case of real logs, on real Parquet files in DuckDB."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa

@@ -6,21 +6,32 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 
+from pipelines.automation import RetrainPolicy
 from pipelines.definitions import build_defs
+from resources.monitoring_store import MonitoringStore
+from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
+from resources.tracking import ModelRegistry
 from resources.warehouse import Warehouse
 
 DAYS = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]
 
 
 def small_resources(tmp: Path, **simulator: object) -> dict[str, object]:
+    """The repository's resources at a small scale, everything under ``tmp``."""
+    warehouse = Warehouse(data_dir=str(tmp / "data"))
+    registry = ModelRegistry(data_dir=str(tmp / "data"))
     return {
-        "warehouse": Warehouse(data_dir=str(tmp / "data")),
+        "warehouse": warehouse,
+        "model_registry": registry,
+        "monitoring_store": MonitoringStore(data_dir=str(tmp / "data")),
+        "retrain_policy": RetrainPolicy(),
         "log_source": AdServerSimulator(
             landing_dir=str(tmp / "landing"),
             requests_per_day=4_000,
             n_users=5_000,
             start_date=DAYS[0],
+            serving=ChampionServing(registry=registry, warehouse=warehouse),
             **simulator,
         ),
     }
@@ -169,7 +180,7 @@ def test_missing_landing_partition_is_a_clear_error(tmp_path: Path) -> None:
     from resources.landing import LandingFolder
 
     resources = {
-        "warehouse": Warehouse(data_dir=str(tmp_path / "data")),
+        **small_resources(tmp_path),
         "log_source": LandingFolder(landing_dir=str(tmp_path / "landing")),
     }
     result = run_job(build_defs(resources), "ingest_job", DAYS[0], DagsterInstance.ephemeral())

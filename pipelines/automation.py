@@ -1,0 +1,264 @@
+"""When the loop runs by itself: the daily refresh, the weekly retraining, and the sensors that ask
+for a retraining when monitoring crosses a threshold.
+
+The daily refresh is a chain, because day D is only complete in steps: at 01:00 UTC the schedule
+ingests yesterday's logs; when that run succeeds a run-status sensor builds the events, features,
+drift report and online metrics of the day before (whose attribution window has just closed); when
+that succeeds another builds the statistics the ad server may use today. Each link asks Dagster's
+partitions definition for the neighbouring partition, so there is no date arithmetic.
+
+The retraining sensors read the monitoring store. Each request carries a ``run_key`` (the same day
+never triggers twice) and tags naming the metric, its value and the threshold it crossed; a day whose
+blocking data checks failed never triggers a retraining (the sensor says so in its skip reason).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    ConfigurableResource,
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    RunStatusSensorContext,
+    ScheduleDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    build_schedule_from_partitioned_job,
+    run_status_sensor,
+    sensor,
+)
+
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from assets.guards import check_problems
+from assets.partitions import daily_partitions
+from resources.monitoring_store import MonitoringStore
+from resources.tracking import ModelRegistry
+
+TRAINING_TAGS = {"clickloop/kind": "training"}
+
+
+class RetrainPolicy(ConfigurableResource):
+    """Thresholds of the retraining sensors (set them in the resource config or the environment)."""
+
+    drift_share_threshold: float = 0.25
+    calibration_tolerance: float = 0.25
+    normalized_entropy_tolerance: float = 0.05
+    max_champion_age_days: int = 14
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A threshold crossed on a day: what a sensor turns into one retraining request."""
+
+    sensor: str
+    day: str
+    metric: str
+    value: float
+    threshold: float
+
+    @property
+    def reason(self) -> str:
+        return f"{self.metric} = {self.value:.4g} crossed {self.threshold:.4g} on {self.day}"
+
+    def run_request(self) -> RunRequest:
+        return RunRequest(
+            run_key=f"{self.sensor}:{self.day}",
+            tags={
+                **TRAINING_TAGS,
+                "clickloop/trigger": self.sensor,
+                "clickloop/day": self.day,
+                "clickloop/metric": self.metric,
+                "clickloop/value": f"{self.value:.6g}",
+                "clickloop/threshold": f"{self.threshold:.6g}",
+            },
+        )
+
+
+def drift_trigger(drift: dict | None, policy: RetrainPolicy) -> Trigger | None:
+    """The drifted share of columns, or a drifted prediction, on the day's report."""
+    if drift is None:
+        return None
+    share = drift.get("share_drifted_columns")
+    if share is not None and share > policy.drift_share_threshold:
+        return Trigger("drift_sensor", drift["day"], "share_drifted_columns", share, policy.drift_share_threshold)
+    return None
+
+
+def quality_trigger(
+    day_rows: Sequence[dict], baseline_rows: Sequence[dict], champion: str, policy: RetrainPolicy
+) -> Trigger | None:
+    """The champion's online calibration or normalized entropy on the day, against its first
+    served day (its quality at promotion), beyond the tolerance."""
+    today = next((r for r in day_rows if r["model_version"] == champion), None)
+    base = next((r for r in baseline_rows if r["model_version"] == champion), None)
+    if today is None or base is None or today["day"] == base["day"]:
+        return None
+    if today["calibration"] is not None and base["calibration"] is not None:
+        drift = abs(today["calibration"] - base["calibration"])
+        if drift > policy.calibration_tolerance:
+            return Trigger("quality_sensor", today["day"], "calibration_change", drift, policy.calibration_tolerance)
+    if today["normalized_entropy"] is not None and base["normalized_entropy"] is not None:
+        worse = today["normalized_entropy"] - base["normalized_entropy"]
+        if worse > policy.normalized_entropy_tolerance:
+            return Trigger(
+                "quality_sensor", today["day"], "normalized_entropy_increase", worse, policy.normalized_entropy_tolerance
+            )
+    return None
+
+
+def staleness_trigger(day: str, promoted_day: str | None, policy: RetrainPolicy) -> Trigger | None:
+    """The champion is older than ``max_champion_age_days`` partitions."""
+    if promoted_day is None:
+        return None
+    keys = daily_partitions.get_partition_keys()
+    if promoted_day not in keys or day not in keys:
+        return None
+    age = keys.index(day) - keys.index(promoted_day)
+    if age > policy.max_champion_age_days:
+        return Trigger("staleness_sensor", day, "champion_age_days", age, policy.max_champion_age_days)
+    return None
+
+
+def failed_data_checks(context: SensorEvaluationContext, day: str) -> list[str]:
+    """Blocking checks of the day's raw and joined data that did not pass."""
+    keys = [
+        AssetCheckKey(AssetKey(asset), f"{asset}_expectations")
+        for asset in ("raw_impressions", "raw_clicks", "ad_events")
+    ]
+    partitions = {k.asset_key: [day] for k in keys}
+    return [f"{p.check} on {p.partition}: {p.problem}" for p in check_problems(context.instance, keys, partitions)]
+
+
+def latest_monitored_day(store: MonitoringStore) -> str | None:
+    rows = store.latest_online_metrics(limit=1)
+    return rows[0]["day"] if rows else None
+
+
+def evaluate_retraining(
+    context: SensorEvaluationContext,
+    store: MonitoringStore,
+    registry: ModelRegistry,
+    policy: RetrainPolicy,
+    sensor_name: str,
+) -> RunRequest | SkipReason:
+    """The decision shared by the three sensors, on the newest monitored day."""
+    day = latest_monitored_day(store)
+    if day is None:
+        return SkipReason("no online metrics yet")
+    champion_version = registry.champion_version()
+    if champion_version is None:
+        return SkipReason("no champion yet: the first model is trained by the weekly schedule or by hand")
+    champion = f"ctr_model-v{champion_version}"
+    served = store.latest_online_metrics(model_version=champion)
+    first_day = served[-1]["day"] if served else None
+    if sensor_name == "drift_sensor":
+        trigger = drift_trigger(store.drift_for(day), policy)
+    elif sensor_name == "quality_sensor":
+        trigger = quality_trigger(store.online_metrics_for(day), served[-1:], champion, policy)
+    else:
+        trigger = staleness_trigger(day, first_day, policy)
+    if trigger is None:
+        return SkipReason(f"{day}: no threshold crossed ({sensor_name}, champion {champion})")
+    failed = failed_data_checks(context, day)
+    if failed:
+        return SkipReason(
+            f"{trigger.reason}, but {day} failed blocking data checks ({'; '.join(failed)}): "
+            "not retraining on bad data"
+        )
+    context.log.info(f"{sensor_name}: {trigger.reason}: requesting a retraining")
+    return trigger.run_request()
+
+
+def retraining_sensors(training_job: UnresolvedAssetJobDefinition) -> list:
+    """The drift, quality and staleness sensors, each requesting ``training_job``."""
+
+    def make(name: str, description: str):
+        @sensor(
+            name=name,
+            job=training_job,
+            minimum_interval_seconds=300,
+            default_status=DefaultSensorStatus.STOPPED,
+            description=description,
+        )
+        def _sensor(
+            context: SensorEvaluationContext,
+            monitoring_store: MonitoringStore,
+            model_registry: ModelRegistry,
+            retrain_policy: RetrainPolicy,
+        ):
+            return evaluate_retraining(context, monitoring_store, model_registry, retrain_policy, name)
+
+        return _sensor
+
+    return [
+        make("drift_sensor", "Retrain when the share of drifted columns crosses its threshold."),
+        make("quality_sensor", "Retrain when online calibration or NE worsen since promotion."),
+        make("staleness_sensor", "Retrain when the champion has served too many days."),
+    ]
+
+
+def refresh_automation(
+    ingest_job: UnresolvedAssetJobDefinition,
+    events_job: UnresolvedAssetJobDefinition,
+    feature_stats_job: UnresolvedAssetJobDefinition,
+    training_job: UnresolvedAssetJobDefinition,
+) -> tuple[list[ScheduleDefinition], list]:
+    """The daily refresh chain and the weekly retraining."""
+    daily = build_schedule_from_partitioned_job(
+        ingest_job,
+        name="daily_refresh_schedule",
+        hour_of_day=1,
+        description=(
+            "01:00 UTC: ingest yesterday's logs; the chain then builds the events, features, drift "
+            "and online metrics of the day before (its attribution window just closed) and the "
+            "statistics today's serving uses."
+        ),
+        default_status=DefaultScheduleStatus.STOPPED,
+    )
+    weekly = ScheduleDefinition(
+        name="weekly_retraining_schedule",
+        job=training_job,
+        cron_schedule="0 3 * * 1",
+        execution_timezone="UTC",
+        tags=TRAINING_TAGS,
+        description="Mondays 03:00 UTC: retrain on the latest window and let the gate decide.",
+        default_status=DefaultScheduleStatus.STOPPED,
+    )
+
+    @run_status_sensor(
+        name="events_after_ingest",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[ingest_job],
+        request_job=events_job,
+        default_status=DefaultSensorStatus.STOPPED,
+        description="After day D's logs are ingested, build D-1's events, features and monitoring.",
+    )
+    def events_after_ingest(context: RunStatusSensorContext):
+        key = context.dagster_run.tags.get("dagster/partition")
+        previous = daily_partitions.get_prev_partition_key(key) if key else None
+        if previous is None:
+            return SkipReason(f"no day before {key}")
+        return RunRequest(run_key=f"events:{previous}", partition_key=previous)
+
+    @run_status_sensor(
+        name="serving_stats_after_events",
+        run_status=DagsterRunStatus.SUCCESS,
+        monitored_jobs=[events_job],
+        request_job=feature_stats_job,
+        default_status=DefaultSensorStatus.STOPPED,
+        description="After day D's events, build the statistics serving D+2 may use.",
+    )
+    def serving_stats_after_events(context: RunStatusSensorContext):
+        key = context.dagster_run.tags.get("dagster/partition")
+        nxt = daily_partitions.get_next_partition_key(key) if key else None
+        after = daily_partitions.get_next_partition_key(nxt) if nxt else None
+        if after is None:
+            return SkipReason(f"the partition two days after {key} does not exist yet")
+        return RunRequest(run_key=f"feature_stats:{after}", partition_key=after)
+
+    return [daily, weekly], [events_after_ingest, serving_stats_after_events]
