@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export CLICKLOOP_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
-.PHONY: install run test ui bench clean
+.PHONY: install run test ui bench rollback scenario clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(PY) -c "from pipelines.settings import ensure_dagster_home; ensure_dagster_home()"
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+
+rollback: $(STAMP)
+	$(PY) -m pipelines.rollback
 
 bench: $(STAMP)
 	$(PY) -m pipelines.bench $(BENCH_ARGS)

@@ -409,20 +409,20 @@ def training_and_test_sets(
 
 
 class CtrModelConfig(Config):
-    num_boost_round: int = Field(default=500, ge=1, description="Most boosting rounds of the final model.")
-    early_stopping_rounds: int = Field(default=25, ge=1)
-    max_depth: int = Field(default=6, ge=1, le=16)
-    learning_rate: float = Field(default=0.1, gt=0.0, le=1.0)
-    min_child_weight: float = Field(default=5.0, ge=0.0)
+    num_boost_round: int = Field(default=1000, ge=1, description="Most boosting rounds of the final model.")
+    early_stopping_rounds: int = Field(default=30, ge=1)
+    max_depth: int = Field(default=5, ge=1, le=16)
+    learning_rate: float = Field(default=0.05, gt=0.0, le=1.0)
+    min_child_weight: float = Field(default=200.0, ge=0.0)
     subsample: float = Field(default=0.9, gt=0.0, le=1.0)
-    colsample_bytree: float = Field(default=0.9, gt=0.0, le=1.0)
-    reg_lambda: float = Field(default=1.0, ge=0.0)
+    colsample_bytree: float = Field(default=0.8, gt=0.0, le=1.0)
+    reg_lambda: float = Field(default=10.0, ge=0.0)
     max_bin: int = Field(default=256, ge=2)
     max_cat_to_onehot: int = Field(default=4, ge=1)
     n_trials: int = Field(
         default=3, ge=0, description="Optuna trials (the first is the configured parameters); 0 = none."
     )
-    search_num_boost_round: int = Field(default=200, ge=1, description="Most rounds per search trial.")
+    search_num_boost_round: int = Field(default=400, ge=1, description="Most rounds per search trial.")
     search_max_rows: int = Field(
         default=200_000,
         ge=0,
@@ -490,9 +490,9 @@ TUNED = ("max_depth", "learning_rate", "min_child_weight", "subsample", "colsamp
 def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
     """The search space of the tuned parameters."""
     return {
-        "max_depth": trial.suggest_int("max_depth", 3, 10),
-        "learning_rate": trial.suggest_float("learning_rate", 0.05, 0.3, log=True),
-        "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 100.0, log=True),
+        "max_depth": trial.suggest_int("max_depth", 3, 8),
+        "learning_rate": trial.suggest_float("learning_rate", 0.03, 0.3, log=True),
+        "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 500.0, log=True),
         "subsample": trial.suggest_float("subsample", 0.6, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
         "reg_lambda": trial.suggest_float("reg_lambda", 0.1, 20.0, log=True),

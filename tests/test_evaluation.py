@@ -226,8 +226,17 @@ ALL = [
     champion_model,
 ]
 CHAIN = ["ctr_model", "model_evaluation", "champion_model"]
-WEAK = {"n_trials": 0, "max_depth": 1, "num_boost_round": 8, "nthread": 1}
-STRONG = {"n_trials": 2, "search_num_boost_round": 40, "num_boost_round": 60, "nthread": 1}
+# the small test data needs small leaves and a fast rate: pin them, whatever the defaults are
+_SMALL_DATA = {"learning_rate": 0.3, "min_child_weight": 5.0, "reg_lambda": 1.0, "nthread": 1}
+WEAK = {**_SMALL_DATA, "n_trials": 0, "max_depth": 1, "num_boost_round": 8}
+STRONG = {
+    **_SMALL_DATA,
+    "learning_rate": 0.1,
+    "max_depth": 6,
+    "n_trials": 2,
+    "search_num_boost_round": 40,
+    "num_boost_round": 60,
+}
 
 
 @pytest.fixture()

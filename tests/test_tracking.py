@@ -1,6 +1,9 @@
 """The model registry on a real MLflow SQLite store: runs, versions, promotion and rollback."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +149,22 @@ def test_undo_stack_functions() -> None:
         popped(["1"], "1")
     assert previous_in(["1", "2"]) == "1" and previous_in(["2"]) is None
     assert parse_history(None) == [] and parse_history('["1","2"]') == ["1", "2"]
+
+
+def test_rollback_command_restores_the_previous_champion(tmp_path: Path) -> None:
+    """`make rollback` (python -m pipelines.rollback) on the store the code location uses."""
+    reg = ModelRegistry(data_dir=str(tmp_path))  # the default registered model, as deployed
+    first, _, _ = log_and_register(reg, seed=1)
+    second, _, _ = log_and_register(reg, seed=2)
+    reg.promote(first)
+    reg.promote(second)
+    env = {**os.environ, "CLICKLOOP_DATA_DIR": str(tmp_path)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "pipelines.rollback"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"from v{second} to v{first}" in done.stdout
+    assert reg.champion_version() == first
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "nothing to roll back to" in again.stderr
+    assert reg.champion_version() == first
