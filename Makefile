@@ -22,6 +22,7 @@ run: $(STAMP)
 	$(PY) -m pipelines.run
 
 test: $(STAMP)
+	@bash tests/ensure_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ui: $(STAMP)
@@ -30,6 +31,10 @@ ui: $(STAMP)
 
 rollback: $(STAMP)
 	$(PY) -m pipelines.rollback
+
+# make scenario name=device_shift [SCENARIO_ARGS="--days 20"]
+scenario: $(STAMP)
+	$(PY) -m pipelines.scenario $(name) $(SCENARIO_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pipelines.bench $(BENCH_ARGS)

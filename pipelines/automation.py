@@ -79,13 +79,36 @@ class Trigger:
         )
 
 
+#: Columns that describe the request, not the ad: their distribution does not depend on which policy
+#: ranked the ads. The ad-side features of served impressions move whenever the serving policy
+#: changes (a champion shows other ads than the random policy it was trained on), so their drift
+#: against the training window is expected and is no reason to retrain.
+REQUEST_CONTEXT_COLUMNS: tuple[str, ...] = (
+    "user_segment",
+    "site_category",
+    "device_type",
+    "os",
+    "country",
+    "hour",
+)
+
+
+def context_drift_share(drift: dict) -> float:
+    """The share of request-context columns that Evidently found drifted on the day."""
+    drifted = set(drift.get("drifted_columns") or {})
+    return len(drifted & set(REQUEST_CONTEXT_COLUMNS)) / len(REQUEST_CONTEXT_COLUMNS)
+
+
 def drift_trigger(drift: dict | None, policy: RetrainPolicy) -> Trigger | None:
-    """The drifted share of columns, or a drifted prediction, on the day's report."""
+    """The share of drifted request-context columns on the day's report. (The CTR and the served
+    predictions move with the serving policy too; their changes are the quality sensor's.)"""
     if drift is None:
         return None
-    share = drift.get("share_drifted_columns")
-    if share is not None and share > policy.drift_share_threshold:
-        return Trigger("drift_sensor", drift["day"], "share_drifted_columns", share, policy.drift_share_threshold)
+    share = context_drift_share(drift)
+    if share > policy.drift_share_threshold:
+        return Trigger(
+            "drift_sensor", drift["day"], "context_drift_share", share, policy.drift_share_threshold
+        )
     return None
 
 
@@ -122,6 +145,15 @@ def staleness_trigger(day: str, promoted_day: str | None, policy: RetrainPolicy)
     if age > policy.max_champion_age_days:
         return Trigger("staleness_sensor", day, "champion_age_days", age, policy.max_champion_age_days)
     return None
+
+
+def neighbour_partition(key: str | None, offset: int) -> str | None:
+    """The daily partition ``offset`` places from ``key``, or None outside the partitions."""
+    keys = daily_partitions.get_partition_keys()
+    if key not in keys:
+        return None
+    index = keys.index(key) + offset
+    return keys[index] if 0 <= index < len(keys) else None
 
 
 def failed_data_checks(context: SensorEvaluationContext, day: str) -> list[str]:
@@ -240,7 +272,7 @@ def refresh_automation(
     )
     def events_after_ingest(context: RunStatusSensorContext):
         key = context.dagster_run.tags.get("dagster/partition")
-        previous = daily_partitions.get_prev_partition_key(key) if key else None
+        previous = neighbour_partition(key, -1)
         if previous is None:
             return SkipReason(f"no day before {key}")
         return RunRequest(run_key=f"events:{previous}", partition_key=previous)
@@ -255,8 +287,7 @@ def refresh_automation(
     )
     def serving_stats_after_events(context: RunStatusSensorContext):
         key = context.dagster_run.tags.get("dagster/partition")
-        nxt = daily_partitions.get_next_partition_key(key) if key else None
-        after = daily_partitions.get_next_partition_key(nxt) if nxt else None
+        after = neighbour_partition(key, 2)
         if after is None:
             return SkipReason(f"the partition two days after {key} does not exist yet")
         return RunRequest(run_key=f"feature_stats:{after}", partition_key=after)

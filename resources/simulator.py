@@ -39,6 +39,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 from pydantic import field_validator
@@ -1534,19 +1535,23 @@ class AdServerSimulator(LogSource):
     #: where the champion comes from; None serves with the random policy forever
     serving: ChampionServing | None = None
 
-    @field_validator("scenario")
+    @field_validator("scenario", mode="before")
     @classmethod
     def _known_scenario(cls, value: str) -> str:
-        """Reject unknown scenario names."""
+        """Reject unknown scenario names (an ``EnvVar`` is checked once Dagster resolves it)."""
+        if isinstance(value, dg.EnvVar):
+            return value
         if value not in SCENARIOS:
             raise ValueError(f"unknown scenario {value!r}; expected one of {SCENARIOS}")
         return value
 
-    @field_validator("scenario_start", "start_date")
+    @field_validator("scenario_start", "start_date", mode="before")
     @classmethod
     def _iso_date(cls, value: str | None) -> str | None:
-        """Dates are ISO 'YYYY-MM-DD'."""
-        return None if value is None else as_date(value).isoformat()
+        """Dates are ISO 'YYYY-MM-DD' (an ``EnvVar`` is checked once Dagster resolves it)."""
+        if value is None or isinstance(value, dg.EnvVar):
+            return value
+        return as_date(value).isoformat()
 
     @field_validator(
         "duplicate_impression_rate",
@@ -1556,10 +1561,13 @@ class AdServerSimulator(LogSource):
         "malformed_line_rate",
         "wrong_type_rate",
         "null_field_rate",
+        mode="before",
     )
     @classmethod
     def _rate(cls, value: float) -> float:
-        """Fault rates are probabilities."""
+        """Fault rates are probabilities (an ``EnvVar`` is checked once Dagster resolves it)."""
+        if isinstance(value, dg.EnvVar):
+            return value
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"fault rate {value} must lie in [0, 1]")
         return value

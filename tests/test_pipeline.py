@@ -191,3 +191,19 @@ def test_missing_landing_partition_is_a_clear_error(tmp_path: Path) -> None:
         if e.is_step_failure
     ]
     assert any("date=2026-10-01" in m and "does not exist" in m for m in messages)
+
+
+def test_simulator_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The documented environment variables reach the simulator through EnvVar, validated when
+    Dagster resolves them."""
+    from pipelines.definitions import build_resources
+
+    monkeypatch.setenv("CLICKLOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("CLICKLOOP_SCENARIO", "ctr_drop")
+    monkeypatch.setenv("CLICKLOOP_SCENARIO_START", "2026-10-03")
+    with build_resources()["log_source"].process_config_and_initialize_cm() as sim:
+        assert (sim.scenario, sim.scenario_start) == ("ctr_drop", "2026-10-03")
+    monkeypatch.setenv("CLICKLOOP_SCENARIO", "no_such_scenario")
+    with pytest.raises(Exception, match="unknown scenario 'no_such_scenario'"):
+        with build_resources()["log_source"].process_config_and_initialize_cm():
+            pass
