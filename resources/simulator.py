@@ -27,13 +27,15 @@ exists. Everything is vectorised: the policy scores all candidates of a chunk of
 call.
 """
 
+import contextlib
+import fcntl
 import functools
 import gzip
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -1513,6 +1515,19 @@ def _cached_world(
     )
 
 
+@contextlib.contextmanager
+def _landing_lock(landing_dir: str | Path) -> Iterator[None]:
+    """An exclusive lock on the landing folder (fcntl, released when the process dies)."""
+    folder = Path(landing_dir) / "_simulator"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class AdServerSimulator(LogSource):
     """The embedded log source: simulates ad-server days on demand into ``landing_dir``."""
 
@@ -1618,6 +1633,11 @@ class AdServerSimulator(LogSource):
         """Simulate and write ``day`` unless its manifest exists; True if it simulated now."""
         day = as_date(day)
         self._check_served(day)
+        # the steps of a run (separate processes) may ask for the same day at once: one simulates
+        with _landing_lock(self.landing_dir):
+            return self._ensure_day_locked(day, policy)
+
+    def _ensure_day_locked(self, day: date, policy: RankingPolicy | None) -> bool:
         existing = manifest_path(self.landing_dir, day)
         if existing.exists():
             recorded = json.loads(existing.read_text()).get("settings", {})

@@ -17,6 +17,7 @@ Embedded default: ``sqlite:///<data_dir>/mlflow/mlflow.db`` with artifacts under
 environment) and ``artifact_location`` a shared store.
 """
 
+import fcntl
 import json
 import logging
 import os
@@ -54,6 +55,22 @@ def quiet_mlflow_logging() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+#: SQLite stores this process has already created (or found) and migrated.
+_SQLITE_READY: set[str] = set()
+
+
+def _create_sqlite_store(db: Path, client: MlflowClient) -> None:
+    """Create and migrate an embedded SQLite store once, under a file lock: two steps of one run
+    (separate processes) opening a new store at once would both migrate it and one would fail."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client.search_experiments(max_results=1)  # opens the store: creates the schema
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class NoPreviousChampionError(RuntimeError):
@@ -200,9 +217,11 @@ class ModelRegistry(ConfigurableResource):
         """An MLflow client bound to this registry's stores (no global MLflow state is touched)."""
         quiet_mlflow_logging()
         uri = self.resolved_tracking_uri()
-        if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return MlflowClient(tracking_uri=uri, registry_uri=self.registry_uri or uri)
+        client = MlflowClient(tracking_uri=uri, registry_uri=self.registry_uri or uri)
+        if uri.startswith("sqlite:///") and uri not in _SQLITE_READY:
+            _create_sqlite_store(Path(uri.removeprefix("sqlite:///")), client)
+            _SQLITE_READY.add(uri)
+        return client
 
     def experiment_id(self, client: MlflowClient | None = None) -> str:
         """The id of ``experiment_name``, created on first use."""

@@ -84,3 +84,27 @@ def test_materialization_with_the_instance_on_postgres(
             "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'"
         )
         assert cur.fetchone()[0] == 6  # 2 raw checks x 2 days + ad_events' + features' check
+
+
+def test_deployment_creates_mlflows_database_once() -> None:
+    """`clickloop-databases` (run by compose before MLflow starts) on the local server."""
+    from pipelines.databases import ensure_database
+
+    name = f"clickloop_mlflow_{uuid.uuid4().hex[:10]}"
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        assert ensure_database(url) is True
+        assert ensure_database(url) is False  # a restart of the deployment finds it
+        conn = psycopg2.connect(url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_database()")
+                assert cur.fetchone()[0] == name
+        finally:
+            conn.close()
+    finally:
+        admin = psycopg2.connect(ADMIN_URL)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
