@@ -1,11 +1,20 @@
 """The benchmark of clickloop: each step of the loop next to the bare library doing the same work.
 
-``make bench`` (``python -m pipelines.bench``) simulates days of 1M and 5M impressions (``--sizes``;
-``--quick`` is one day of 100k) and, for each size, runs every step of :data:`STEPS` twice on the
-same files in the same run: clickloop's own function, and a *floor*, the bare library (DuckDB,
-pyarrow) doing the same work without clickloop's guarantees (quarantine, deduplication, accounting,
-ordering, atomic writes). Speed is reported as a ratio (clickloop seconds / floor seconds): the
+``make bench`` (``python -m pipelines.bench``) simulates days of 1M and 5M impressions
+(``--sizes``; ``--quick`` is one day of 100k, each step at its first point) and, for each size,
+runs every step of :data:`STEPS` twice on the same files in the same run: clickloop's own
+function, and a *floor*, the bare library (DuckDB, pyarrow, XGBoost, Evidently) doing the same work
+without clickloop's guarantees (quarantine, deduplication, accounting, ordering, atomic writes,
+category pinning, sampling). Speed is reported as a ratio (clickloop seconds / floor seconds): the
 machine may be shared and noisy, a ratio of two neighbours is not.
+
+The steps: simulate, write logs, ingest (with faults and clean), the ad_events join, feature
+stats, features, training (``fit_ctr_model`` against ``xgboost.train``, 100 rounds), scoring (one
+request x 1M candidates through ``ChampionPolicy.predict_ctr`` against ``inplace_predict``; median
+and p99 of 20 calls) and the drift report (``read_sample`` + ``compute_drift`` against Evidently on
+frames already sampled, at the day's rows and 10x as many). Scoring and drift do not depend on the
+day's size: they are measured once, at the first size (a step's ``points``). ``--steps`` measures
+only the named steps; the steps they need run first, clickloop's side only, unreported.
 
 How a number is taken:
 
@@ -29,7 +38,10 @@ Adding a step (training against bare ``xgboost.train``, scoring latency, drift r
 refresh): write its ``ours`` and ``floor`` functions (each loads its inputs, wraps exactly the
 measured work in ``with ctx.timed():`` and returns a small dict of facts), optionally a
 ``prepare`` function that leaves the inputs in ``ctx.work``, and append a :class:`Step` to
-:data:`STEPS`. Steps run in list order, so a step may use what an earlier one left behind.
+:data:`STEPS` (``needs``: the steps whose files it reads; ``points``: what it is measured at, when
+not the day's size; ``detail``: the table's last column). Steps run in list order, so a step may use
+what an earlier one left behind. A function timing repetitions inside its block reports their
+median with ``ctx.report_seconds``.
 """
 
 from __future__ import annotations
@@ -138,7 +150,16 @@ class Ctx:
 
     size: int
     work: Path
+    #: what this measurement is taken at (rows, candidates); the day's size unless a step's
+    #: ``points`` say otherwise
+    rows: int = 0
     timing: Timing | None = field(default=None, init=False)
+    #: the seconds reported instead of the timed block's wall time (see :meth:`report_seconds`)
+    reported_s: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.rows <= 0:
+            self.rows = self.size
 
     # -- the timed block -------------------------------------------------------------------
 
@@ -152,6 +173,11 @@ class Ctx:
         yield
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         self.timing = Timing(wall, cpu, rss, _proc_status_mib("VmHWM"))
+
+    def report_seconds(self, seconds: float) -> None:
+        """Report ``seconds`` (e.g. the median of repetitions timed inside the block) as this
+        run's time; the block's own wall time is kept as ``block_wall_s``."""
+        self.reported_s = float(seconds)
 
     # -- days and paths --------------------------------------------------------------------
 
@@ -600,6 +626,419 @@ def features_floor(ctx: Ctx) -> dict[str, object]:
     return {"rows": rows}
 
 
+# --- 5. training: fit_ctr_model against bare xgboost.train -------------------------------------
+
+#: Boosting rounds of both sides of the training step (early stopping can never end it sooner).
+TRAIN_ROUNDS = 100
+#: The validation rows fit_ctr_model needs: every n-th row of the same day (evaluation only).
+VALID_EVERY = 10
+
+
+def _features_path(ctx: Ctx) -> Path:
+    """Day D's ``features`` file, written by the features step at this size."""
+    return ctx.work / "warehouse" / "features" / f"date={ctx.key()}" / "part-0.parquet"
+
+
+def _training_dir(ctx: Ctx) -> Path:
+    return ctx.work / "training"
+
+
+def _training_model_path(ctx: Ctx) -> Path:
+    return _training_dir(ctx) / "model.ubj"
+
+
+def _training_config() -> Any:
+    """The asset's defaults, no search, exactly :data:`TRAIN_ROUNDS` rounds: with
+    ``early_stopping_rounds`` = the rounds, the callback can never stop early."""
+    from assets.model import CtrModelConfig
+
+    return CtrModelConfig(
+        n_trials=0, num_boost_round=TRAIN_ROUNDS, early_stopping_rounds=TRAIN_ROUNDS
+    )
+
+
+def _training_tables(ctx: Ctx) -> tuple[Any, Any]:
+    """Training rows: all of day D's features; validation: every :data:`VALID_EVERY`-th row."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(_features_path(ctx))
+    return table, table.take(np.arange(0, table.num_rows, VALID_EVERY))
+
+
+def training_ours(ctx: Ctx) -> dict[str, object]:
+    """``fit_ctr_model`` (n_trials=0, 100 rounds) on Arrow tables of day D's features: model frames,
+    QuantileDMatrix of train and validation, the search sample, training with evaluation.
+
+    Afterwards (untimed, once the fit's matrices are freed) it leaves the floor's inputs: the
+    model frame and labels of the same training rows (``model_data``, as ``fit_ctr_model`` builds
+    them) and the parameters the booster was trained with; and the model, which the scoring step
+    serves."""
+    from assets.model import fit_ctr_model, model_data, save_booster
+
+    train, valid = _training_tables(ctx)
+    config = _training_config()
+    with ctx.timed():
+        fit = fit_ctr_model(train, valid, config, rate=1.0)
+    final = fit.final
+    folder = _training_dir(ctx)
+    save_booster(final.booster, _training_model_path(ctx))
+    (folder / "params.json").write_text(json.dumps(final.params))
+    data = model_data(train)
+    _dump(folder / "floor-frame.pkl", (data.features, data.labels))
+    total = ctx.timing.wall_s if ctx.timing else 0.0
+    return {
+        "train_rows": fit.train_rows,
+        "valid_rows": fit.valid_rows,
+        # rounds trained (one log loss per round); the returned model keeps best_iteration + 1
+        "rounds": len(final.curves["validation_logloss"]),
+        "rounds_kept": final.booster.num_boosted_rounds(),
+        "best_iteration": final.best_iteration,
+        "valid_logloss": final.valid_logloss,
+        "train_seconds": final.seconds,
+        "search_seconds": fit.search_seconds,
+        "frames_and_matrices_seconds": total - final.seconds - fit.search_seconds,
+        "search_max_rows": config.search_max_rows,
+        "params": final.params,
+    }
+
+
+def training_floor(ctx: Ctx) -> dict[str, object]:
+    """Bare XGBoost: ``QuantileDMatrix`` of the same model frame, ``xgboost.train`` with the
+    parameters clickloop's booster was trained with, 100 rounds, no evaluation sets."""
+    import xgboost as xgb
+
+    frame, labels = _load(_training_dir(ctx) / "floor-frame.pkl")
+    params = json.loads((_training_dir(ctx) / "params.json").read_text())
+    with ctx.timed():
+        start = time.perf_counter()
+        dtrain = xgb.QuantileDMatrix(
+            frame, label=labels, enable_categorical=True, max_bin=params["max_bin"]
+        )
+        built = time.perf_counter()
+        booster = xgb.train(params, dtrain, num_boost_round=TRAIN_ROUNDS)
+        trained = time.perf_counter()
+    return {
+        "train_rows": len(labels),
+        "rounds": booster.num_boosted_rounds(),
+        "dmatrix_seconds": built - start,
+        "train_seconds": trained - built,
+    }
+
+
+def training_detail(row: dict[str, Any]) -> str:
+    ours, floor = row["ours"]["info"], row["floor"]["info"] if row["floor"] else {}
+    text = (
+        f"{ours['train_rows']:,} rows, {ours['rounds']} rounds; clickloop: frames + matrices "
+        f"{ours['frames_and_matrices_seconds']:.1f} s, search sample "
+        f"{ours['search_seconds']:.1f} s "
+        f"(n_trials=0), train + evals {ours['train_seconds']:.1f} s"
+    )
+    if floor:
+        text += (
+            f"; floor: DMatrix {floor['dmatrix_seconds']:.1f} s, "
+            f"train {floor['train_seconds']:.1f} s"
+        )
+    return text
+
+
+# --- 6. scoring: one request's candidates through the champion's policy ------------------------
+
+#: Candidates of the one request scored (capped at the day's size, so --quick stays quick).
+SCORING_CANDIDATES = 1_000_000
+#: Timed repetitions (after one untimed warm-up call) on each side; median and p99 are reported.
+SCORING_REPS = 20
+
+
+def scoring_points(size: int, sizes: Sequence[int]) -> tuple[int, ...]:
+    """Size-independent: measured once, at the run's first size, with min(size, 1M) candidates."""
+    return (min(size, SCORING_CANDIDATES),) if size == sizes[0] else ()
+
+
+def _scoring_frame_path(ctx: Ctx) -> Path:
+    return ctx.work / "scoring" / f"frame-{ctx.rows}.pkl"
+
+
+def _candidates(ctx: Ctx) -> Any:
+    """One simulated request of day D crossed with every ad of a ``World`` built with ``rows``
+    ads: the ``candidate_frame`` the ad server hands to a ranking policy."""
+    import numpy as np
+
+    from resources.simulator import World, candidate_frame, draw_context
+
+    n = ctx.rows
+    world = World(SEED, n_ads=n)
+    context = draw_context(world, world.scenario, ctx.day(), 1, np.random.default_rng([SEED, 99]))
+    return candidate_frame(
+        world, ctx.day(), context, np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+    )
+
+
+def _latencies(call: Callable[[], Any], reps: int) -> tuple[list[float], Any]:
+    """Wall seconds of ``reps`` calls, and the last result."""
+    seconds, result = [], None
+    for _ in range(reps):
+        start = time.perf_counter()
+        result = call()
+        seconds.append(time.perf_counter() - start)
+    return seconds, result
+
+
+def _latency_facts(first: float, seconds: Sequence[float], predictions: Any) -> dict[str, object]:
+    import numpy as np
+
+    values = np.asarray(seconds)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    return {
+        "reps": len(values),
+        "first_call_s": first,
+        "median_s": float(np.median(values)),
+        "p99_s": float(np.percentile(values, 99)),
+        "min_s": float(values.min()),
+        "max_s": float(values.max()),
+        "all_s": [float(v) for v in values],
+        "predictions": int(predictions.size),
+        "mean_prediction": float(predictions.mean()),
+    }
+
+
+def scoring_ours(ctx: Ctx) -> dict[str, object]:
+    """``ChampionPolicy.predict_ctr`` of one request's candidates (built untimed, in this child):
+    DuckDB feature lookups against ``feature_stats``, the model frame pinned to the model's
+    categories, in-place prediction, calibration. The model is the training step's; one untimed
+    warm-up call, then :data:`SCORING_REPS` timed calls. Afterwards (untimed) the model frame
+    ``predict_ctr`` builds is left for the floor."""
+    import duckdb
+
+    from assets.features import (
+        FEATURE_COLUMNS,
+        candidate_features,
+        model_categories,
+        to_model_frame,
+    )
+    from assets.model import load_booster
+    from resources.serving import ChampionPolicy, candidates_table
+
+    booster = load_booster(_training_model_path(ctx))
+    candidates = _candidates(ctx)
+    policy = ChampionPolicy("bench", booster, _stats_path(ctx))
+    first, _ = _latencies(lambda: policy.predict_ctr(candidates), 1)
+    with ctx.timed():
+        seconds, predictions = _latencies(lambda: policy.predict_ctr(candidates), SCORING_REPS)
+    facts = _latency_facts(first[0], seconds, predictions)
+    ctx.report_seconds(facts["median_s"])  # type: ignore[arg-type]
+    # one more call, untimed, stage by stage (where the time goes), as predict_ctr does it
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    table = candidates_table(candidates)
+    stages["to_arrow"] = time.perf_counter() - start
+    with duckdb.connect() as con:  # as ChampionPolicy.predict_ctr connects: DuckDB's defaults
+        ((threads,),) = con.execute("SELECT current_setting('threads')").fetchall()
+        start = time.perf_counter()
+        features = candidate_features(con, table, _stats_path(ctx))
+        stages["duckdb_features"] = time.perf_counter() - start
+    start = time.perf_counter()
+    categories = model_categories(booster) or None
+    stages["model_categories"] = time.perf_counter() - start
+    start = time.perf_counter()
+    frame = to_model_frame(features, categories)[booster.feature_names or list(FEATURE_COLUMNS)]
+    stages["model_frame"] = time.perf_counter() - start
+    start = time.perf_counter()
+    booster.inplace_predict(frame)
+    stages["inplace_predict"] = time.perf_counter() - start
+    _dump(_scoring_frame_path(ctx), frame)
+    return {
+        **facts,
+        "candidates": len(candidates),
+        "duckdb_threads": int(threads),
+        "stages_s": stages,
+    }
+
+
+def scoring_floor(ctx: Ctx) -> dict[str, object]:
+    """Bare XGBoost ``inplace_predict`` of the model frame clickloop's run built (same model, same
+    candidates); warm-up, then the same :data:`SCORING_REPS` timed calls."""
+    import xgboost as xgb
+
+    booster = xgb.Booster(model_file=str(_training_model_path(ctx)))
+    frame = _load(_scoring_frame_path(ctx))
+    first, _ = _latencies(lambda: booster.inplace_predict(frame), 1)
+    with ctx.timed():
+        seconds, predictions = _latencies(lambda: booster.inplace_predict(frame), SCORING_REPS)
+    facts = _latency_facts(first[0], seconds, predictions)
+    ctx.report_seconds(facts["median_s"])  # type: ignore[arg-type]
+    return {**facts, "candidates": len(frame)}
+
+
+def scoring_detail(row: dict[str, Any]) -> str:
+    ours, floor = row["ours"]["info"], row["floor"]["info"] if row["floor"] else {}
+    text = (
+        f"{ours['candidates']:,} candidates, {ours['reps']} reps; clickloop median "
+        f"{ours['median_s']:.3f} s, p99 {ours['p99_s']:.3f} s"
+    )
+    if floor:
+        text += f"; floor median {floor['median_s']:.3f} s, p99 {floor['p99_s']:.3f} s"
+    stages = ours.get("stages_s")
+    if stages:
+        text += "; one clickloop call by stage: " + ", ".join(
+            f"{name} {seconds:.3f} s" for name, seconds in stages.items()
+        )
+    return text + "; s columns = medians"
+
+
+# --- 7. the drift report: samples of day D against a reference, Evidently ----------------------
+
+#: The drift report is measured at the day's rows and at this many times as many.
+DRIFT_SCALE = 10
+
+
+def drift_points(size: int, sizes: Sequence[int]) -> tuple[int, ...]:
+    """Measured once, at the run's first size: that many rows of ``features`` and 10x as many."""
+    return (size, DRIFT_SCALE * size) if size == sizes[0] else ()
+
+
+def _drift_dir(ctx: Ctx) -> Path:
+    return ctx.work / "drift"
+
+
+def _drift_current(ctx: Ctx) -> Path:
+    return _drift_dir(ctx) / f"features-{ctx.rows}.parquet"
+
+
+def _drift_reference(ctx: Ctx) -> Path:
+    return _drift_dir(ctx) / "reference.parquet"
+
+
+def _drift_config() -> Any:
+    from assets.monitoring import DriftReportConfig
+
+    return DriftReportConfig()
+
+
+def _copies_sql(source: Path, copies: int, tag: str) -> str:
+    """``copies`` copies of a features file, each with new impression ids (``id#<tag><k>``)."""
+    new_id = f"f.impression_id || '#{tag}' || CAST(c.k AS VARCHAR)"
+    return (
+        f"SELECT f.* REPLACE ({new_id} AS impression_id) "
+        f"FROM range({int(copies)}) c(k), read_parquet('{source}') f"
+    )
+
+
+def drift_prepare(ctx: Ctx) -> None:
+    """The current day at ``rows`` rows: day D's features repeated ``rows / size`` times with new
+    impression ids; the reference: day D's features once more with other ids (so the hash sample
+    picks other rows). Bare DuckDB with the warehouse's settings, Parquet with zstd as the
+    warehouse writes it (no clickloop import: a cheap child). For contrast, the time pyarrow
+    takes to read the whole current file."""
+    import pyarrow.parquet as pq
+
+    if ctx.rows % ctx.size:
+        raise ValueError(f"drift rows {ctx.rows} are not a multiple of the day's size {ctx.size}")
+    source, current, reference = _features_path(ctx), _drift_current(ctx), _drift_reference(ctx)
+    current.parent.mkdir(parents=True, exist_ok=True)
+    con = floor_connection()
+    jobs = [(current, ctx.rows // ctx.size, "c")]
+    if not reference.exists():
+        jobs.append((reference, 1, "r"))
+    for target, copies, tag in jobs:
+        con.execute(
+            f"COPY ({_copies_sql(source, copies, tag)}) TO '{target}' "
+            "(FORMAT parquet, COMPRESSION zstd)"
+        )
+    con.close()
+    start = time.perf_counter()
+    table = pq.read_table(current)
+    read_s = time.perf_counter() - start
+    facts = {"rows": table.num_rows, "bytes": current.stat().st_size, "pyarrow_read_s": read_s}
+    (_drift_dir(ctx) / f"full-read-{ctx.rows}.json").write_text(json.dumps(facts))
+
+
+def drift_ours(ctx: Ctx) -> dict[str, object]:
+    """What ``drift_report`` computes, with its default config: ``read_sample`` of the current
+    file and of the reference (warehouse DuckDB settings), then ``compute_drift``. The HTML
+    rendering is timed apart (untimed for the ratio) and reported in the facts."""
+    from assets.monitoring import DRIFT_CATEGORICAL, DRIFT_NUMERIC, compute_drift, read_sample
+
+    config = _drift_config()
+    warehouse = ctx.warehouse()
+    current_path, reference_path = _drift_current(ctx), _drift_reference(ctx)
+    with warehouse.duckdb() as con:
+        with ctx.timed():
+            start = time.perf_counter()
+            current = read_sample(con, [current_path], config.sample_rows, config.seed)
+            reference = read_sample(con, [reference_path], config.sample_rows, config.seed)
+            sampled = time.perf_counter()
+            summary = compute_drift(
+                reference,
+                current,
+                max_rows=config.sample_rows,
+                seed=config.seed,
+                drift_share=config.drift_share,
+                prediction_method=config.prediction_method,
+                target_method=config.target_method,
+            )
+            done = time.perf_counter()
+    start_html = time.perf_counter()
+    html = summary.html()
+    html_s = time.perf_counter() - start_html
+    # the floor's inputs: the same samples, and the report's columns and settings
+    _dump(_drift_dir(ctx) / f"samples-{ctx.rows}.pkl", (current, reference))
+    spec = {
+        "categorical": list(DRIFT_CATEGORICAL),
+        "numeric": list(DRIFT_NUMERIC),
+        "drift_share": config.drift_share,
+    }
+    (_drift_dir(ctx) / "spec.json").write_text(json.dumps(spec))
+    full = json.loads((_drift_dir(ctx) / f"full-read-{ctx.rows}.json").read_text())
+    return {
+        "file_rows": full["rows"],
+        "file_bytes": full["bytes"],
+        "sample_rows": config.sample_rows,
+        "current_rows": summary.current_rows,
+        "reference_rows": summary.reference_rows,
+        "drifted_features": len(summary.drifted),
+        "features": len(summary.features),
+        "read_sample_seconds": sampled - start,
+        "compute_drift_seconds": done - sampled,
+        "html_seconds": html_s,
+        "html_bytes": len(html),
+        "pyarrow_full_read_seconds": full["pyarrow_read_s"],
+    }
+
+
+def drift_floor(ctx: Ctx) -> dict[str, object]:
+    """Bare Evidently: ``Report([DataDriftPreset])`` on the samples clickloop's run read (left by
+    it), already in memory, in a fresh process like clickloop's (both pay Evidently's first-run
+    cost)."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    current, reference = _load(_drift_dir(ctx) / f"samples-{ctx.rows}.pkl")
+    spec = json.loads((_drift_dir(ctx) / "spec.json").read_text())
+    columns = [*spec["categorical"], *spec["numeric"]]
+    definition = DataDefinition(
+        numerical_columns=spec["numeric"], categorical_columns=spec["categorical"]
+    )
+    cur, ref = current[columns], reference[columns]
+    with ctx.timed():
+        Report([DataDriftPreset(columns=columns, drift_share=spec["drift_share"])]).run(
+            Dataset.from_pandas(cur, data_definition=definition),
+            Dataset.from_pandas(ref, data_definition=definition),
+        )
+    return {"sample_rows": len(cur), "reference_rows": len(ref)}
+
+
+def drift_detail(row: dict[str, Any]) -> str:
+    ours = row["ours"]["info"]
+    text = (
+        f"{ours['file_rows']:,} rows ({ours['file_bytes'] / 2**20:,.1f} MiB), samples of "
+        f"{ours['current_rows']:,} + {ours['reference_rows']:,}; clickloop: read_sample "
+        f"{ours['read_sample_seconds']:.1f} s, compute_drift {ours['compute_drift_seconds']:.1f} s "
+        f"(HTML apart: {ours['html_seconds']:.1f} s)"
+    )
+    return text + f"; pyarrow read of the whole file: {ours['pyarrow_full_read_seconds']:.1f} s"
+
+
 # --- The list of steps -------------------------------------------------------------------------
 
 StepFn = Callable[[Ctx], dict[str, object]]
@@ -615,6 +1054,16 @@ class Step:
     floor: StepFn | None
     floor_label: str
     prepare: Callable[[Ctx], None] | None = None
+    #: the steps whose files this one reads (run first, unreported, when ``--steps`` omits them)
+    needs: tuple[str, ...] = ()
+    #: what the step is measured at for a day's size, given the run's sizes (the table's "size");
+    #: None: the day's size. An empty tuple skips the step at that size.
+    points: Callable[[int, Sequence[int]], Sequence[int]] | None = None
+    #: the table's last column, from the row's facts
+    detail: Callable[[dict[str, Any]], str] | None = None
+
+    def points_at(self, size: int, sizes: Sequence[int]) -> tuple[int, ...]:
+        return (size,) if self.points is None else tuple(self.points(size, sizes))
 
 
 STEPS: list[Step] = [
@@ -625,6 +1074,7 @@ STEPS: list[Step] = [
         write_ours,
         write_floor,
         "DuckDB COPY of the clean frames to gzip JSON lines",
+        needs=("simulate",),
     ),
     Step(
         "ingest",
@@ -633,6 +1083,7 @@ STEPS: list[Step] = [
         ingest_floor,
         "DuckDB read_json(ignore_errors) → COPY parquet",
         prepare=ingest_prepare,
+        needs=("write_logs",),
     ),
     Step(
         "ingest_clean",
@@ -641,6 +1092,7 @@ STEPS: list[Step] = [
         ingest_clean_floor,
         "pyarrow json.read_json → parquet.write_table (clean files: fault rates 0)",
         prepare=ingest_clean_prepare,
+        needs=("simulate",),
     ),
     Step(
         "join",
@@ -649,6 +1101,7 @@ STEPS: list[Step] = [
         join_floor,
         "DuckDB imps LEFT JOIN first click per impression → parquet",
         prepare=join_prepare,
+        needs=("ingest",),
     ),
     Step(
         "feature_stats",
@@ -656,6 +1109,7 @@ STEPS: list[Step] = [
         stats_ours,
         stats_floor,
         "DuckDB one GROUP BY per key, UNION ALL → parquet",
+        needs=("join",),
     ),
     Step(
         "features",
@@ -663,6 +1117,42 @@ STEPS: list[Step] = [
         features_ours,
         features_floor,
         "DuckDB equality LEFT JOINs to the stats → parquet",
+        needs=("feature_stats",),
+    ),
+    Step(
+        "training",
+        f"training ({TRAIN_ROUNDS} rounds)",
+        training_ours,
+        training_floor,
+        f"xgboost.QuantileDMatrix of the same model frame + xgboost.train, same params, "
+        f"{TRAIN_ROUNDS} rounds, no evaluation sets (timed: DMatrix + train; clickloop's time is "
+        "the whole fit_ctr_model from Arrow tables: model frames, train and validation matrices, "
+        "search sample, training with train/validation log loss each round)",
+        needs=("features",),
+        detail=training_detail,
+    ),
+    Step(
+        "scoring",
+        "score 1 request × candidates (median)",
+        scoring_ours,
+        scoring_floor,
+        "booster.inplace_predict of the already-built model frame (same model, same candidates); "
+        f"median of {SCORING_REPS} calls after one warm-up, same on both sides",
+        needs=("training",),
+        points=scoring_points,
+        detail=scoring_detail,
+    ),
+    Step(
+        "drift",
+        "drift report",
+        drift_ours,
+        drift_floor,
+        "Evidently Report([DataDriftPreset]) on the same samples, already pandas frames "
+        "(no read, no prediction/target drift, no tests)",
+        prepare=drift_prepare,
+        needs=("features",),
+        points=drift_points,
+        detail=drift_detail,
     ),
 ]
 
@@ -683,6 +1173,23 @@ NOTES: tuple[str, ...] = (
     "clicks D, D+1.",
     f"feature stats: the {HISTORY_DAYS}-day window reuses day D's ad_events file under "
     f"{HISTORY_DAYS} keys (same file on both sides).",
+    f"training: size = rows of day D's real features file (the features step's output at that "
+    f"size); validation = every {VALID_EVERY}th row of the same file (fit_ctr_model needs one). "
+    f"CtrModelConfig defaults with n_trials=0, num_boost_round={TRAIN_ROUNDS}, "
+    f"early_stopping_rounds={TRAIN_ROUNDS} (cannot stop early; save_best may slice the returned "
+    "model, training still runs every round); the floor trains with the params of clickloop's "
+    "booster (base_params of that config: hist, max_bin 256, depth 5, learning rate 0.05, "
+    "nthread 2, ...) on the model frame clickloop's model_data builds of the same rows.",
+    f"scoring: measured once (first size) with min(size, {SCORING_CANDIDATES:,}) candidates: one "
+    "simulated request of day D crossed with every ad of a World built with that many ads "
+    "(candidate_frame, built untimed in the clickloop child); model: the training step's "
+    f"({TRAIN_ROUNDS} rounds on day D at the first size); statistics: the feature stats step's "
+    "file. ChampionPolicy opens its own DuckDB connection (DuckDB's default threads = cores). "
+    "The size and s columns are the candidates and the median latency; ratio = ratio of medians.",
+    f"drift report: measured once (first size) at the day's rows and {DRIFT_SCALE}x as many; the "
+    f"bigger file is day D's features repeated {DRIFT_SCALE} times with new impression_ids, the "
+    "reference is day D's features once more with other ids (one file, where the asset reads "
+    "the whole training window). Both sides get DriftReportConfig's default sample size.",
 )
 
 
@@ -696,10 +1203,12 @@ def step_named(name: str) -> Step:
 # --- Child processes ---------------------------------------------------------------------------
 
 
-def child_main(role: str, step_name: str, size: int, work: Path, result: Path) -> int:
+def child_main(
+    role: str, step_name: str, size: int, work: Path, result: Path, rows: int | None = None
+) -> int:
     """Run one role of one step in this (child) process; write its measurement to ``result``."""
     step = step_named(step_name)
-    ctx = Ctx(size=size, work=work)
+    ctx = Ctx(size=size, work=work, rows=rows or size)
     work.mkdir(parents=True, exist_ok=True)
     if role == "prepare":
         if step.prepare is None:
@@ -714,6 +1223,9 @@ def child_main(role: str, step_name: str, size: int, work: Path, result: Path) -
     if ctx.timing is None:
         raise RuntimeError(f"{step_name}/{role} never entered ctx.timed()")
     payload = {**ctx.timing.__dict__, "info": info}
+    if ctx.reported_s is not None:
+        payload["block_wall_s"] = payload["wall_s"]
+        payload["wall_s"] = ctx.reported_s
     result.write_text(json.dumps(payload, default=str))
     return 0
 
@@ -729,21 +1241,25 @@ class Run:
     hwm_end_mib: float
     child_wall_s: float
     info: dict[str, object]
+    #: the timed block's wall time when the child reported another time (a median)
+    block_wall_s: float | None = None
 
 
 class ChildFailed(RuntimeError):
     """A child process exited with an error; the message holds the end of its log."""
 
 
-def run_child(role: str, step: Step, size: int, work: Path) -> Run:
+def run_child(role: str, step: Step, size: int, work: Path, rows: int | None = None) -> Run:
     """Start one child, wait for it with ``os.wait4`` and return its timing and peak RSS."""
+    rows = rows or size
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    result = logs / f"{step.name}-{role}.json"
-    log = logs / f"{step.name}-{role}.log"
+    result = logs / f"{step.name}-{rows}-{role}.json"
+    log = logs / f"{step.name}-{rows}-{role}.log"
     result.unlink(missing_ok=True)
     command = [sys.executable, "-m", "pipelines.bench", "--child", role, "--step", step.name]
-    command += ["--size", str(size), "--work", str(work), "--result", str(result)]
+    command += ["--size", str(size), "--rows", str(rows)]
+    command += ["--work", str(work), "--result", str(result)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = str(DUCKDB_THREADS)  # pyarrow's and XGBoost's thread pools
@@ -762,7 +1278,9 @@ def run_child(role: str, step: Step, size: int, work: Path) -> Run:
     child_wall = time.perf_counter() - start
     if proc.returncode != 0 or not result.exists():
         tail = log.read_text(errors="replace")[-4000:]
-        raise ChildFailed(f"{step.name}/{role} at {size:,} exited {proc.returncode}:\n{tail}")
+        raise ChildFailed(
+            f"{step.name}/{role} at {rows:,} (day {size:,}) exited {proc.returncode}:\n{tail}"
+        )
     payload = json.loads(result.read_text())
     peak = usage.ru_maxrss / 1024  # KiB on Linux
     return Run(
@@ -773,6 +1291,7 @@ def run_child(role: str, step: Step, size: int, work: Path) -> Run:
         hwm_end_mib=payload.get("hwm_end_mib", 0.0),
         child_wall_s=child_wall,
         info=payload.get("info", {}),
+        block_wall_s=payload.get("block_wall_s"),
     )
 
 
@@ -809,9 +1328,13 @@ def machine() -> dict[str, object]:
     }
 
 
-def _row(size: int, step: Step, ours: Run, floor: Run | None) -> dict[str, object]:
+def _row(
+    size: int, step: Step, ours: Run, floor: Run | None, rows: int | None = None
+) -> dict[str, object]:
     def as_dict(run: Run | None) -> dict[str, object] | None:
-        return None if run is None else {
+        if run is None:
+            return None
+        facts: dict[str, object] = {
             "seconds": run.wall_s,
             "cpu_seconds": run.cpu_s,
             "peak_mib": run.peak_mib,
@@ -820,11 +1343,15 @@ def _row(size: int, step: Step, ours: Run, floor: Run | None) -> dict[str, objec
             "child_wall_seconds": run.child_wall_s,
             "info": run.info,
         }
+        if run.block_wall_s is not None:
+            facts["block_wall_seconds"] = run.block_wall_s
+        return facts
 
     ratio = ours.wall_s / floor.wall_s if floor and floor.wall_s > 0 else None
     cpu_ratio = ours.cpu_s / floor.cpu_s if floor and floor.cpu_s > 0 else None
     return {
-        "size": size,
+        "size": rows or size,
+        "day_size": size,
         "step": step.name,
         "title": step.title,
         "floor_label": step.floor_label,
@@ -844,19 +1371,24 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# clickloop benchmark",
         "",
-        "| size | step | clickloop s | floor s | ratio | clickloop peak MiB | floor peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| size | step | clickloop s | floor s | ratio | clickloop peak MiB | floor peak MiB "
+        "| detail |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in results["rows"]:
         ours, floor = row["ours"], row["floor"]
         ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}×"
+        step = step_named(row["step"])
+        detail = step.detail(row) if step.detail else ""
+        digits = 3 if step.points is not None and ours["seconds"] < 10 else 2
         lines.append(
-            f"| {size_label(row['size'])} | {row['title']} | {_num(ours['seconds'])} | "
-            f"{_num(floor and floor['seconds'])} | {ratio} | {_num(ours['peak_mib'], 0)} | "
-            f"{_num(floor and floor['peak_mib'], 0)} |"
+            f"| {size_label(row['size'])} | {row['title']} | {_num(ours['seconds'], digits)} | "
+            f"{_num(floor and floor['seconds'], digits)} | {ratio} | {_num(ours['peak_mib'], 0)} | "
+            f"{_num(floor and floor['peak_mib'], 0)} | {detail} |"
         )
+    measured = {row["step"] for row in results["rows"]}
     lines += ["", "Floors:", ""]
-    lines += [f"- {step.title}: {step.floor_label}" for step in STEPS]
+    lines += [f"- {step.title}: {step.floor_label}" for step in STEPS if step.name in measured]
     lines += ["", "Notes:", ""]
     lines += [f"- {note}" for note in results["notes"]]
     m = results["machine"]
@@ -891,11 +1423,32 @@ def _fastest(runs: Sequence[Run]) -> Run:
     return replace(best, peak_mib=max(run.peak_mib for run in runs))
 
 
+def required_steps(selected: Sequence[str]) -> list[Step]:
+    """The selected steps and every step they need (transitively), in :data:`STEPS` order."""
+    wanted: set[str] = set()
+    pending = list(selected)
+    while pending:
+        name = pending.pop()
+        if name not in wanted:
+            wanted.add(name)
+            pending.extend(step_named(name).needs)
+    return [step for step in STEPS if step.name in wanted]
+
+
 def run_benchmark(
-    sizes: Sequence[int], bench_dir: Path, *, repeat: int = 1, keep_work: bool = False
+    sizes: Sequence[int],
+    bench_dir: Path,
+    *,
+    repeat: int = 1,
+    keep_work: bool = False,
+    steps: Sequence[str] | None = None,
+    first_point_only: bool = False,
 ) -> dict[str, Any]:
-    """Run every step at every size (ours and floor alternately ``repeat`` times, keeping the
-    fastest of each); write and return the results."""
+    """Run every step (or the ``steps`` named, after the steps they need, which run unmeasured:
+    clickloop's side only, not reported) at every size (ours and floor alternately ``repeat``
+    times, keeping the fastest of each); write and return the results. ``first_point_only``
+    (``--quick``): a step with several points (the drift report) is measured at its first."""
+    selected = set(steps) if steps else {step.name for step in STEPS}
     work_root = bench_dir / "work"
     shutil.rmtree(work_root, ignore_errors=True)
     started = time.perf_counter()
@@ -909,6 +1462,8 @@ def run_benchmark(
             "seed": SEED,
             "day": DAY.isoformat(),
             "repeat": repeat,
+            "steps": [step.name for step in STEPS if step.name in selected],
+            "first_point_only": first_point_only,
         },
         "notes": [
             *NOTES,
@@ -920,28 +1475,35 @@ def run_benchmark(
     try:
         for size in sizes:
             work = work_root / f"size-{size}"
-            for step in STEPS:
-                if step.prepare is not None:
-                    _progress(f"{size_label(size)} {step.name}: preparing")
-                    run_child("prepare", step, size, work)
-                ours_runs: list[Run] = []
-                floor_runs: list[Run] = []
-                for _ in range(repeat):
-                    ours_runs.append(run_child("ours", step, size, work))
-                    if step.floor is not None:
-                        floor_runs.append(run_child("floor", step, size, work))
-                ours = _fastest(ours_runs)
-                floor = _fastest(floor_runs) if floor_runs else None
-                row = _row(size, step, ours, floor)
-                row["ours"]["all_seconds"] = [run.wall_s for run in ours_runs]
-                if floor_runs:
-                    row["floor"]["all_seconds"] = [run.wall_s for run in floor_runs]
-                results["rows"].append(row)
-                ratio = "" if row["ratio"] is None else f", ratio {row['ratio']:.2f}"
-                floor_s = "" if floor is None else f", floor {floor.wall_s:.2f} s"
-                _progress(
-                    f"{size_label(size)} {step.name}: clickloop {ours.wall_s:.2f} s{floor_s}{ratio}"
-                )
+            for step in required_steps(sorted(selected)):
+                points = step.points_at(size, sizes)
+                for rows in points[:1] if first_point_only else points:
+                    label = f"{size_label(size)} {step.name}" + (
+                        "" if rows == size else f" at {size_label(rows)}"
+                    )
+                    if step.prepare is not None:
+                        _progress(f"{label}: preparing")
+                        run_child("prepare", step, size, work, rows)
+                    if step.name not in selected:
+                        run = run_child("ours", step, size, work, rows)
+                        _progress(f"{label}: run for the steps that need it ({run.wall_s:.2f} s)")
+                        continue
+                    ours_runs: list[Run] = []
+                    floor_runs: list[Run] = []
+                    for _ in range(repeat):
+                        ours_runs.append(run_child("ours", step, size, work, rows))
+                        if step.floor is not None:
+                            floor_runs.append(run_child("floor", step, size, work, rows))
+                    ours = _fastest(ours_runs)
+                    floor = _fastest(floor_runs) if floor_runs else None
+                    row = _row(size, step, ours, floor, rows)
+                    row["ours"]["all_seconds"] = [run.wall_s for run in ours_runs]
+                    if floor_runs:
+                        row["floor"]["all_seconds"] = [run.wall_s for run in floor_runs]
+                    results["rows"].append(row)
+                    ratio = "" if row["ratio"] is None else f", ratio {row['ratio']:.2f}"
+                    floor_s = "" if floor is None else f", floor {floor.wall_s:.2f} s"
+                    _progress(f"{label}: clickloop {ours.wall_s:.2f} s{floor_s}{ratio}")
     finally:
         if not keep_work:
             shutil.rmtree(work_root, ignore_errors=True)
@@ -965,7 +1527,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sizes", type=int, nargs="+", help="impressions per day (default: 1000000 5000000)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help=f"a smoke run at {QUICK_SIZE:,} (unless --sizes)"
+        "--quick",
+        action="store_true",
+        help=f"a smoke run at {QUICK_SIZE:,} (unless --sizes); the drift report at the day's rows "
+        f"only (not also {DRIFT_SCALE}x)",
     )
     parser.add_argument(
         "--repeat",
@@ -974,10 +1539,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run clickloop and floor alternately N times and keep the fastest of each (default 1)",
     )
     parser.add_argument("--keep-work", action="store_true", help="keep <data_dir>/bench/work")
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=[step.name for step in STEPS],
+        metavar="STEP",
+        help="measure only these steps (the steps they need still run, unmeasured); "
+        f"choices: {' '.join(step.name for step in STEPS)}",
+    )
     # Internal: one child process of the benchmark.
     parser.add_argument("--child", choices=ROLES, help=argparse.SUPPRESS)
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -991,10 +1565,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        return child_main(args.child, args.step, args.size, args.work, args.result)
+        return child_main(args.child, args.step, args.size, args.work, args.result, args.rows)
     sizes = args.sizes or ([QUICK_SIZE] if args.quick else list(DEFAULT_SIZES))
     results = run_benchmark(
-        sizes, data_dir() / "bench", repeat=args.repeat, keep_work=args.keep_work
+        sizes,
+        data_dir() / "bench",
+        repeat=args.repeat,
+        keep_work=args.keep_work,
+        steps=args.steps,
+        first_point_only=args.quick,
     )
     print(markdown(results))
     return 0

@@ -22,16 +22,32 @@ def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
         timeout=120,
     )
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
-    rows = {row["step"]: row for row in results["rows"]}
+    rows: dict[str, list[dict]] = {}
+    for row in results["rows"]:
+        rows.setdefault(row["step"], []).append(row)
     assert list(rows) == [step.name for step in STEPS]
     for step in STEPS:
-        row = rows[step.name]
-        assert row["size"] == 20_000
-        assert row["ours"]["seconds"] > 0 and row["ours"]["peak_mib"] > 0
-        if step.floor is None:
-            assert row["floor"] is None and row["ratio"] is None
-        else:
-            assert row["floor"]["seconds"] > 0 and row["floor"]["peak_mib"] > 0
-            assert row["ratio"] > 0
-    assert "| size | step |" in (tmp_path / "bench" / "results.md").read_text()
+        # scoring and drift are measured at their own points (candidates; the day's rows, and
+        # 10x as many but for --quick)
+        points = step.points_at(20_000, [20_000])[:1]
+        assert [row["size"] for row in rows[step.name]] == list(points)
+        for row in rows[step.name]:
+            assert row["day_size"] == 20_000
+            assert row["ours"]["seconds"] > 0 and row["ours"]["peak_mib"] > 0
+            if step.floor is None:
+                assert row["floor"] is None and row["ratio"] is None
+            else:
+                assert row["floor"]["seconds"] > 0 and row["floor"]["peak_mib"] > 0
+                assert row["ratio"] > 0
+    (scoring,) = rows["scoring"]
+    for side in ("ours", "floor"):
+        info = scoring[side]["info"]
+        assert info["reps"] > 1 and info["predictions"] == info["candidates"] == 20_000
+        assert info["median_s"] == scoring[side]["seconds"] <= info["p99_s"]
+    means = [scoring[side]["info"]["mean_prediction"] for side in ("ours", "floor")]
+    assert abs(means[0] - means[1]) < 1e-6  # same model, same candidates, same predictions
+    (training,) = rows["training"]
+    assert training["ours"]["info"]["rounds"] == training["floor"]["info"]["rounds"] == 100
+    markdown = (tmp_path / "bench" / "results.md").read_text()
+    assert "| size | step |" in markdown and "p99" in markdown
     assert not (tmp_path / "bench" / "work").exists()
