@@ -533,7 +533,7 @@ def outcome_metadata(outcome: SuiteOutcome) -> dict[str, Any]:
 # --- Dagster asset checks ---------------------------------------------------------------------
 
 
-def _check_partition(
+def check_partition(
     context: AssetCheckExecutionContext,
     warehouse: Warehouse,
     asset_name: str,
@@ -571,7 +571,7 @@ def raw_impressions_expectations(
     context: AssetCheckExecutionContext, warehouse: Warehouse
 ) -> AssetCheckResult:
     """Blocking: a failed raw_impressions suite stops everything downstream of the partition."""
-    return _check_partition(context, warehouse, "raw_impressions", raw_impressions_suite)
+    return check_partition(context, warehouse, "raw_impressions", raw_impressions_suite)
 
 
 @asset_check(
@@ -585,7 +585,7 @@ def raw_clicks_expectations(
     context: AssetCheckExecutionContext, warehouse: Warehouse
 ) -> AssetCheckResult:
     """Blocking: a failed raw_clicks suite stops everything downstream of the partition."""
-    return _check_partition(context, warehouse, "raw_clicks", raw_clicks_suite)
+    return check_partition(context, warehouse, "raw_clicks", raw_clicks_suite)
 
 
 @asset_check(
@@ -599,7 +599,7 @@ def ad_events_expectations(
     context: AssetCheckExecutionContext, warehouse: Warehouse
 ) -> AssetCheckResult:
     """Blocking: a failed ad_events suite stops features and training for the partition."""
-    return _check_partition(context, warehouse, "ad_events", ad_events_suite)
+    return check_partition(context, warehouse, "ad_events", ad_events_suite)
 
 
 #: Every expectation check of the loop, for the one ``Definitions``.

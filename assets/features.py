@@ -52,7 +52,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
-    AssetCheckSeverity,
     AssetDep,
     AssetExecutionContext,
     MaterializeResult,
@@ -67,8 +66,8 @@ from assets.events import ad_events
 from assets.expectations import (
     POSITIONS,
     SuiteOutcome,
+    check_partition,
     named_expectation,
-    outcome_metadata,
     validate,
 )
 from assets.guards import require_upstream_checks_passed
@@ -677,17 +676,7 @@ def features_expectations(
     context: AssetCheckExecutionContext, warehouse: Warehouse
 ) -> AssetCheckResult:
     """Blocking: a failed features suite stops training on the partition."""
-    frame = warehouse.read_partition("features", context.partition_key).to_pandas()
-    outcome = check_features(frame)
-    if not outcome.success:
-        context.log.warning(
-            f"features {context.partition_key}: failed {', '.join(outcome.failed_names)}"
-        )
-    return AssetCheckResult(
-        passed=outcome.success,
-        severity=AssetCheckSeverity.ERROR,
-        metadata=outcome_metadata(outcome),
-    )
+    return check_partition(context, warehouse, "features", lambda start, end: features_suite())
 
 
 #: The checks of this module, for the one ``Definitions``.
