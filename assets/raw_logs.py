@@ -8,7 +8,7 @@ timestamps inside the partition, the price unit) are Great Expectations checks o
 
 
 import gzip
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -114,43 +114,66 @@ class ParsedLogs:
         )
 
 
-def _file_text(path: Path) -> str:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+#: Uncompressed bytes of log text typed at a time: a day of any size is read in chunks of whole
+#: lines, so the memory of ingest is bounded by the chunk plus the typed rows, not the file.
+CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:  # keep the line (with U+FFFD) so it can be quarantined and read
         return data.decode("utf-8", errors="replace")
 
 
-def read_lines(files: Sequence[Path]) -> pa.Table:
-    """Every line of the files (gzip or plain) with its file and 1-based line number.
+def _lines_table(path: Path, body: bytes, first_line: int) -> pa.Table:
+    """The lines of ``body`` (whole lines joined by newlines, no final newline), numbered from
+    ``first_line``."""
+    text = _decode(body)
+    lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten()
+    if "\r" in text:
+        lines = pc.replace_substring_regex(lines, "\r$", "")
+    n = len(lines)
+    return pa.table(
+        {
+            "source_file": pa.array(np.full(n, str(path), dtype=object), pa.string()),
+            "line_number": pa.array(np.arange(first_line, first_line + n, dtype=np.int64)),
+            "line": lines.cast(pa.string()),
+        },
+        schema=LINES_SCHEMA,
+    )
 
-    A final newline does not make an extra line, a trailing carriage return is dropped, and bytes
-    that are not UTF-8 are kept as U+FFFD so the line can still be quarantined and inspected.
+
+def iter_line_chunks(files: Sequence[Path], chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.Table]:
+    """Every line of the files (gzip or plain) with its file and 1-based line number, in chunks
+    of whole lines of about ``chunk_bytes``, in file and line order.
+
+    A final newline does not make an extra line ("\n" alone is one empty line), a trailing
+    carriage return is dropped, and bytes that are not UTF-8 are kept as U+FFFD so the line can
+    still be quarantined and inspected.
     """
-    parts: list[pa.Table] = []
     for path in files:
-        text = _file_text(path)
-        if text:  # an empty file has no line; "\n" alone is one empty line
-            body = text[:-1] if text.endswith("\n") else text
-            lines = pc.split_pattern(pa.array([body], pa.large_string()), "\n").flatten()
-        else:
-            lines = pa.array([], pa.large_string())
-        if "\r" in text:
-            lines = pc.replace_substring_regex(lines, "\r$", "")
-        n = len(lines)
-        parts.append(
-            pa.table(
-                {
-                    "source_file": pa.array(np.full(n, str(path), dtype=object), pa.string()),
-                    "line_number": pa.array(np.arange(1, n + 1, dtype=np.int64)),
-                    "line": lines.cast(pa.string()),
-                },
-                schema=LINES_SCHEMA,
-            )
-        )
+        opener = gzip.open if path.name.endswith(".gz") else open
+        next_line = 1
+        carry = b""
+        with opener(path, "rb") as fh:
+            while block := fh.read(chunk_bytes):
+                data = carry + block
+                cut = data.rfind(b"\n")
+                if cut < 0:  # no complete line yet
+                    carry = data
+                    continue
+                carry = data[cut + 1 :]
+                chunk = _lines_table(path, data[:cut], next_line)
+                next_line += chunk.num_rows
+                yield chunk
+        if carry:  # the last line has no newline
+            yield _lines_table(path, carry, next_line)
+
+
+def read_lines(files: Sequence[Path]) -> pa.Table:
+    """Every line of the files as one table (see :func:`iter_line_chunks`)."""
+    parts = list(iter_line_chunks(files))
     return pa.concat_tables(parts) if parts else LINES_SCHEMA.empty_table()
 
 
@@ -245,12 +268,28 @@ def _normalise_timestamps(table: pa.Table) -> pa.Table:
 
 
 def parse_log_files(
-    con: duckdb.DuckDBPyConnection, files: Sequence[Path], kind: LogKind
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[Path],
+    kind: LogKind,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> ParsedLogs:
-    """Read and type one partition's files; every line is either valid or quarantined."""
-    lines = read_lines(files)
-    valid, quarantine = parse_log_lines(con, lines, LOG_SCHEMAS[kind])
-    parsed = ParsedLogs(valid, quarantine, lines.num_rows, [str(f) for f in files])
+    """Read and type one partition's files, a chunk of lines at a time; every line is either
+    valid or quarantined."""
+    valid_parts: list[pa.Table] = []
+    quarantine_parts: list[pa.Table] = []
+    lines_read = 0
+    for lines in iter_line_chunks(files, chunk_bytes):
+        valid, quarantine = parse_log_lines(con, lines, LOG_SCHEMAS[kind])
+        lines_read += lines.num_rows
+        valid_parts.append(valid)
+        quarantine_parts.append(quarantine)
+        del lines
+    if not valid_parts:
+        valid, quarantine = parse_log_lines(con, LINES_SCHEMA.empty_table(), LOG_SCHEMAS[kind])
+    else:
+        valid = pa.concat_tables(valid_parts)
+        quarantine = pa.concat_tables(quarantine_parts)
+    parsed = ParsedLogs(valid, quarantine, lines_read, [str(f) for f in files])
     if valid.num_rows + quarantine.num_rows != parsed.lines_read:  # the identity, enforced
         raise AssertionError(
             f"{kind}: {parsed.lines_read} lines read but {valid.num_rows} valid + "

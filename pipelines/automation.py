@@ -12,13 +12,14 @@ never triggers twice) and tags naming the metric, its value and the threshold it
 blocking data checks failed never triggers a retraining (the sensor says so in its skip reason).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dagster import (
     AssetCheckKey,
     AssetKey,
     ConfigurableResource,
+    DagsterInstance,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -156,14 +157,39 @@ def neighbour_partition(key: str | None, offset: int) -> str | None:
     return keys[index] if 0 <= index < len(keys) else None
 
 
-def failed_data_checks(context: SensorEvaluationContext, day: str) -> list[str]:
-    """Blocking checks of the day's raw and joined data that did not pass."""
-    keys = [
-        AssetCheckKey(AssetKey(asset), f"{asset}_expectations")
-        for asset in ("raw_impressions", "raw_clicks", "ad_events")
-    ]
-    partitions = {k.asset_key: [day] for k in keys}
-    return [f"{p.check} on {p.partition}: {p.problem}" for p in check_problems(context.instance, keys, partitions)]
+#: The assets whose blocking checks vouch for a day's data before it is monitored or trained on.
+DATA_ASSETS: tuple[str, ...] = ("raw_impressions", "raw_clicks", "ad_events")
+
+
+def failed_data_checks(
+    instance: DagsterInstance, days: Sequence[str], failed_only: bool = False
+) -> list[str]:
+    """Blocking checks of the days' raw and joined data that do not vouch for it (only those that
+    failed with ``failed_only``; a partition that was never built is left out)."""
+    problems = []
+    for asset in DATA_ASSETS:
+        key = AssetKey(asset)
+        built = instance.get_materialized_partitions(key)
+        wanted = [d for d in days if d in built]
+        if not wanted:
+            continue
+        check = AssetCheckKey(key, f"{asset}_expectations")
+        problems += [
+            p
+            for p in check_problems(instance, [check], {key: wanted})
+            if p.problem == "failed" or not failed_only
+        ]
+    return [f"{p.check} on {p.partition}: {p.problem}" for p in problems]
+
+
+def ingested_days_after(instance: DagsterInstance, day: str | None) -> list[str]:
+    """The daily partitions of raw logs ingested after ``day`` (all of them when None), in order."""
+    keys = daily_partitions.get_partition_keys()
+    first = keys.index(day) + 1 if day in keys else 0
+    ingested = set()
+    for asset in DATA_ASSETS[:2]:
+        ingested |= set(instance.get_materialized_partitions(AssetKey(asset)))
+    return [k for k in keys[first:] if k in ingested]
 
 
 def latest_monitored_day(store: MonitoringStore) -> str | None:
@@ -180,6 +206,16 @@ def evaluate_retraining(
 ) -> RunRequest | SkipReason:
     """The decision shared by the three sensors, on the newest monitored day."""
     day = latest_monitored_day(store)
+    # a day ingested since then that failed its blocking checks stopped the refresh chain: its
+    # events, features and monitoring were never built; nothing retrains until the logs are fixed
+    stopped = failed_data_checks(
+        context.instance, ingested_days_after(context.instance, day), failed_only=True
+    )
+    if stopped:
+        return SkipReason(
+            f"not retraining on bad data: {'; '.join(stopped)}. The refresh stopped there (no events, "
+            "features or monitoring are built on it); fix the logs and re-run ingest_job for that day."
+        )
     if day is None:
         return SkipReason("no online metrics yet")
     champion_version = registry.champion_version()
@@ -196,7 +232,7 @@ def evaluate_retraining(
         trigger = staleness_trigger(day, first_day, policy)
     if trigger is None:
         return SkipReason(f"{day}: no threshold crossed ({sensor_name}, champion {champion})")
-    failed = failed_data_checks(context, day)
+    failed = failed_data_checks(context.instance, [day])
     if failed:
         return SkipReason(
             f"{trigger.reason}, but {day} failed blocking data checks ({'; '.join(failed)}): "
@@ -234,6 +270,64 @@ def retraining_sensors(training_job: UnresolvedAssetJobDefinition) -> list:
     ]
 
 
+@dataclass(frozen=True)
+class ChainLink:
+    """One link of the daily refresh: when a run of ``after`` ends with ``status`` for partition
+    D, request ``then`` for the partition ``offset`` places from D."""
+
+    sensor: str
+    after: str
+    status: DagsterRunStatus
+    then: str
+    offset: int
+    description: str
+
+
+#: The refresh chain. An ingest that failed its blocking checks still lets the day before be built
+#: when that day's own inputs passed (a price bug in today's impressions does not spoil yesterday's
+#: clicks); the assets' guards refuse whatever would read the failed partition.
+CHAIN: tuple[ChainLink, ...] = (
+    ChainLink(
+        "events_after_ingest", "ingest_job", DagsterRunStatus.SUCCESS, "events_job", -1,
+        "After day D's logs are ingested, build D-1's events, features and monitoring.",
+    ),
+    ChainLink(
+        "events_after_failed_ingest", "ingest_job", DagsterRunStatus.FAILURE, "events_job", -1,
+        "After day D's ingest failed (e.g. a blocking check), still try D-1: its guards refuse "
+        "to build on any partition that failed its checks.",
+    ),
+    ChainLink(
+        "serving_stats_after_events", "events_job", DagsterRunStatus.SUCCESS, "feature_stats_job", 2,
+        "After day D's events, build the statistics serving D+2 may use.",
+    ),
+)
+
+
+def chain_sensor(link: ChainLink, jobs: Mapping[str, UnresolvedAssetJobDefinition]):
+    """The run-status sensor of one link of the chain."""
+
+    @run_status_sensor(
+        name=link.sensor,
+        run_status=link.status,
+        monitored_jobs=[jobs[link.after]],
+        request_job=jobs[link.then],
+        default_status=DefaultSensorStatus.STOPPED,
+        description=link.description,
+    )
+    def _sensor(context: RunStatusSensorContext):
+        return chain_request(link, context.dagster_run.tags.get("dagster/partition"))
+
+    return _sensor
+
+
+def chain_request(link: ChainLink, key: str | None) -> RunRequest | SkipReason:
+    """What ``link`` requests after a run of partition ``key``."""
+    target = neighbour_partition(key, link.offset)
+    if target is None:
+        return SkipReason(f"the partition {link.offset:+d} day(s) from {key} does not exist yet")
+    return RunRequest(run_key=f"{link.then}:{target}", partition_key=target)
+
+
 def refresh_automation(
     ingest_job: UnresolvedAssetJobDefinition,
     events_job: UnresolvedAssetJobDefinition,
@@ -262,34 +356,5 @@ def refresh_automation(
         default_status=DefaultScheduleStatus.STOPPED,
     )
 
-    @run_status_sensor(
-        name="events_after_ingest",
-        run_status=DagsterRunStatus.SUCCESS,
-        monitored_jobs=[ingest_job],
-        request_job=events_job,
-        default_status=DefaultSensorStatus.STOPPED,
-        description="After day D's logs are ingested, build D-1's events, features and monitoring.",
-    )
-    def events_after_ingest(context: RunStatusSensorContext):
-        key = context.dagster_run.tags.get("dagster/partition")
-        previous = neighbour_partition(key, -1)
-        if previous is None:
-            return SkipReason(f"no day before {key}")
-        return RunRequest(run_key=f"events:{previous}", partition_key=previous)
-
-    @run_status_sensor(
-        name="serving_stats_after_events",
-        run_status=DagsterRunStatus.SUCCESS,
-        monitored_jobs=[events_job],
-        request_job=feature_stats_job,
-        default_status=DefaultSensorStatus.STOPPED,
-        description="After day D's events, build the statistics serving D+2 may use.",
-    )
-    def serving_stats_after_events(context: RunStatusSensorContext):
-        key = context.dagster_run.tags.get("dagster/partition")
-        after = neighbour_partition(key, 2)
-        if after is None:
-            return SkipReason(f"the partition two days after {key} does not exist yet")
-        return RunRequest(run_key=f"feature_stats:{after}", partition_key=after)
-
-    return [daily, weekly], [events_after_ingest, serving_stats_after_events]
+    jobs = {job.name: job for job in (ingest_job, events_job, feature_stats_job)}
+    return [daily, weekly], [chain_sensor(link, jobs) for link in CHAIN]

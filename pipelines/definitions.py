@@ -1,6 +1,12 @@
 """The one ``Definitions`` of clickloop: assets, checks, jobs and resources."""
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import (
+    AssetSelection,
+    Definitions,
+    define_asset_job,
+    in_process_executor,
+    multiprocess_executor,
+)
 
 from assets.evaluation import champion_model, model_evaluation
 from assets.events import ad_events
@@ -11,7 +17,14 @@ from assets.monitoring import drift_report, online_metrics
 from assets.partitions import daily_partitions
 from assets.raw_logs import raw_clicks, raw_impressions
 from pipelines.automation import RetrainPolicy, refresh_automation, retraining_sensors
-from pipelines.settings import data_dir, env_float, env_int, env_str, log_source_kind
+from pipelines.settings import (
+    data_dir,
+    env_float,
+    env_int,
+    env_str,
+    executor_kind,
+    log_source_kind,
+)
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
 from resources.serving import ChampionServing
@@ -126,6 +139,7 @@ def build_defs(resources: dict[str, object] | None = None) -> Definitions:
         schedules=schedules,
         sensors=[*chain_sensors, *retraining_sensors(training_job)],
         resources=resources if resources is not None else build_resources(),
+        executor=in_process_executor if executor_kind() == "in_process" else multiprocess_executor,
     )
 
 

@@ -13,7 +13,7 @@ Everything runs in-process on the instance in ``<data dir>/scenarios/<name>/dags
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, time, timezone
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,14 @@ class DayRow:
     drift_share: float | None = None
     context_drift: float | None = None
     fired: list[str] = field(default_factory=list)
-    checks_failed: bool = False
+    #: the retraining requests of the day's monitoring: sensor, metric, value, threshold, run
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    #: why the retraining sensors refused to run on the day's data (a failed blocking check)
+    blocked: str | None = None
+
+    @property
+    def checks_failed(self) -> bool:
+        return self.blocked is not None
 
 
 def configure(name: str, data_root: Path, start_key: str, requests: int) -> Path:
@@ -61,10 +68,16 @@ def run_scenario(name: str, warmup: int, start: int, days: int, requests: int) -
     keys = daily_partitions.get_partition_keys()[: days + 1]
     configure(name, root, keys[start], requests)
 
-    from dagster import DagsterInstance, build_run_status_sensor_context, build_schedule_context
-    from dagster import build_sensor_context
+    from dagster import (
+        DagsterInstance,
+        DagsterRunStatus,
+        RunRequest,
+        build_run_status_sensor_context,
+        build_schedule_context,
+        build_sensor_context,
+    )
 
-    from pipelines.automation import context_drift_share
+    from pipelines.automation import CHAIN, context_drift_share
     from pipelines.definitions import defs
     from pipelines.run import DayReport, _run
     from pipelines.settings import ensure_dagster_home
@@ -83,9 +96,13 @@ def run_scenario(name: str, warmup: int, start: int, days: int, requests: int) -
             partition_key=partition,
             raise_on_error=False,
             tags=tags,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            # failures are expected in some scenarios: one line each below, not a traceback
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
         print(f"  {job:<17} {partition or '':<10} {'ok' if result.success else 'FAILED'}", flush=True)
+        for failure in [] if result.success else result.get_step_failure_events():
+            error = failure.step_failure_data.error
+            print(f"    {failure.step_key}: {error.message.strip().splitlines()[0] if error else '?'}")
         return result, report
 
     # warm-up: the random policy serves, then the first model
@@ -100,8 +117,26 @@ def run_scenario(name: str, warmup: int, start: int, days: int, requests: int) -
     _run(defs, "feature_stats_job", keys[warmup + 1], instance, DayReport(keys[warmup + 1]))
 
     schedule = repo.get_schedule_def("daily_refresh_schedule")
-    chain = [repo.get_sensor_def("events_after_ingest"), repo.get_sensor_def("serving_stats_after_events")]
     retraining = [repo.get_sensor_def(n) for n in ("drift_sensor", "quality_sensor", "staleness_sensor")]
+
+    def follow_chain(job: str, result: Any) -> None:
+        """Evaluate the chain's run-status sensors on a finished run, as the daemon would, and
+        execute (then follow) what they request."""
+        status = DagsterRunStatus.SUCCESS if result.success else DagsterRunStatus.FAILURE
+        for link in CHAIN:
+            if link.after != job or link.status != status:
+                continue
+            event = result.get_run_success_event() if result.success else result.get_run_failure_event()
+            context = build_run_status_sensor_context(
+                sensor_name=link.sensor,
+                dagster_event=event,
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+            )
+            request = repo.get_sensor_def(link.sensor)(context)
+            if isinstance(request, RunRequest):
+                follow_chain(link.then, execute(link.then, request.partition_key)[0])
+
     for i in range(warmup + 1, days + 1):
         tick = datetime.combine(
             daily_partitions.time_window_for_partition_key(keys[i]).end.date(), time(1), timezone.utc
@@ -111,21 +146,7 @@ def run_scenario(name: str, warmup: int, start: int, days: int, requests: int) -
         ) as context:
             requests_ = schedule.evaluate_tick(context).run_requests or []
         for request in requests_:
-            result, _ = execute("ingest_job", request.partition_key)
-            for sensor_def in chain:
-                if not result.success:
-                    break
-                context = build_run_status_sensor_context(
-                    sensor_name=sensor_def.name,
-                    dagster_event=result.get_run_success_event(),
-                    dagster_instance=instance,
-                    dagster_run=result.dagster_run,
-                )
-                follow = sensor_def(context)
-                if follow is None or not hasattr(follow, "partition_key"):
-                    break
-                job = "events_job" if sensor_def.name == "events_after_ingest" else "feature_stats_job"
-                result, _ = execute(job, follow.partition_key)
+            follow_chain("ingest_job", execute("ingest_job", request.partition_key)[0])
         for sensor_def in retraining:
             with build_sensor_context(
                 instance=instance, repository_def=repo, resources=resources, sensor_name=sensor_def.name
@@ -136,14 +157,26 @@ def run_scenario(name: str, warmup: int, start: int, days: int, requests: int) -
                     continue
                 launched.add(request.run_key)
                 day = request.tags.get("clickloop/day", keys[i])
-                rows.setdefault(day, DayRow(day)).fired.append(
+                row = rows.setdefault(day, DayRow(day))
+                row.fired.append(
                     f"{sensor_def.name}: {request.tags.get('clickloop/metric')}="
                     f"{float(request.tags.get('clickloop/value', 'nan')):.3g}"
                 )
-                execute("training_job", None, tags=request.tags)
-            for reason in [evaluation.skip_message] if evaluation.skip_message else []:
-                if "bad data" in reason:
-                    rows[keys[i - 1]].checks_failed = True
+                result, _ = execute("training_job", None, tags=request.tags)
+                row.triggers.append(
+                    {
+                        "sensor": sensor_def.name,
+                        "metric": request.tags.get("clickloop/metric"),
+                        "value": float(request.tags.get("clickloop/value", "nan")),
+                        "threshold": float(request.tags.get("clickloop/threshold", "nan")),
+                        "launched_after": keys[i],
+                        "run_id": result.run_id,
+                        "success": result.success,
+                    }
+                )
+            reason = evaluation.skip_message or ""
+            if "bad data" in reason and keys[i] in reason and rows[keys[i]].blocked is None:
+                rows[keys[i]].blocked = reason
 
     from resources.monitoring_store import MonitoringStore
 
@@ -174,13 +207,30 @@ def table(rows: list[DayRow], start_key: str) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        fired = "; ".join(r.fired) or ("blocked: failed data check" if r.checks_failed else "")
+        fired = "; ".join(r.fired) or (
+            "none: the day failed a blocking data check, no retraining on it" if r.checks_failed else ""
+        )
         lines.append(
             f"| {r.day} | {'on' if r.day >= start_key else ''} | {r.served_by} | {f(r.ctr, '.4f')} | "
             f"{f(r.calibration, '.3f')} | {f(r.oracle_capture, '.1%')} | {f(r.drift_share, '.0%')} | "
             f"{f(r.context_drift, '.0%')} | {fired} |"
         )
     return "\n".join(lines)
+
+
+def write_json(rows: list[DayRow], name: str, start_key: str, path: Path) -> None:
+    """The day-by-day rows as JSON (what the tests read), written atomically."""
+    import json
+
+    payload = {
+        "scenario": name,
+        "start": start_key,
+        "days": [{**asdict(r), "checks_failed": r.checks_failed} for r in rows],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="index of the first day of the scenario")
     parser.add_argument("--days", type=int, default=SCENARIO_DEFAULTS["days"])
     parser.add_argument("--requests-per-day", type=int, default=SCENARIO_DEFAULTS["requests"])
+    parser.add_argument("--json", type=Path, help="also write the day-by-day rows to this file")
     args = parser.parse_args(argv)
     from assets.partitions import daily_partitions
 
@@ -198,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_scenario(args.name, args.warmup_days, args.start_day, args.days, args.requests_per_day)
     print(f"\nscenario {args.name} from {start_key}\n")
     print(table(rows, start_key))
+    if args.json:
+        write_json(rows, args.name, start_key, args.json)
     return 0
 
 

@@ -36,6 +36,16 @@ def log_source_kind() -> str:
     return kind
 
 
+def executor_kind() -> str:
+    """How a run executes its steps: ``multiprocess`` (Dagster's default: one process per step,
+    steps in parallel) or ``in_process`` (one process: no per-step start-up, which costs seconds of
+    imports per step; right for small daily runs on a small machine)."""
+    kind = os.getenv("CLICKLOOP_EXECUTOR", "multiprocess")
+    if kind not in ("multiprocess", "in_process"):
+        raise ValueError(f"CLICKLOOP_EXECUTOR must be 'multiprocess' or 'in_process', not {kind!r}")
+    return kind
+
+
 def ensure_dagster_home() -> Path:
     """``DAGSTER_HOME`` (default: under the data directory), created with a minimal SQLite-backed
     ``dagster.yaml`` when it has none (telemetry off). An existing ``dagster.yaml`` is left alone."""

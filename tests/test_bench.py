@@ -19,7 +19,7 @@ def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
         env=env,
         check=True,
         capture_output=True,
-        timeout=120,
+        timeout=600,  # the daily refresh runs ~30 Dagster jobs to prepare its history
     )
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     rows: dict[str, list[dict]] = {}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assets.raw_logs import IMPRESSION_FIELDS, parse_log_files, read_lines
+from assets.raw_logs import IMPRESSION_FIELDS, iter_line_chunks, parse_log_files, read_lines
 from resources.landing import LandingFolder, MissingPartitionError
 
 GOOD = {
@@ -106,6 +106,8 @@ def test_lines_keep_file_and_number_across_files(tmp_path: Path) -> None:
     b = tmp_path / "b.jsonl"
     b.write_bytes(b"one\r\ntwo\r\n\xff\xfe broken utf8")  # CRLF, no final newline, bad bytes
     lines = read_lines([a, b]).to_pylist()
+    chunked = [t.to_pylist() for t in iter_line_chunks([a, b], chunk_bytes=3)]
+    assert len(chunked) > 2 and [r for t in chunked for r in t] == lines
     assert [(Path(r["source_file"]).name, r["line_number"], r["line"]) for r in lines] == [
         ("a.jsonl.gz", 1, "x"),
         ("a.jsonl.gz", 2, "y"),
@@ -142,9 +144,15 @@ line_strategy = st.one_of(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(files=st.lists(st.lists(line_strategy, max_size=30), min_size=1, max_size=3))
-def test_accounting_identity_on_dirty_logs(tmp_path: Path, files: list[list[str]]) -> None:
-    """Whatever the dirt, lines read = valid + quarantined, and each line is in exactly one."""
+@given(
+    files=st.lists(st.lists(line_strategy, max_size=30), min_size=1, max_size=3),
+    chunk_bytes=st.integers(1, 300),
+)
+def test_accounting_identity_on_dirty_logs(
+    tmp_path: Path, files: list[list[str]], chunk_bytes: int
+) -> None:
+    """Whatever the dirt, lines read = valid + quarantined, and each line is in exactly one;
+    reading in small chunks (lines cut anywhere) gives exactly what one chunk per file gives."""
     paths = []
     for i, lines in enumerate(files):
         path = tmp_path / f"part-{i}-{abs(hash(tuple(lines)))}.jsonl.gz"
@@ -161,6 +169,11 @@ def test_accounting_identity_on_dirty_logs(tmp_path: Path, files: list[list[str]
     expected = [(str(p), n) for p, lines in zip(paths, files) for n in range(1, len(lines) + 1)]
     assert sorted(seen) == sorted(expected)
     assert sum(parsed.quarantined_by_reason.values()) == parsed.quarantine.num_rows
+    with duckdb.connect() as con:
+        chunked = parse_log_files(con, paths, "impressions", chunk_bytes=chunk_bytes)
+    assert chunked.lines_read == parsed.lines_read
+    assert chunked.valid.equals(parsed.valid)
+    assert chunked.quarantine.equals(parsed.quarantine)
 
 
 def test_missing_landing_folder_names_folder_and_date(tmp_path: Path) -> None:
