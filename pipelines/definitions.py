@@ -5,7 +5,6 @@ from dagster import (
     Definitions,
     define_asset_job,
     in_process_executor,
-    multiprocess_executor,
 )
 
 from assets.evaluation import champion_model, model_evaluation
@@ -139,7 +138,8 @@ def build_defs(resources: dict[str, object] | None = None) -> Definitions:
         schedules=schedules,
         sensors=[*chain_sensors, *retraining_sensors(training_job)],
         resources=resources if resources is not None else build_resources(),
-        executor=in_process_executor if executor_kind() == "in_process" else multiprocess_executor,
+        # None: Dagster's default executor (multiprocess; run config may still pick in_process)
+        executor=in_process_executor if executor_kind() == "in_process" else None,
     )
 
 
