@@ -715,6 +715,18 @@ class DriftReportConfig(Config):
         description="Evidently drift method for clicked (default: two-proportion z-test).",
     )
 
+    def drift(self, reference: pd.DataFrame, current: pd.DataFrame) -> "DriftSummary":
+        """:func:`compute_drift` of the two samples with this configuration."""
+        return compute_drift(
+            reference,
+            current,
+            max_rows=self.sample_rows,
+            seed=self.seed,
+            drift_share=self.drift_share,
+            prediction_method=self.prediction_method,
+            target_method=self.target_method,
+        )
+
 
 @asset(
     partitions_def=daily_partitions,
@@ -745,15 +757,7 @@ def drift_report(
         reference_paths = warehouse.require_partition_paths(FEATURES, reference.keys)
         current = read_sample(con, [current_path], config.sample_rows, config.seed)
         ref = read_sample(con, reference_paths, config.sample_rows, config.seed)
-    summary = compute_drift(
-        ref,
-        current,
-        max_rows=config.sample_rows,
-        seed=config.seed,
-        drift_share=config.drift_share,
-        prediction_method=config.prediction_method,
-        target_method=config.target_method,
-    )
+    summary = config.drift(ref, current)
     path = atomic_write_bytes(report_path(warehouse, day), summary.html().encode("utf-8"))
     monitoring_store.write_drift(day, drift_row(summary, reference, path))
     quieted = summary.suppressed_warnings

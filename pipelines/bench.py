@@ -974,7 +974,7 @@ def drift_ours(ctx: Ctx) -> dict[str, object]:
     """What ``drift_report`` computes, with its default config: ``read_sample`` of the current
     file and of the reference (warehouse DuckDB settings), then ``compute_drift``. The HTML
     rendering is timed apart (untimed for the ratio) and reported in the facts."""
-    from assets.monitoring import DRIFT_CATEGORICAL, DRIFT_NUMERIC, compute_drift, read_sample
+    from assets.monitoring import DRIFT_CATEGORICAL, DRIFT_NUMERIC, read_sample
 
     config = _drift_config()
     warehouse = ctx.warehouse()
@@ -985,15 +985,7 @@ def drift_ours(ctx: Ctx) -> dict[str, object]:
             current = read_sample(con, [current_path], config.sample_rows, config.seed)
             reference = read_sample(con, [reference_path], config.sample_rows, config.seed)
             sampled = time.perf_counter()
-            summary = compute_drift(
-                reference,
-                current,
-                max_rows=config.sample_rows,
-                seed=config.seed,
-                drift_share=config.drift_share,
-                prediction_method=config.prediction_method,
-                target_method=config.target_method,
-            )
+            summary = config.drift(reference, current)
             done = time.perf_counter()
     start_html = time.perf_counter()
     html = summary.html()
