@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export CLICKLOOP_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
-.PHONY: install run test ui bench rollback scenario clean
+.PHONY: install run test test-fast ui bench rollback scenario lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,25 +19,34 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m pipelines.run
+	$(PY) -m pipelines.cli.run
 
+# every tier: core, assets, end-to-end (PostgreSQL, daemon, browser, scenarios)
 test: $(STAMP)
 	@bash tests/ensure_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# the inner loop: the core and the assets, no end-to-end tier
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
 ui: $(STAMP)
-	$(PY) -c "from pipelines.settings import ensure_dagster_home; ensure_dagster_home()"
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster dev -h $${HOST:-127.0.0.1} -p $${PORT:-3000} -w workspace.yaml
 
 rollback: $(STAMP)
-	$(PY) -m pipelines.rollback
+	$(PY) -m pipelines.cli.rollback
 
 # make scenario name=device_shift [SCENARIO_ARGS="--days 20"]
 scenario: $(STAMP)
-	$(PY) -m pipelines.scenario $(name) $(SCENARIO_ARGS)
+	$(PY) -m pipelines.cli.scenario $(name) $(SCENARIO_ARGS)
 
+# the benchmark lives outside the installed package: bench/
 bench: $(STAMP)
-	$(PY) -m pipelines.bench $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check clickloop assets resources pipelines bench tests
 
 clean:
 	rm -rf $(CLICKLOOP_DATA_DIR)

@@ -1,0 +1,42 @@
+"""What exists: the Dagster assets and checks of the loop, one module per stage.
+
+The graph's shape depends on two settings, so it is built by :func:`loop_assets`: the calendar (the
+first day, the history window of the features) and the log contract (a click log or labelled
+impressions).
+"""
+
+from dagster import AssetChecksDefinition, AssetsDefinition
+
+from assets.evaluation import champion_model, model_evaluation_asset
+from assets.events import ad_events_asset, ad_events_check
+from assets.features import feature_stats_asset, features_asset, features_check
+from assets.model import ctr_model_asset, training_and_test_sets
+from assets.monitoring import drift_report_asset, online_metrics_asset
+from assets.partitions import Calendar
+from assets.raw_logs import raw_log_assets
+from clickloop.contract import LogContract
+
+
+def loop_assets(
+    calendar: Calendar, contract: LogContract
+) -> tuple[list[AssetsDefinition], list[AssetChecksDefinition]]:
+    """Every asset and asset check of the loop, for one calendar and one log contract."""
+    raw, raw_checks = raw_log_assets(calendar, contract)
+    assets = [
+        *raw,
+        ad_events_asset(calendar, contract),
+        feature_stats_asset(calendar, contract),
+        features_asset(calendar, contract),
+        training_and_test_sets,
+        ctr_model_asset(contract),
+        model_evaluation_asset(contract),
+        champion_model,
+        drift_report_asset(calendar, contract),
+        online_metrics_asset(calendar, contract),
+    ]
+    checks = [
+        *raw_checks,
+        ad_events_check(calendar, contract),
+        features_check(calendar, contract),
+    ]
+    return assets, checks

@@ -28,6 +28,8 @@ from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus,
 )
 
+from clickloop.promotion import CheckReport
+
 
 @dataclass(frozen=True)
 class CheckProblem:
@@ -61,11 +63,7 @@ def upstream_partitions(
 def blocking_checks_on(graph: BaseAssetGraph, assets: Iterable[AssetKey]) -> list[AssetCheckKey]:
     wanted = set(assets)
     return sorted(
-        (
-            k
-            for k in graph.asset_check_keys
-            if k.asset_key in wanted and graph.get_check_spec(k).blocking
-        ),
+        (k for k in graph.asset_check_keys if k.asset_key in wanted and graph.get_check_spec(k).blocking),
         key=lambda k: k.to_user_string(),
     )
 
@@ -126,7 +124,6 @@ def check_problems(
     return problems
 
 
-
 def code_location_graph(context: AssetExecutionContext) -> BaseAssetGraph:
     """The whole asset graph of the code location (a job only knows its own selection)."""
     graph = context.job_def.asset_layer.asset_graph
@@ -149,9 +146,29 @@ def require_upstream_checks_passed(
                 + "; ".join(f"{p.check} on {p.partition} {p.problem}" for p in problems)
             ),
             metadata={
-                "blocked_by": MetadataValue.md(
-                    "| check | partition | problem |\n|---|---|---|\n" + table
-                )
+                "blocked_by": MetadataValue.md("| check | partition | problem |\n|---|---|---|\n" + table)
             },
             allow_retries=False,
         )
+
+
+def upstream_check_report(
+    instance: DagsterInstance,
+    graph: BaseAssetGraph,
+    gate: AssetKey,
+    source: AssetKey,
+    source_keys: Sequence[str],
+) -> CheckReport:
+    """Every upstream blocking check of the gate on the data it used: the partitions the
+    ``source_keys`` of ``source`` were built from (through the partition mappings) and the
+    non-partitioned assets upstream of the gate. A check that failed, never ran, or is older than
+    the latest materialization of its partition is a problem."""
+    partitions = upstream_partitions(graph, source, source_keys)
+    partitioned_checks = blocking_checks_on(graph, partitions)
+    plain = [k for k in graph.get_ancestor_asset_keys(gate) if not graph.get(k).is_partitioned]
+    plain_checks = blocking_checks_on(graph, plain)
+    problems = check_problems(instance, partitioned_checks, partitions) + check_problems(
+        instance, plain_checks
+    )
+    verified = sum(len(partitions[k.asset_key]) for k in partitioned_checks) + len(plain_checks)
+    return CheckReport(verified, [f"{p.check} on {p.partition}: {p.problem}" for p in problems])

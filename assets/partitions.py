@@ -1,13 +1,60 @@
-"""The one time axis of the loop: daily partitions of UTC days."""
+"""The one time axis of the loop: daily partitions of UTC days, and how days depend on each other.
 
-from __future__ import annotations
+Which days an asset reads is a Dagster partition mapping, never date arithmetic in code: the events
+of day D need the clicks of D+1 (late clicks) and the impressions of D-1 (duplicates across
+midnight); the statistics of day D use the days whose labels were final when D began.
+"""
 
-import os
+from dataclasses import dataclass
 
-from dagster import DailyPartitionsDefinition
+from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
-#: First day with logs. Partition definitions are fixed when the code location loads, so this is read
-#: from the environment at import time (``CLICKLOOP_START_DATE``), not from run config.
-START_DATE = os.getenv("CLICKLOOP_START_DATE", "2026-10-01")
+#: the impressions of D-1 and D: clicks logged on D may belong to either day.
+IMPRESSIONS_FOR_EVENTS = TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
+)
+#: the clicks of D-1 (to rank duplicates of D-1's impressions), D, and D+1 (late clicks).
+CLICKS_FOR_EVENTS = TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True
+)
 
-daily_partitions = DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
+
+@dataclass(frozen=True)
+class Calendar:
+    """The daily partitions from the first day with logs, and the history window of the features."""
+
+    start_date: str
+    feature_window_days: int
+
+    def __post_init__(self) -> None:
+        if self.feature_window_days < 1:
+            raise ValueError(f"the feature window is at least one day, not {self.feature_window_days}")
+
+    @property
+    def partitions(self) -> DailyPartitionsDefinition:
+        return DailyPartitionsDefinition(start_date=self.start_date, timezone="UTC")
+
+    @property
+    def history_window(self) -> TimeWindowPartitionMapping:
+        """``ad_events`` of the W days whose labels were final when day D began: D-1-W … D-2.
+
+        The labels of D-1 are not: its clicks keep arriving during D (the attribution window). The
+        ad server ranking on day D can only know what this window holds, so training uses the
+        same window and serving has no skew. Days before the first partition are skipped.
+        """
+        return TimeWindowPartitionMapping(
+            start_offset=-(self.feature_window_days + 1),
+            end_offset=-2,
+            allow_nonexistent_upstream_partitions=True,
+        )
+
+    def keys(self) -> list[str]:
+        return self.partitions.get_partition_keys()
+
+    def neighbour(self, key: str | None, offset: int) -> str | None:
+        """The daily partition ``offset`` places from ``key``, or None outside the partitions."""
+        keys = self.keys()
+        if key not in keys:
+            return None
+        index = keys.index(key) + offset
+        return keys[index] if 0 <= index < len(keys) else None

@@ -1,55 +1,131 @@
-"""Settings from the environment, as Dagster ``EnvVar``s where a variable is set.
+"""Settings: what the environment may change, read in one place (:meth:`Settings.from_env`).
 
-Every setting has an embedded default, so ``make run`` needs no configuration; set the variable to
-change it. Where the variable is set, the resource is given an ``EnvVar`` (the UI shows it as read
-from the environment, and the value is never stored in the run's config).
+Every setting has an embedded default, so ``make run`` needs no configuration. The defaults are
+stated once, in the class they configure (a resource, a core dataclass); a setting left unset here
+keeps it. Settings the environment sets are handed to the resources as Dagster ``EnvVar``s (the UI
+shows them as read from the environment, and the value is never stored in a run's config); the few
+that shape the graph (the first day, the history window, the log contract, the log source, the
+executor) are read as values, since the graph is built from them.
+
+Tests, ``make run`` and ``make scenario`` build their own ``Settings`` and their own definitions;
+nothing writes ``os.environ``.
 """
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dagster import EnvVar
 
+from clickloop.features import DEFAULT_WINDOW_DAYS
+from clickloop.simulator import SimulatorConfig
 
-def env_str(name: str, default: str) -> str | EnvVar:
-    return EnvVar(name) if os.getenv(name) else default
+#: The first daily partition by default: the embedded simulator's first day.
+DEFAULT_START_DATE = SimulatorConfig().start_date
+LOG_SOURCES = ("simulator", "landing")
+EXECUTORS = ("multiprocess", "in_process")
 
-
-def env_int(name: str, default: int) -> int | EnvVar:
-    return EnvVar.int(name) if os.getenv(name) else default
-
-
-def env_float(name: str, default: float) -> float | EnvVar:
-    return EnvVar.float(name) if os.getenv(name) else default
-
-
-def data_dir() -> Path:
-    """The one data directory: Parquet partitions, the landing folder of the simulator, reports."""
-    return Path(os.getenv("CLICKLOOP_DATA_DIR", "data")).expanduser().resolve()
-
-
-def log_source_kind() -> str:
-    """``simulator`` (the embedded default) or ``landing`` (real logs in ``CLICKLOOP_LANDING_DIR``)."""
-    kind = os.getenv("CLICKLOOP_LOG_SOURCE", "simulator")
-    if kind not in ("simulator", "landing"):
-        raise ValueError(f"CLICKLOOP_LOG_SOURCE must be 'simulator' or 'landing', not {kind!r}")
-    return kind
-
-
-def executor_kind() -> str:
-    """How a run executes its steps: ``multiprocess`` (Dagster's default: one process per step,
-    steps in parallel) or ``in_process`` (one process: no per-step start-up, which costs seconds of
-    imports per step; right for small daily runs on a small machine)."""
-    kind = os.getenv("CLICKLOOP_EXECUTOR", "multiprocess")
-    if kind not in ("multiprocess", "in_process"):
-        raise ValueError(f"CLICKLOOP_EXECUTOR must be 'multiprocess' or 'in_process', not {kind!r}")
-    return kind
+#: Resource fields the environment may set: variable -> (resource, field, type).
+ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
+    "CLICKLOOP_LANDING_DIR": ("log_source", "landing_dir", str),
+    "CLICKLOOP_SEED": ("simulator", "seed", int),
+    "CLICKLOOP_REQUESTS_PER_DAY": ("simulator", "requests_per_day", int),
+    "CLICKLOOP_SCENARIO": ("simulator", "scenario", str),
+    "CLICKLOOP_SCENARIO_START": ("simulator", "scenario_start", str),
+    "CLICKLOOP_DUCKDB_THREADS": ("warehouse", "duckdb_threads", int),
+    "CLICKLOOP_DUCKDB_MEMORY_LIMIT": ("warehouse", "duckdb_memory_limit", str),
+    "MLFLOW_TRACKING_URI": ("model_registry", "tracking_uri", str),
+    "MLFLOW_UI_URL": ("model_registry", "ui_url", str),
+    "CLICKLOOP_MONITORING_DB_URL": ("monitoring_store", "url", str),
+    "CLICKLOOP_DRIFT_SHARE_THRESHOLD": ("retrain_policy", "drift_share_threshold", float),
+    "CLICKLOOP_CALIBRATION_TOLERANCE": ("retrain_policy", "calibration_tolerance", float),
+    "CLICKLOOP_NE_TOLERANCE": ("retrain_policy", "normalized_entropy_tolerance", float),
+    "CLICKLOOP_MAX_CHAMPION_AGE_DAYS": ("retrain_policy", "max_champion_age_days", int),
+}
 
 
-def ensure_dagster_home() -> Path:
-    """``DAGSTER_HOME`` (default: under the data directory), created with a minimal SQLite-backed
-    ``dagster.yaml`` when it has none (telemetry off). An existing ``dagster.yaml`` is left alone."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(data_dir() / "dagster_home")))
+def _env_var(name: str, kind: type) -> EnvVar:
+    if kind is int:
+        return EnvVar.int(name)
+    if kind is float:
+        return EnvVar.float(name)
+    return EnvVar(name)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that may differ between two deployments of the loop."""
+
+    #: Parquet partitions, quarantine, reports, the simulator's landing folder, the embedded stores
+    data_dir: Path
+    #: the first daily partition (the first day with logs)
+    start_date: str = DEFAULT_START_DATE
+    #: days of history behind each day's features
+    feature_window_days: int = DEFAULT_WINDOW_DAYS
+    #: the log contract's YAML file; empty: the simulator's
+    log_contract: str = ""
+    #: ``simulator`` (the embedded default) or ``landing`` (real logs in a landing folder)
+    log_source: str = "simulator"
+    #: ``multiprocess`` (Dagster's default, a process per step) or ``in_process`` (one process per run)
+    executor: str = "multiprocess"
+    #: resource fields by resource name (values or ``EnvVar``s); anything unset keeps its default
+    resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
+        _choice("log_source", self.log_source, LOG_SOURCES)
+        _choice("executor", self.executor, EXECUTORS)
+
+    def resource(self, name: str) -> dict[str, Any]:
+        """The fields set for one resource."""
+        return dict(self.resources.get(name, {}))
+
+    def with_resource(self, name: str, **values: Any) -> "Settings":
+        """These settings with more fields of one resource set."""
+        merged = {k: dict(v) for k, v in self.resources.items()}
+        merged.setdefault(name, {}).update(values)
+        return replace(self, resources=merged)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """The settings of the environment (``os.environ`` unless given)."""
+        env = os.environ if environ is None else environ
+        resources: dict[str, dict[str, Any]] = {}
+        for variable, (resource, name, kind) in ENV_RESOURCE_FIELDS.items():
+            if env.get(variable):
+                resources.setdefault(resource, {})[name] = _env_var(variable, kind)
+        window = env.get("CLICKLOOP_FEATURE_WINDOW_DAYS", str(DEFAULT_WINDOW_DAYS))
+        try:
+            window_days = int(window)
+        except ValueError:
+            raise ValueError(f"CLICKLOOP_FEATURE_WINDOW_DAYS must be an integer, not {window!r}") from None
+        return cls(
+            data_dir=Path(env.get("CLICKLOOP_DATA_DIR") or "data"),
+            start_date=env.get("CLICKLOOP_START_DATE") or DEFAULT_START_DATE,
+            feature_window_days=window_days,
+            log_contract=env.get("CLICKLOOP_LOG_CONTRACT", ""),
+            log_source=env.get("CLICKLOOP_LOG_SOURCE") or "simulator",
+            executor=env.get("CLICKLOOP_EXECUTOR") or "multiprocess",
+            resources=resources,
+        )
+
+
+def dagster_home(settings: Settings) -> Path:
+    """``DAGSTER_HOME`` if set, else a folder under the data directory."""
+    return Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").expanduser().resolve()
+
+
+def ensure_dagster_home(home: Path) -> Path:
+    """The folder, created with a minimal SQLite-backed ``dagster.yaml`` when it has none
+    (telemetry off). An existing ``dagster.yaml`` is left alone."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():

@@ -21,8 +21,8 @@ Embedded default: ``sqlite:///<data_dir>/monitoring/monitoring.db``. Production:
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from dataclasses import asdict
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,16 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.sql.dml import Insert
+
+from clickloop.drift import DriftRow
+from clickloop.online import OnlineMetricsRow
 
 metadata = MetaData()
 
@@ -61,8 +66,9 @@ online_metrics_table = Table(
     Column("mean_predicted_ctr", Float),
     Column("calibration", Float),
     Column("normalized_entropy", Float),
-    Column("revenue", Float, nullable=False),
+    Column("revenue", Float),
     Column("revenue_per_1000_requests", Float),
+    Column("clicks_per_1000_requests", Float),
     Column("oracle_capture", Float),
     Column("oracle_basis", String(40)),
     Column("computed_at", DateTime(timezone=True), nullable=False),
@@ -87,43 +93,7 @@ drift_metrics_table = Table(
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class OnlineMetricsRow:
-    """The online metrics of one model version on one day (None where a metric is undefined)."""
-
-    model_version: str
-    requests: int
-    impressions: int
-    clicks: int
-    ctr: float | None
-    mean_predicted_ctr: float | None
-    calibration: float | None
-    normalized_entropy: float | None
-    revenue: float
-    revenue_per_1000_requests: float | None
-    oracle_capture: float | None
-    #: how ``oracle_capture`` was computed ("expected" or "realized"); None without an oracle
-    oracle_basis: str | None = None
-
-
-@dataclass(frozen=True)
-class DriftRow:
-    """The drift scores of one day against its reference sample."""
-
-    share_drifted_columns: float
-    prediction_drift_score: float | None
-    target_drift_score: float | None
-    prediction_drifted: bool | None
-    target_drifted: bool | None
-    #: drifted feature columns: name -> {"score", "method", "threshold"}
-    drifted_columns: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    reference_days: Sequence[str] = ()
-    current_rows: int = 0
-    reference_rows: int = 0
-    report_path: str | None = None
+    return datetime.now(UTC)
 
 
 def as_day(value: date | str) -> date:
@@ -139,7 +109,7 @@ def _utc(value: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes: every timestamp in the store is UTC."""
     if value is None or value.tzinfo is not None:
         return value
-    return value.replace(tzinfo=timezone.utc)
+    return value.replace(tzinfo=UTC)
 
 
 def _online_dict(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,12 +138,25 @@ def engine_for(url: str) -> Engine:
     except (IntegrityError, ProgrammingError):
         # another process created the tables between the check and the CREATE: check again
         metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
     return engine
 
 
-def _upsert(
-    engine: Engine, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]
-) -> Insert:
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer version of a table has to a store created by an older one
+    (an additive migration: nothing is dropped or rewritten)."""
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+def _upsert(engine: Engine, table: Table, rows: list[dict[str, Any]], keys: Sequence[str]) -> Insert:
     """INSERT ... ON CONFLICT (keys) DO UPDATE for SQLite and PostgreSQL."""
     dialect = {"postgresql": postgresql, "sqlite": sqlite}.get(engine.dialect.name)
     if dialect is None:
@@ -225,15 +208,11 @@ class MonitoringStore(ConfigurableResource):
         records = [{**asdict(r), "day": key, "computed_at": stamp} for r in rows]
         table = online_metrics_table
         with self.engine().begin() as conn:
-            conn.execute(
-                delete(table).where(table.c.day == key, table.c.model_version.not_in(versions))
-            )
+            conn.execute(delete(table).where(table.c.day == key, table.c.model_version.not_in(versions)))
             if records:
                 conn.execute(_upsert(conn.engine, table, records, ("day", "model_version")))
 
-    def write_drift(
-        self, day: date | str, row: DriftRow, computed_at: datetime | None = None
-    ) -> None:
+    def write_drift(self, day: date | str, row: DriftRow, computed_at: datetime | None = None) -> None:
         """Replace the drift scores of ``day``."""
         record = asdict(row)
         record["drifted_columns"] = json.dumps(record["drifted_columns"], sort_keys=True)
@@ -277,9 +256,7 @@ class MonitoringStore(ConfigurableResource):
             row = conn.execute(select(table).where(table.c.day == as_day(day))).mappings().first()
         return None if row is None else _drift_dict(row)
 
-    def latest_drift(
-        self, since: date | str | None = None, limit: int | None = None
-    ) -> list[dict[str, Any]]:
+    def latest_drift(self, since: date | str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Drift rows, newest day first, from ``since`` (inclusive) on, at most ``limit`` rows."""
         table = drift_metrics_table
         query = select(table).order_by(table.c.day.desc())

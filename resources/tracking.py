@@ -325,9 +325,7 @@ class ModelRegistry(ConfigurableResource):
                 if not _is(exc2, RESOURCE_ALREADY_EXISTS):
                     raise
 
-    def register(
-        self, run: TrackedRun, tags: Mapping[str, str] | None = None, description: str = ""
-    ) -> str:
+    def register(self, run: TrackedRun, tags: Mapping[str, str] | None = None, description: str = "") -> str:
         """Add the run's model as a new version of ``registered_model_name``; returns the version."""
         client = self.client()
         self._ensure_registered_model(client)
@@ -426,3 +424,28 @@ class ModelRegistry(ConfigurableResource):
         stamp = pd.Timestamp.now(tz="UTC").isoformat()
         client.set_model_version_tag(self.registered_model_name, current, "rolled_back_at", stamp)
         return Rollback(from_version=current, to_version=target, previous_champion=previous)
+
+
+def relocate_mlflow_store(db: Path, old_root: Path, new_root: Path) -> int:
+    """Point an embedded (SQLite) MLflow store that was copied from ``old_root`` to ``new_root``
+    at the copied artifacts: every stored path or URI under the old folder is rewritten. Returns
+    the number of values changed. (MLflow keeps artifact locations as absolute URIs.)"""
+    import sqlite3
+
+    old, new = str(Path(old_root).resolve()), str(Path(new_root).resolve())
+    changed = 0
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            columns = [
+                r[1]
+                for r in con.execute(f'PRAGMA table_info("{table}")')
+                if "CHAR" in r[2].upper() or "TEXT" in r[2].upper()
+            ]
+            for column in columns:
+                cursor = con.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
+                changed += cursor.rowcount
+    return changed

@@ -1,6 +1,8 @@
-"""Tests of the ad-server simulator: determinism, traffic shape, ground truth, policies, faults,
-scenarios and the Dagster resource. Volumes are small (a few thousand requests per day)."""
+"""Tests of the ad-server simulator core (no Dagster): determinism, traffic shape, ground truth,
+policies, faults, scenarios and the ad server over a landing folder. Volumes are small (a few
+thousand requests per day). The Dagster resource is tested in tests/assets/test_simulator_resource.py."""
 
+import dataclasses
 import gzip
 import json
 import re
@@ -8,24 +10,27 @@ from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
-import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
-from resources.simulator import (
+from clickloop.contract import ContractError
+from clickloop.contract_file import load_contract
+from clickloop.simulator import (
     CANDIDATE_FIELDS,
     CLICK_FIELDS,
     IMPRESSION_FIELDS,
     SCENARIOS,
-    AdServerSimulator,
+    AdServer,
     DayTraffic,
     FaultRates,
     RandomPolicy,
+    SimulatorConfig,
     World,
     clicks_path,
     impressions_path,
     manifest_path,
+    read_manifest,
     simulate_day,
     write_day,
 )
@@ -485,63 +490,136 @@ def test_days_before_the_scenario_start_are_untouched(world: World) -> None:
         np.testing.assert_array_equal(shifted.true_ctr, stable.true_ctr)
 
 
-def test_unknown_scenario_is_rejected(tmp_path: Path) -> None:
+def test_unknown_scenario_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown scenario 'surge'"):
         World(7, scenario="surge")
     with pytest.raises(ValueError, match="unknown scenario 'surge'"):
-        AdServerSimulator(landing_dir=str(tmp_path), scenario="surge")
+        SimulatorConfig(scenario="surge")
 
 
-# -- the Dagster resource -----------------------------------------------------------------------
+# -- the log contract ---------------------------------------------------------------------------
 
 
-def small_simulator(tmp_path: Path, **overrides: object) -> AdServerSimulator:
-    config = {
-        "landing_dir": str(tmp_path),
-        "requests_per_day": 1_000,
-        "start_date": "2026-10-01",
-        **overrides,
-    }
-    return AdServerSimulator(**config)
+def test_log_fields_come_from_the_contract_and_the_frames_follow_it(traffic: DayTraffic) -> None:
+    contract = load_contract()
+    assert IMPRESSION_FIELDS == contract.impressions.sources
+    assert CLICK_FIELDS == contract.log("clicks").sources
+    assert tuple(traffic.impressions.columns) == IMPRESSION_FIELDS
+    assert tuple(traffic.clicks.columns) == CLICK_FIELDS
 
 
-def test_partition_files_simulate_what_the_partition_needs(tmp_path: Path) -> None:
-    sim = small_simulator(tmp_path)
-    first = sim.partition_files("clicks", "2026-10-01")
+def test_a_frame_that_breaks_the_contract_is_not_written(traffic: DayTraffic, tmp_path: Path) -> None:
+    swapped = [*IMPRESSION_FIELDS[1:], IMPRESSION_FIELDS[0]]
+    broken = dataclasses.replace(traffic, impressions=traffic.impressions[swapped])
+    with pytest.raises(ContractError, match="log contract"):
+        write_day(broken, tmp_path, FaultRates.clean())
+    assert not any(tmp_path.iterdir())
+
+
+# -- the ad server ------------------------------------------------------------------------------
+
+
+def small_server(tmp_path: Path, **overrides: object) -> AdServer:
+    config = {"requests_per_day": 1_000, "start_date": "2026-10-01", **overrides}
+    return AdServer(tmp_path, SimulatorConfig(**config))  # type: ignore[arg-type]
+
+
+def test_config_defaults_and_validation() -> None:
+    config = SimulatorConfig()
+    assert (config.seed, config.requests_per_day, config.candidates_per_request) == (7, 50_000, 32)
+    assert (config.n_ads, config.n_users, config.n_sites) == (3_000, 200_000, 300)
+    assert (config.scenario, config.scenario_start, config.start_date) == ("stable", None, "2026-10-01")
+    assert config.faults == FaultRates()
+    assert SimulatorConfig(scenario_start=date(2026, 10, 5)).scenario_start == "2026-10-05"
+    with pytest.raises(ValueError, match="start_date"):
+        SimulatorConfig(start_date="October")
+    with pytest.raises(ValueError, match="scenario_start"):
+        SimulatorConfig(scenario="ctr_drop", scenario_start="2026-13-01")
+    with pytest.raises(ValueError, match="null_field"):
+        SimulatorConfig(faults=FaultRates(null_field=1.5))
+
+
+def test_server_partition_files_simulate_what_the_partition_needs(tmp_path: Path) -> None:
+    server = small_server(tmp_path)
+    first = server.partition_files("clicks", "2026-10-01")
     assert [p.name for p in first] == ["clicks-from-2026-10-01.jsonl.gz"]
     assert not manifest_path(tmp_path, date(2026, 9, 30)).exists()
 
-    files = sim.partition_files("clicks", date(2026, 10, 3))
+    files = server.partition_files("clicks", date(2026, 10, 3))
     assert [p.name for p in files] == ["clicks-from-2026-10-02.jsonl.gz", "clicks-from-2026-10-03.jsonl.gz"]
     assert all(p.parent.name == "date=2026-10-03" for p in files)
     assert manifest_path(tmp_path, date(2026, 10, 2)).exists()
-    assert sim.partition_files("impressions", "2026-10-02") == [impressions_path(tmp_path, date(2026, 10, 2))]
-    assert sim.ensure_day(date(2026, 10, 2)) is False
-    manifest = sim.manifest("2026-10-02")
+    assert server.partition_files("impressions", "2026-10-02") == [
+        impressions_path(tmp_path, date(2026, 10, 2))
+    ]
+    assert server.ensure_day(date(2026, 10, 2)) is False
+    manifest = server.manifest("2026-10-02")
     assert manifest["requests"] == 1_000 and manifest["policy_version"] == "random-v0"
+    assert manifest["settings"] == server.settings_for("2026-10-02") == server.settings()
+    assert server.oracle_revenue("2026-10-02") == manifest["oracle_expected_revenue"]
+    assert server.oracle_revenue("2026-10-09") is None
+    assert isinstance(server.policy(date(2026, 10, 1)), RandomPolicy)
 
 
-def test_days_before_start_and_changed_settings_are_refused(tmp_path: Path) -> None:
-    sim = small_simulator(tmp_path)
+def test_server_refuses_days_before_start_and_changed_settings(tmp_path: Path) -> None:
+    server = small_server(tmp_path)
     with pytest.raises(ValueError, match="2026-09-30"):
-        sim.partition_files("impressions", "2026-09-30")
+        server.partition_files("impressions", "2026-09-30")
     with pytest.raises(ValueError, match="kind"):
-        sim.partition_files("views", "2026-10-01")  # type: ignore[arg-type]
-    assert sim.ensure_day("2026-10-01") is True
+        server.partition_files("views", "2026-10-01")  # type: ignore[arg-type]
+    assert server.ensure_day("2026-10-01") is True
     with pytest.raises(ValueError, match="different settings"):
-        small_simulator(tmp_path, seed=8).ensure_day("2026-10-01")
+        small_server(tmp_path, seed=8).ensure_day("2026-10-01")
 
 
-def test_resource_in_a_dagster_asset(tmp_path: Path) -> None:
-    @dg.asset
-    def landed(simulator: AdServerSimulator) -> int:
-        files = simulator.partition_files("impressions", "2026-10-01")
-        rows = pd.DataFrame([json.loads(line) for line in read_lines(files[0])])
-        truth = simulator.ground_truth_ctr(rows)
-        assert 0.01 < truth.mean() < 0.06
-        return len(rows)
+def test_server_serves_the_given_policy(tmp_path: Path) -> None:
+    asked: list[date] = []
 
-    sim = small_simulator(tmp_path, **{f"{name}_rate": 0.0 for name in FaultRates().__dataclass_fields__})
-    result = dg.materialize([landed], resources={"simulator": sim})
-    assert result.success and result.output_for_node("landed") == 2_000
-    assert isinstance(sim.policy_for(date(2026, 10, 1)), RandomPolicy)
+    def champion_for(day: date) -> SportsLover | None:
+        asked.append(day)
+        return SportsLover() if day >= date(2026, 10, 2) else None
+
+    server = AdServer(tmp_path, SimulatorConfig(requests_per_day=500), champion_for)
+    assert server.ensure_day("2026-10-01") and server.ensure_day("2026-10-02")
+    assert asked == [date(2026, 10, 1), date(2026, 10, 2)]
+    assert server.manifest("2026-10-01")["policy_version"] == "random-v0"
+    assert server.manifest("2026-10-02")["policy_version"] == "sports-v1"
+
+
+def test_a_stable_history_continues_under_a_later_scenario(tmp_path: Path) -> None:
+    """The settings recorded for a day are those that determine its files: before a scenario's
+    start they are the stable world's, so a stable warm-up history can be shared."""
+    stable = small_server(tmp_path / "shared")
+    assert stable.ensure_day("2026-10-01") and stable.ensure_day("2026-10-02")
+
+    shifted = small_server(tmp_path / "shared", scenario="device_shift", scenario_start="2026-10-03")
+    assert shifted.settings_for("2026-10-02") == stable.settings_for("2026-10-02")
+    assert shifted.ensure_day("2026-10-02") is False  # the stable day is the shifted world's day
+    files = shifted.partition_files("clicks", "2026-10-03")
+    assert [p.name for p in files] == ["clicks-from-2026-10-02.jsonl.gz", "clicks-from-2026-10-03.jsonl.gz"]
+    before, after = (read_manifest(tmp_path / "shared", date(2026, 10, d)) for d in (2, 3))
+    assert (before["settings"]["scenario"], before["settings"]["scenario_start"]) == ("stable", None)
+    assert (after["settings"]["scenario"], after["settings"]["scenario_start"]) == (
+        "device_shift",
+        "2026-10-03",
+    )
+    assert after["scenario_active"] and after["settings"] == shifted.settings()
+    assert {k: v for k, v in after["settings"].items() if not k.startswith("scenario")} == {
+        k: v for k, v in before["settings"].items() if not k.startswith("scenario")
+    }
+    lines = read_lines(impressions_path(tmp_path / "shared", date(2026, 10, 3)))
+    assert sum('"device_type":"smart_tv"' in line for line in lines) / len(lines) > 0.3
+
+    # the shared days are exactly what the shifted server writes into a fresh folder
+    fresh = small_server(tmp_path / "fresh", scenario="device_shift", scenario_start="2026-10-03")
+    assert fresh.ensure_day("2026-10-01") and fresh.ensure_day("2026-10-02")
+    logs = {name: data for name, data in landed_files(tmp_path / "fresh").items() if "_simulator" not in name}
+    shared = landed_files(tmp_path / "shared")
+    assert len(logs) == 6 and all(shared[name] == data for name, data in logs.items())
+    assert fresh.manifest("2026-10-02")["settings"] == before["settings"]
+
+    # a day simulated under stable is refused once the scenario is active on it
+    with pytest.raises(ValueError, match="different settings"):
+        small_server(tmp_path / "shared", scenario="device_shift", scenario_start="2026-10-02").ensure_day(
+            "2026-10-02"
+        )

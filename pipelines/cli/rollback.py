@@ -2,11 +2,13 @@
 
 The registry keeps every promotion as an undo stack (``resources.tracking``): a rollback moves the
 ``champion`` alias back one step, and the ad server ranks with that version from the next day it
-serves. Uses the same settings as the code location (``MLFLOW_TRACKING_URI``, ``CLICKLOOP_DATA_DIR``).
+serves. Uses the deployment's settings (``MLFLOW_TRACKING_URI``, ``CLICKLOOP_DATA_DIR``).
 """
 
 import sys
 
+from pipelines.definitions import build_resources
+from pipelines.settings import Settings
 from resources.tracking import ModelRegistry, NoPreviousChampionError
 
 
@@ -17,10 +19,8 @@ def rollback(registry: ModelRegistry) -> str:
 
 
 def main() -> int:
-    from pipelines.definitions import build_resources
-
     # outside a run, EnvVar settings are resolved here
-    registry = build_resources()["model_registry"].process_config_and_initialize()
+    registry = build_resources(Settings.from_env())["model_registry"].process_config_and_initialize()
     try:
         print(rollback(registry))
     except NoPreviousChampionError as exc:

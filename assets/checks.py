@@ -1,0 +1,47 @@
+"""Blocking asset checks from the rules of :mod:`clickloop.checks`: the metadata a person reads."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue
+
+from clickloop.expectations import Rule, SuiteOutcome, outcome_markdown, run_rules
+
+
+def outcome_metadata(outcome: SuiteOutcome, observed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The table of every expectation, the counts, and the names of the failures."""
+    metadata: dict[str, Any] = {
+        "expectations": MetadataValue.md(outcome_markdown(outcome, observed)),
+        "failed_expectations": len(outcome.failed),
+        "evaluated_expectations": len(outcome.expectations),
+        "failed": MetadataValue.json(list(outcome.failed_names)),
+    }
+    if observed and observed.get("rows") is not None:
+        metadata["rows_checked"] = int(observed["rows"])
+    return metadata
+
+
+def rule_check(
+    context: AssetCheckExecutionContext,
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    suite_name: str,
+    rules: Sequence[Rule],
+) -> AssetCheckResult:
+    """Validate the rules on the relation's profile; a failure is an ERROR (blocking)."""
+    outcome, observed = run_rules(con, relation, suite_name, rules)
+    if not outcome.success:
+        context.log.warning(
+            f"{suite_name} {context.partition_key if context.has_partition_key else ''}: "
+            + ", ".join(f"{e.name} = {observed.get(e.name)}" for e in outcome.failed)
+        )
+    return AssetCheckResult(
+        passed=outcome.success,
+        severity=AssetCheckSeverity.ERROR,
+        metadata=outcome_metadata(outcome, observed),
+    )
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
+    return list(con.sql(f"SELECT * FROM {relation} LIMIT 0").columns)

@@ -1,0 +1,403 @@
+"""Point-in-time features for the CTR model: day D is described with history from before D only.
+
+Two tables, both per day:
+
+* ``feature_stats`` (D): historical statistics usable on day D, computed from the ``ad_events`` of
+  the ``window_days`` days whose labels were final when D began, D-1-W … D-2 (the caller passes
+  them; in Dagster a partition mapping chooses them). D-1 is left out: its clicks keep arriving
+  during D, so neither the ad server on D nor the model may count them. One long table::
+
+      key_type        key1      key2      impressions  clicks  ctr
+      global          NULL      NULL      window rows  clicks  prior (raw window CTR)
+      <entity name>   column 1  column 2  ...          ...     smoothed CTR
+      user_prev_day   user_id   NULL      the user's impressions on D-2 (ctr NULL)
+
+  The entities come from the log contract (an ad, an advertiser, a site, an ad × site category…).
+  Smoothed CTR = (clicks + m · prior) / (impressions + m), ``m = PRIOR_STRENGTH``; a key never
+  seen gets the prior and 0 impressions. A day with no history has only the ``global`` row, with
+  ``DEFAULT_CTR`` as prior.
+
+* ``features`` (D): every event of ``ad_events`` (D) with the model's feature columns, joined to
+  ``feature_stats`` (D).
+
+Leakage: no statistic of day D comes from day D or from D-1's unfinished labels. The user's
+activity is their impressions on one whole finished day (D-2), not a rolling count inside D.
+
+Position bias: ``position`` is a feature at training time, but ranking happens before the slot is
+known, so serving scores every candidate at the contract's reference position.
+
+Train/serve skew: one SQL builder (:func:`features_sql`) defines every feature, for the rows of a
+day (training) and for candidates (serving) alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from clickloop.contract import LABEL, POSITION, TIME, USER_ID, EntityKey, LogContract, require_columns
+from clickloop.storage import atomic_copy_query_to_parquet, parquet_list_sql
+
+#: Days of history behind each day's statistics.
+DEFAULT_WINDOW_DAYS = 7
+#: Pseudo-impressions of the prior in the smoothed CTR: a key needs ~m impressions to move far.
+PRIOR_STRENGTH = 100.0
+#: The prior CTR when there is no history at all (the first day of the loop).
+DEFAULT_CTR = 0.02
+GLOBAL_KEY_TYPE = "global"
+USER_KEY_TYPE = "user_prev_day"
+USER_ACTIVITY = "user_impressions_24h"
+TIME_FEATURES = ("hour", "weekday")
+_ROW = "__row"  # input order of rows given to add_features
+
+
+def impressions_feature(entity: EntityKey) -> str:
+    return f"hist_{entity.name}_impressions"
+
+
+def ctr_feature(entity: EntityKey) -> str:
+    return f"hist_{entity.name}_ctr"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Every feature of the model, derived from the log contract."""
+
+    categorical: tuple[str, ...]
+    entities: tuple[EntityKey, ...]
+    user_activity: bool
+    has_position: bool
+    reference_position: int | None
+
+    @classmethod
+    def from_contract(cls, contract: LogContract) -> FeatureSpec:
+        return cls(
+            categorical=contract.categorical_features,
+            entities=contract.entities,
+            user_activity=contract.user_activity,
+            has_position=contract.has_position,
+            reference_position=contract.reference_position,
+        )
+
+    @property
+    def ctr_features(self) -> tuple[str, ...]:
+        return tuple(ctr_feature(e) for e in self.entities)
+
+    @property
+    def count_features(self) -> tuple[str, ...]:
+        user = (USER_ACTIVITY,) if self.user_activity else ()
+        return tuple(impressions_feature(e) for e in self.entities) + user
+
+    @property
+    def historical(self) -> tuple[str, ...]:
+        pairs = tuple(f for e in self.entities for f in (impressions_feature(e), ctr_feature(e)))
+        return pairs + ((USER_ACTIVITY,) if self.user_activity else ())
+
+    @property
+    def numeric(self) -> tuple[str, ...]:
+        """Hour and weekday (UTC, Monday = 0) of the time, the slot, and the history."""
+        return TIME_FEATURES + ((POSITION,) if self.has_position else ()) + self.historical
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The model's inputs, in order."""
+        return self.categorical + self.numeric
+
+    @property
+    def entity_columns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for e in self.entities for c in e.columns))
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """What a row needs for :func:`features_sql` (besides ``position`` for training rows)."""
+        user = (USER_ID,) if self.user_activity else ()
+        return tuple(dict.fromkeys((TIME, *user, *self.categorical, *self.entity_columns)))
+
+    @property
+    def seen_entity(self) -> EntityKey | None:
+        """The first single-column entity: its count tells whether a row's key had history."""
+        return next((e for e in self.entities if len(e.columns) == 1), None)
+
+
+# --- feature_stats: the history of a day ----------------------------------------------------------
+
+
+def _history_sql(spec: FeatureSpec, paths: Sequence[Path]) -> str:
+    """The window's events with only the columns the statistics need (typed even when empty)."""
+    columns = [*spec.entity_columns, *((USER_ID,) if spec.user_activity else ())]
+    columns = list(dict.fromkeys(columns))
+    if not paths:
+        nulls = ", ".join(f"NULL::VARCHAR AS {c}" for c in columns)
+        return f"SELECT {nulls}{', ' if nulls else ''}NULL::TINYINT AS {LABEL} LIMIT 0"
+    selected = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in columns)
+    return f"SELECT {selected}{', ' if selected else ''}{LABEL} FROM {parquet_list_sql(paths)}"
+
+
+def _grouping_key_type_sql(spec: FeatureSpec) -> str:
+    """A CASE naming the grouping set of each row (GROUPING() bitmask over every key column)."""
+    columns = spec.entity_columns
+    cases = []
+    for entity in spec.entities:
+        mask = sum(1 << (len(columns) - 1 - i) for i, c in enumerate(columns) if c not in entity.columns)
+        cases.append(f"WHEN {mask} THEN '{entity.name}'")
+    return f"CASE grouping({', '.join(columns)}) {' '.join(cases)} END"
+
+
+def _key_expr_sql(spec: FeatureSpec, position: int) -> str:
+    """``key1``/``key2`` of a grouped row: the entity's n-th column (NULL when it has fewer)."""
+    cases = " ".join(
+        f"WHEN '{e.name}' THEN {e.columns[position]}" for e in spec.entities if len(e.columns) > position
+    )
+    return f"CAST(CASE key_type {cases} END AS VARCHAR)" if cases else "NULL::VARCHAR"
+
+
+def feature_stats_sql(
+    spec: FeatureSpec,
+    history: Sequence[Path],
+    previous_day: Path | None,
+    prior_strength: float = PRIOR_STRENGTH,
+    default_ctr: float = DEFAULT_CTR,
+) -> str:
+    """The long statistics table of a day from its history files (see the module docstring).
+
+    ``history`` are the ``ad_events`` files of the window (days strictly before D), ``previous_day``
+    the latest of them (for the per-user counts), or None when the window is empty.
+    """
+    m = repr(float(prior_strength))
+    parts = [
+        f"""SELECT '{GLOBAL_KEY_TYPE}' AS key_type, NULL::VARCHAR AS key1, NULL::VARCHAR AS key2,
+               total_n AS impressions, total_c AS clicks, prior AS ctr
+        FROM g"""
+    ]
+    grouped = ""
+    if spec.entities:
+        key_sets = ", ".join(f"({', '.join(e.columns)})" for e in spec.entities)
+        grouped = f""",
+        grouped AS (
+            SELECT {_grouping_key_type_sql(spec)} AS key_type, {", ".join(spec.entity_columns)},
+                   count(*)::BIGINT AS n, sum({LABEL})::BIGINT AS c
+            FROM h GROUP BY GROUPING SETS ({key_sets})
+        )"""
+        parts.append(
+            f"""SELECT key_type, {_key_expr_sql(spec, 0)}, {_key_expr_sql(spec, 1)}, n, c,
+               ((c + {m} * g.prior) / (n + {m}))::DOUBLE
+        FROM grouped CROSS JOIN g"""
+        )
+    if spec.user_activity:
+        users = _history_sql(spec, [previous_day] if previous_day else [])
+        parts.append(
+            f"""SELECT '{USER_KEY_TYPE}', {USER_ID}, NULL, count(*)::BIGINT, sum({LABEL})::BIGINT,
+               NULL::DOUBLE
+        FROM ({users}) GROUP BY {USER_ID}"""
+        )
+    union = "\n        UNION ALL\n        ".join(parts)
+    return f"""
+        WITH h AS ({_history_sql(spec, history)}),
+        g AS (
+            SELECT count(*)::BIGINT AS total_n, coalesce(sum({LABEL}), 0)::BIGINT AS total_c,
+                   CASE WHEN count(*) > 0 THEN coalesce(sum({LABEL}), 0) / count(*)
+                        ELSE {float(default_ctr)!r} END::DOUBLE AS prior
+            FROM h
+        ){grouped}
+        {union}
+        ORDER BY key_type, key1, key2 NULLS FIRST
+    """
+
+
+@dataclass(frozen=True)
+class StatsSummary:
+    """What one ``feature_stats`` partition holds."""
+
+    history_days: tuple[str, ...]
+    history_rows: int
+    history_clicks: int
+    prior: float
+    keys: dict[str, int]
+
+    def markdown(self) -> str:
+        return "| key type | keys |\n|---|---:|\n" + "\n".join(
+            f"| {k} | {n:,} |" for k, n in self.keys.items()
+        )
+
+
+def build_feature_stats(
+    con: duckdb.DuckDBPyConnection,
+    spec: FeatureSpec,
+    day: str,
+    history: Sequence[tuple[str, Path]],
+    target: Path,
+) -> StatsSummary:
+    """Write the statistics of ``day`` to ``target`` (atomically) from its (key, path) history.
+
+    Every history key must be strictly before ``day``: a day's own events never describe it. The
+    latest key (D-2 in the loop) is the source of the users' activity.
+    """
+    late = [k for k, _ in history if k >= day]
+    if late:
+        raise ValueError(f"feature_stats {day}: history must be strictly before the day, got {late}")
+    ordered = sorted(history)
+    previous = ordered[-1][1] if ordered else None
+    atomic_copy_query_to_parquet(con, feature_stats_sql(spec, [p for _, p in ordered], previous), target)
+    counts = dict(con.sql(f"SELECT key_type, count(*) FROM read_parquet('{target}') GROUP BY ALL").fetchall())
+    prior = read_prior(con, target)
+    ((rows, clicks),) = con.sql(
+        f"SELECT impressions, clicks FROM read_parquet('{target}') WHERE key_type = '{GLOBAL_KEY_TYPE}'"
+    ).fetchall()
+    names = [e.name for e in spec.entities] + ([USER_KEY_TYPE] if spec.user_activity else [])
+    return StatsSummary(
+        history_days=tuple(k for k, _ in ordered),
+        history_rows=int(rows),
+        history_clicks=int(clicks),
+        prior=prior,
+        keys={name: int(counts.get(name, 0)) for name in names},
+    )
+
+
+def read_prior(con: duckdb.DuckDBPyConnection, stats_path: Path) -> float:
+    """The prior CTR of a statistics file; a file without exactly one ``global`` row is an error."""
+    rows = con.sql(
+        f"SELECT ctr FROM read_parquet('{stats_path}') WHERE key_type = '{GLOBAL_KEY_TYPE}'"
+    ).fetchall()
+    if len(rows) != 1 or rows[0][0] is None:
+        raise ValueError(f"{stats_path}: expected one '{GLOBAL_KEY_TYPE}' row with a prior CTR")
+    return float(rows[0][0])
+
+
+# --- features: the one definition of every feature ------------------------------------------------
+
+
+def _lookup_join_sql(alias: str, key_type: str, columns: Sequence[str]) -> str:
+    """LEFT JOIN of the rows ``r`` to the statistics of one key type (NULL keys match NULL)."""
+    conditions = " AND ".join(
+        f"{alias}.key{i + 1} IS NOT DISTINCT FROM CAST(r.{c} AS VARCHAR)" for i, c in enumerate(columns)
+    )
+    return (
+        f"LEFT JOIN (SELECT key1, key2, impressions, ctr FROM stats WHERE key_type = '{key_type}') "
+        f"{alias} ON {conditions}"
+    )
+
+
+def features_sql(
+    spec: FeatureSpec,
+    rows_relation: str,
+    stats_path: Path,
+    *,
+    keep: Sequence[str],
+    position: int | None = None,
+    order_by: str | None = None,
+) -> str:
+    """A SELECT returning the ``keep`` columns of each row followed by the spec's feature columns.
+
+    ``rows_relation`` is anything DuckDB can select from, with :attr:`FeatureSpec.input_columns`
+    (and ``position`` for training rows). ``position=None`` keeps the logged slot (training); an
+    int sets it for every row (serving). Hour and weekday are of the time in UTC.
+    """
+    utc = f"timezone('UTC', CAST(r.{TIME} AS TIMESTAMPTZ))"
+    columns = [f"r.{c}" for c in keep] + [f"r.{c}" for c in spec.categorical]
+    columns += [
+        f"CAST(hour({utc}) AS INTEGER) AS hour",
+        f"CAST(isodow({utc}) - 1 AS INTEGER) AS weekday",
+    ]
+    if spec.has_position:
+        slot = f"r.{POSITION}" if position is None else str(int(position))
+        columns.append(f"CAST({slot} AS INTEGER) AS {POSITION}")
+    joins = []
+    for i, entity in enumerate(spec.entities):
+        columns += [
+            f"coalesce(k{i}.impressions, 0)::BIGINT AS {impressions_feature(entity)}",
+            f"coalesce(k{i}.ctr, p.prior)::DOUBLE AS {ctr_feature(entity)}",
+        ]
+        joins.append(_lookup_join_sql(f"k{i}", entity.name, entity.columns))
+    if spec.user_activity:
+        columns.append(f"coalesce(u.impressions, 0)::BIGINT AS {USER_ACTIVITY}")
+        joins.append(_lookup_join_sql("u", USER_KEY_TYPE, (USER_ID,)))
+    order = f"ORDER BY {order_by}" if order_by else ""
+    return f"""
+        WITH stats AS (SELECT * FROM read_parquet('{stats_path}')),
+        p AS (SELECT ctr AS prior FROM stats WHERE key_type = '{GLOBAL_KEY_TYPE}')
+        SELECT {", ".join(columns)}
+        FROM {rows_relation} r CROSS JOIN p
+        {" ".join(joins)}
+        {order}
+    """
+
+
+def add_features(
+    con: duckdb.DuckDBPyConnection,
+    spec: FeatureSpec,
+    rows: pa.Table | str,
+    stats_path: Path,
+    *,
+    position: int | None = None,
+) -> pa.Table:
+    """``rows`` with the feature columns computed from the statistics at ``stats_path``.
+
+    The same function for training rows (``position=None``: the logged slot) and for serving
+    candidates (``position`` = the reference slot; candidates need no ``position`` column). The
+    result has every input column that is not a feature, then the features, in input order.
+    """
+    table = rows if isinstance(rows, pa.Table) else con.sql(rows).to_arrow_table()
+    needed = spec.input_columns + ((POSITION,) if spec.has_position and position is None else ())
+    require_columns(table.column_names, needed, "rows for features")
+    read_prior(con, stats_path)
+    keep = [c for c in table.column_names if c not in spec.columns]
+    view = f"feature_rows_{id(table):x}"
+    con.register(view, table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64())))
+    try:
+        sql = features_sql(spec, view, stats_path, keep=keep, position=position, order_by=f"r.{_ROW}")
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister(view)
+
+
+def candidate_features(
+    con: duckdb.DuckDBPyConnection, spec: FeatureSpec, candidates: pa.Table | str, stats_path: Path
+) -> pa.Table:
+    """Serving: features of candidate (request × ad) rows, scored at the reference slot."""
+    return add_features(con, spec, candidates, stats_path, position=spec.reference_position)
+
+
+def build_features(
+    con: duckdb.DuckDBPyConnection, spec: FeatureSpec, events_path: Path, stats_path: Path, target: Path
+) -> None:
+    """Write the ``features`` table of one day of events to ``target`` (atomically, by DuckDB): every
+    event column that is not a feature, then the features."""
+    columns = con.sql(f"SELECT * FROM read_parquet('{events_path}') LIMIT 0").columns
+    needed = spec.input_columns + (LABEL,) + ((POSITION,) if spec.has_position else ())
+    require_columns(columns, needed, str(events_path))
+    read_prior(con, stats_path)
+    keep = [c for c in columns if c not in spec.columns]
+    sql = features_sql(
+        spec, f"read_parquet('{events_path}')", stats_path, keep=keep, order_by=f"r.{TIME}, r.impression_id"
+    )
+    atomic_copy_query_to_parquet(con, sql, target)
+
+
+def features_summary(con: duckdb.DuckDBPyConnection, spec: FeatureSpec, path: Path) -> dict[str, object]:
+    """Row count, CTR, numeric min/mean/max (as a Markdown table) and the share of rows whose key
+    had no history."""
+    stats = ", ".join(f"min({c}), avg({c}), max({c})" for c in spec.numeric)
+    seen = spec.seen_entity
+    unseen = f"avg(({impressions_feature(seen)} = 0)::DOUBLE)" if seen else "NULL"
+    ((rows, ctr, unseen_share, *values),) = con.sql(
+        f"SELECT count(*), avg({LABEL}), {unseen}, {stats} FROM read_parquet('{path}')"
+    ).fetchall()
+    lines = ["| feature | min | mean | max |", "|---|---:|---:|---:|"]
+    for i, name in enumerate(spec.numeric):
+        lo, mean, hi = values[3 * i : 3 * i + 3]
+        lines.append(f"| {name} | {_num(lo)} | {_num(mean)} | {_num(hi)} |")
+    return {
+        "rows": int(rows),
+        "ctr": float(ctr or 0.0),
+        "unseen_share": None if unseen_share is None else float(unseen_share),
+        "unseen_entity": seen.name if seen else None,
+        "numeric_markdown": "\n".join(lines),
+    }
+
+
+def _num(value: float | int | None) -> str:
+    return "" if value is None else f"{float(value):.4g}"

@@ -1,0 +1,132 @@
+"""When to ask for a retraining: the thresholds the monitoring of a served day is held to.
+
+* drift: the share of request-context columns (the contract's request-side categorical features,
+  and the hour) that Evidently found drifted. Ad-side features, the CTR and the served predictions
+  move whenever the serving policy changes (a champion shows other ads than the policy it was
+  trained on), so their drift is not a reason to retrain;
+* quality: the champion's online calibration or normalized entropy on the day against its first
+  served day (its quality at promotion), beyond a tolerance;
+* staleness: the champion has served more than a number of days.
+
+Each rule returns a :class:`Trigger` (what crossed which threshold on which day) or None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clickloop.contract import LogContract
+
+#: The hour of the request is context too (not a categorical feature, but not chosen by the policy).
+CONTEXT_NUMERIC = ("hour",)
+
+
+@dataclass(frozen=True)
+class RetrainThresholds:
+    """The thresholds of the retraining sensors."""
+
+    #: share of request-context columns drifted
+    drift_share_threshold: float = 0.25
+    #: change of the champion's online calibration since its first served day
+    calibration_tolerance: float = 0.25
+    #: increase of the champion's online normalized entropy since its first served day
+    normalized_entropy_tolerance: float = 0.05
+    #: days a champion may serve before a retraining is asked for
+    max_champion_age_days: int = 14
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A threshold crossed on a day: what a sensor turns into one retraining request."""
+
+    sensor: str
+    day: str
+    metric: str
+    value: float
+    threshold: float
+
+    @property
+    def reason(self) -> str:
+        return f"{self.metric} = {self.value:.4g} crossed {self.threshold:.4g} on {self.day}"
+
+    @property
+    def run_key(self) -> str:
+        return f"{self.sensor}:{self.day}"
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "clickloop/trigger": self.sensor,
+            "clickloop/day": self.day,
+            "clickloop/metric": self.metric,
+            "clickloop/value": f"{self.value:.6g}",
+            "clickloop/threshold": f"{self.threshold:.6g}",
+        }
+
+
+def request_context_columns(contract: LogContract) -> tuple[str, ...]:
+    return (*contract.request_context, *CONTEXT_NUMERIC)
+
+
+def context_drift_share(drift: Mapping[str, Any], columns: Sequence[str]) -> float:
+    """The share of request-context columns that Evidently found drifted on the day."""
+    drifted = set(drift.get("drifted_columns") or {})
+    return len(drifted & set(columns)) / len(columns) if columns else 0.0
+
+
+def drift_trigger(
+    drift: Mapping[str, Any] | None, columns: Sequence[str], thresholds: RetrainThresholds
+) -> Trigger | None:
+    if drift is None:
+        return None
+    share = context_drift_share(drift, columns)
+    if share > thresholds.drift_share_threshold:
+        return Trigger(
+            "drift_sensor", drift["day"], "context_drift_share", share, thresholds.drift_share_threshold
+        )
+    return None
+
+
+def quality_trigger(
+    day_rows: Sequence[Mapping[str, Any]],
+    baseline_rows: Sequence[Mapping[str, Any]],
+    champion: str,
+    thresholds: RetrainThresholds,
+) -> Trigger | None:
+    """The champion's online calibration or normalized entropy on the day, against its first
+    served day, beyond the tolerance."""
+    today = next((r for r in day_rows if r["model_version"] == champion), None)
+    base = next((r for r in baseline_rows if r["model_version"] == champion), None)
+    if today is None or base is None or today["day"] == base["day"]:
+        return None
+    if today["calibration"] is not None and base["calibration"] is not None:
+        change = abs(today["calibration"] - base["calibration"])
+        if change > thresholds.calibration_tolerance:
+            return Trigger(
+                "quality_sensor", today["day"], "calibration_change", change, thresholds.calibration_tolerance
+            )
+    if today["normalized_entropy"] is not None and base["normalized_entropy"] is not None:
+        worse = today["normalized_entropy"] - base["normalized_entropy"]
+        if worse > thresholds.normalized_entropy_tolerance:
+            return Trigger(
+                "quality_sensor",
+                today["day"],
+                "normalized_entropy_increase",
+                worse,
+                thresholds.normalized_entropy_tolerance,
+            )
+    return None
+
+
+def staleness_trigger(
+    day: str, promoted_day: str | None, partition_keys: Sequence[str], thresholds: RetrainThresholds
+) -> Trigger | None:
+    """The champion is older than ``max_champion_age_days`` partitions."""
+    keys = list(partition_keys)
+    if promoted_day is None or promoted_day not in keys or day not in keys:
+        return None
+    age = keys.index(day) - keys.index(promoted_day)
+    if age > thresholds.max_champion_age_days:
+        return Trigger("staleness_sensor", day, "champion_age_days", age, thresholds.max_champion_age_days)
+    return None

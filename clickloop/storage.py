@@ -1,0 +1,185 @@
+"""Parquet partitions under one data directory, DuckDB over them, and atomic writes.
+
+Layout under the data directory::
+
+    <asset>/date=YYYY-MM-DD/part-0.parquet            one file per daily partition
+    quarantine/<asset>/date=YYYY-MM-DD/part-0.parquet rows the asset refused, with the reason
+    <asset>/part-0.parquet                            a non-partitioned table (training_set, ...)
+
+Every write goes to a temporary file in the target folder and is renamed into place, so a killed
+run leaves either the old file or the new one, never half a file, and a reader never sees a partial
+file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARQUET_NAME = "part-0.parquet"
+_PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+
+
+def atomic_path(target: Path) -> Path:
+    """A temporary sibling of ``target``: same folder, so the final rename is atomic."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+
+
+def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file next to ``target``, fsync it, then rename it into place."""
+    tmp = atomic_path(target)
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically."""
+    return atomic_write(target, lambda handle: handle.write(data))
+
+
+def atomic_write_text(target: Path, text: str) -> Path:
+    return atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_parquet(target: Path, table: pa.Table) -> Path:
+    """Write an Arrow table as one Parquet file, atomically."""
+    tmp = atomic_path(target)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def atomic_copy_query_to_parquet(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> Path:
+    """Let DuckDB write the result of ``sql`` straight to Parquet, then rename it into place."""
+    tmp = atomic_path(target)
+    try:
+        con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def parquet_list_sql(paths: Sequence[Path]) -> str:
+    """A DuckDB ``read_parquet`` call over the given files (never an empty list)."""
+    if not paths:
+        raise ValueError("parquet_list_sql needs at least one file")
+    quoted = ", ".join(f"'{p}'" for p in paths)
+    return f"read_parquet([{quoted}], union_by_name = true)"
+
+
+@dataclass(frozen=True)
+class DuckDBSettings:
+    """How much of the machine DuckDB may use; it spills to ``temp_directory`` beyond the limit."""
+
+    threads: int = 2
+    memory_limit: str = "4GB"
+    temp_directory: str | None = None
+
+
+def connect(settings: DuckDBSettings = DuckDBSettings()) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection (UTC session) with the given limits; Parquet is the storage."""
+    config: dict[str, object] = {"threads": settings.threads, "memory_limit": settings.memory_limit}
+    if settings.temp_directory:
+        Path(settings.temp_directory).mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = settings.temp_directory
+    con = duckdb.connect(config=config)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """Parquet + DuckDB storage for every table of the loop, rooted at ``root``."""
+
+    root: Path
+    duckdb_settings: DuckDBSettings = DuckDBSettings()
+
+    def partition_dir(self, table: str, partition_key: str) -> Path:
+        return self.root / table / f"date={partition_key}"
+
+    def partition_path(self, table: str, partition_key: str) -> Path:
+        return self.partition_dir(table, partition_key) / PARQUET_NAME
+
+    def quarantine_path(self, table: str, partition_key: str) -> Path:
+        return self.partition_path(f"quarantine/{table}", partition_key)
+
+    def table_path(self, table: str) -> Path:
+        """The one Parquet file of a non-partitioned table."""
+        return self.root / table / PARQUET_NAME
+
+    def has_partition(self, table: str, partition_key: str) -> bool:
+        return self.partition_path(table, partition_key).exists()
+
+    def partition_keys(self, table: str) -> list[str]:
+        """The partitions of ``table`` that exist, in order."""
+        folder = self.root / table
+        if not folder.is_dir():
+            return []
+        keys = []
+        for child in folder.iterdir():
+            match = _PARTITION_DIR.match(child.name)
+            if match and (child / PARQUET_NAME).exists():
+                keys.append(match.group(1))
+        return sorted(keys)
+
+    def existing_partition_paths(self, table: str, partition_keys: Sequence[str]) -> list[Path]:
+        """Paths of the given partitions that exist (a window may reach before the first day)."""
+        return [p for k in partition_keys if (p := self.partition_path(table, k)).exists()]
+
+    def require_partition_paths(self, table: str, partition_keys: Sequence[str]) -> list[Path]:
+        """Paths of the given partitions; a clear error names any that were never materialized."""
+        paths = [self.partition_path(table, k) for k in partition_keys]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{table}: partition file(s) missing, materialize them first: {', '.join(missing)}"
+            )
+        return paths
+
+    def write_partition(self, table: str, partition_key: str, data: pa.Table) -> Path:
+        return atomic_write_parquet(self.partition_path(table, partition_key), data)
+
+    def write_quarantine(self, table: str, partition_key: str, data: pa.Table) -> Path:
+        return atomic_write_parquet(self.quarantine_path(table, partition_key), data)
+
+    def read_partition(self, table: str, partition_key: str) -> pa.Table:
+        return pq.read_table(self.require_partition_paths(table, [partition_key])[0])
+
+    @contextmanager
+    def duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection with the warehouse's limits, closed afterwards."""
+        con = connect(self.duckdb_settings)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def one_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple:
+    """The one row a query returns (its result is fully consumed, so the connection is free)."""
+    rows = con.execute(sql).fetchall()
+    if len(rows) != 1:
+        raise ValueError(f"expected one row, got {len(rows)} from: {sql.strip()[:200]}")
+    return rows[0]

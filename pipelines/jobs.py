@@ -1,0 +1,71 @@
+"""The jobs of the loop: what runs together."""
+
+from dataclasses import dataclass
+
+from dagster import AssetSelection, define_asset_job
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from assets.evaluation import CHAMPION_MODEL
+from assets.events import AD_EVENTS
+from assets.monitoring import DRIFT_REPORT, ONLINE_METRICS
+from assets.partitions import Calendar
+from assets.raw_logs import RAW_TABLES
+from clickloop.contract import LogContract
+from clickloop.evaluation import MODEL_EVALUATION
+from clickloop.model import CTR_MODEL
+from clickloop.ranking import STATS_TABLE
+from clickloop.split import FEATURES, TEST_SET, TRAINING_SET
+
+#: Training runs carry this tag: the instance lets one run at a time (dagster.yaml).
+TRAINING_TAGS = {"clickloop/kind": "training"}
+
+
+@dataclass(frozen=True)
+class LoopJobs:
+    ingest: UnresolvedAssetJobDefinition
+    events: UnresolvedAssetJobDefinition
+    feature_stats: UnresolvedAssetJobDefinition
+    training: UnresolvedAssetJobDefinition
+
+    def all(self) -> list[UnresolvedAssetJobDefinition]:
+        return [self.feature_stats, self.ingest, self.events, self.training]
+
+    def by_name(self) -> dict[str, UnresolvedAssetJobDefinition]:
+        return {job.name: job for job in self.all()}
+
+
+def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
+    """The daily jobs (partitioned) and the training job."""
+    partitions = calendar.partitions
+    return LoopJobs(
+        ingest=define_asset_job(
+            "ingest_job",
+            selection=AssetSelection.assets(*(RAW_TABLES[k] for k in contract.log_kinds)),
+            partitions_def=partitions,
+            description="Type one day of raw ad-server logs into Parquet and judge the day.",
+        ),
+        feature_stats=define_asset_job(
+            "feature_stats_job",
+            selection=AssetSelection.assets(STATS_TABLE),
+            partitions_def=partitions,
+            description="What the ad server may know about the past on day D (history whose labels "
+            "were final when D began). Run before day D is served: the champion ranks with it.",
+        ),
+        events=define_asset_job(
+            "events_job",
+            selection=AssetSelection.assets(AD_EVENTS, FEATURES, DRIFT_REPORT, ONLINE_METRICS),
+            partitions_def=partitions,
+            description="Join one day's impressions to their clicks, compute its point-in-time "
+            "features, its drift report and its online metrics; runs once the next day's clicks "
+            "are ingested (the attribution window has closed).",
+        ),
+        training=define_asset_job(
+            "training_job",
+            selection=AssetSelection.assets(
+                TRAINING_SET, TEST_SET, CTR_MODEL, MODEL_EVALUATION, CHAMPION_MODEL
+            ),
+            description="Split the latest features by time, train and track a model, evaluate it "
+            "against the champion, baselines and the ground truth, and promote it only if it earns it.",
+            tags=TRAINING_TAGS,
+        ),
+    )
