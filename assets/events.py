@@ -23,6 +23,7 @@ from clickloop.checks import events_rules
 from clickloop.contract import LogContract
 from clickloop.events import MAX_WINDOW_HOURS, join_events, label_events
 from clickloop.quarantine import day_window
+from clickloop.storage import parquet_sql
 from resources.warehouse import WarehouseResource
 
 AD_EVENTS = "ad_events"
@@ -122,7 +123,7 @@ def ad_events_check(calendar: Calendar, contract: LogContract) -> AssetChecksDef
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
         store = warehouse.get()
         (path,) = store.require_partition_paths(AD_EVENTS, [context.partition_key])
-        relation = f"read_parquet('{path}')"
+        relation = parquet_sql(path)
         with store.duckdb() as con:
             window = day_window(context.partition_time_window.start.date())
             rules = events_rules(contract, window, table_columns(con, relation))

@@ -28,6 +28,7 @@ from clickloop.features import (
 )
 from clickloop.ranking import STATS_TABLE
 from clickloop.split import FEATURES
+from clickloop.storage import parquet_sql
 from resources.warehouse import WarehouseResource
 
 
@@ -131,7 +132,7 @@ def features_check(calendar: Calendar, contract: LogContract) -> AssetChecksDefi
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
         store = warehouse.get()
         (path,) = store.require_partition_paths(FEATURES, [context.partition_key])
-        relation = f"read_parquet('{path}')"
+        relation = parquet_sql(path)
         with store.duckdb() as con:
             rules = features_rules(spec, contract, table_columns(con, relation))
             return rule_check(context, con, relation, FEATURES, rules)

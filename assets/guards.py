@@ -139,10 +139,12 @@ def require_upstream_checks_passed(
     problems = check_problems(context.instance, blocking_checks_on(graph, wanted), wanted)
     if problems:
         table = "\n".join(f"| {p.check} | {p.partition} | {p.problem} |" for p in problems)
+        # every asset of the step (``context.asset_key`` raises in a multi-asset such as the split)
+        built = sorted(k.to_user_string() for k in context.selected_asset_keys)
         raise Failure(
             description=(
-                f"{context.asset_key.to_user_string()} refuses to build on data that did not pass "
-                "its blocking checks: "
+                f"{' and '.join(built)} {'refuses' if len(built) == 1 else 'refuse'} to build on data "
+                "that did not pass its blocking checks: "
                 + "; ".join(f"{p.check} on {p.partition} {p.problem}" for p in problems)
             ),
             metadata={

@@ -21,7 +21,7 @@ from assets.partitions import Calendar
 from clickloop.checks import raw_log_rules
 from clickloop.contract import LogContract, LogKind
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts, reasons_markdown, sample_markdown
-from clickloop.storage import one_row
+from clickloop.storage import one_row, parquet_sql
 from resources.landing import LogSource
 from resources.warehouse import WarehouseResource
 
@@ -63,6 +63,7 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
                 "lines_read": parsed.lines_read,
                 "valid_rows": parsed.valid.num_rows,
                 "quarantined_rows": parsed.quarantine.num_rows,
+                "header_lines": parsed.header_lines,
                 "quarantined_by_reason": MetadataValue.md(reasons_markdown(parsed.quarantined_by_reason)),
                 "quarantine_sample": MetadataValue.md(sample_markdown(parsed)),
                 "quarantine_path": MetadataValue.path(str(done.quarantine_path)),
@@ -96,7 +97,7 @@ def _raw_check(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         store = warehouse.get()
         key = context.partition_key
         (path,) = store.require_partition_paths(name, [key])
-        relation = f"read_parquet('{path}')"
+        relation = parquet_sql(path)
         with store.duckdb() as con:
             present = table_columns(con, relation)
             quarantined = quarantined_counts(con, store.quarantine_path(name, key))

@@ -37,7 +37,7 @@ from clickloop.features import FeatureSpec
 from clickloop.model import read_model_manifest, served_version
 from clickloop.presentation import markdown_table
 from clickloop.split import FEATURES, read_split_manifest
-from clickloop.storage import Warehouse, atomic_write_text, parquet_list_sql
+from clickloop.storage import Warehouse, atomic_write_text, parquet_list_sql, parquet_sql
 
 #: Left out of the drift report: one value per day by construction (always "drifts").
 DRIFT_EXCLUDED: tuple[str, ...] = ("weekday",)
@@ -157,9 +157,9 @@ def reference_for(
     """The reference of ``day`` given what the warehouse holds: the served versions of the day,
     the manifests of the model and the training set, and the ``features`` partitions present."""
     (path,) = warehouse.require_partition_paths(FEATURES, [day])
-    columns = con.sql(f"SELECT * FROM read_parquet('{path}') LIMIT 0").columns
+    columns = con.sql(f"SELECT * FROM {parquet_sql(path)} LIMIT 0").columns
     served = (
-        [str(v) for (v,) in con.sql(f"SELECT DISTINCT model_version FROM read_parquet('{path}')").fetchall()]
+        [str(v) for (v,) in con.sql(f"SELECT DISTINCT model_version FROM {parquet_sql(path)}").fetchall()]
         if "model_version" in columns
         else []
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 
 from clickloop.contract import CLICK_ID, IMPRESSION_ID, LABEL, LINE_NUMBER, SOURCE_FILE, TIME
-from clickloop.storage import atomic_copy_query_to_parquet, one_row
+from clickloop.storage import atomic_copy_query_to_parquet, one_row, parquet_sql
 
 #: The clicks of day D+1 are the last ones read: no window can be longer.
 MAX_WINDOW_HOURS = 24.0
@@ -72,7 +72,7 @@ class EventsAccounting:
 
 def _partitions_sql(paths_by_key: Sequence[tuple[str, Path]]) -> str:
     return " UNION ALL ".join(
-        f"SELECT *, '{key}' AS pk FROM read_parquet('{path}')" for key, path in paths_by_key
+        f"SELECT *, '{key}' AS pk FROM {parquet_sql(path)}" for key, path in paths_by_key
     )
 
 
@@ -107,7 +107,7 @@ def _accounting(
         f"""
         SELECT count(*), coalesce(sum({LABEL}), 0),
                count(*) FILTER (click_ts IS NOT NULL AND click_ts::DATE > {TIME}::DATE)
-        FROM read_parquet('{events_path}')
+        FROM {parquet_sql(events_path)}
         """,
     )
     accounting = EventsAccounting(

@@ -40,7 +40,7 @@ import duckdb
 import pyarrow as pa
 
 from clickloop.contract import LABEL, POSITION, TIME, USER_ID, EntityKey, LogContract, require_columns
-from clickloop.storage import atomic_copy_query_to_parquet, parquet_list_sql
+from clickloop.storage import atomic_copy_query_to_parquet, parquet_list_sql, parquet_sql
 
 #: Days of history behind each day's statistics.
 DEFAULT_WINDOW_DAYS = 7
@@ -242,10 +242,10 @@ def build_feature_stats(
     ordered = sorted(history)
     previous = ordered[-1][1] if ordered else None
     atomic_copy_query_to_parquet(con, feature_stats_sql(spec, [p for _, p in ordered], previous), target)
-    counts = dict(con.sql(f"SELECT key_type, count(*) FROM read_parquet('{target}') GROUP BY ALL").fetchall())
+    counts = dict(con.sql(f"SELECT key_type, count(*) FROM {parquet_sql(target)} GROUP BY ALL").fetchall())
     prior = read_prior(con, target)
     ((rows, clicks),) = con.sql(
-        f"SELECT impressions, clicks FROM read_parquet('{target}') WHERE key_type = '{GLOBAL_KEY_TYPE}'"
+        f"SELECT impressions, clicks FROM {parquet_sql(target)} WHERE key_type = '{GLOBAL_KEY_TYPE}'"
     ).fetchall()
     names = [e.name for e in spec.entities] + ([USER_KEY_TYPE] if spec.user_activity else [])
     return StatsSummary(
@@ -260,7 +260,7 @@ def build_feature_stats(
 def read_prior(con: duckdb.DuckDBPyConnection, stats_path: Path) -> float:
     """The prior CTR of a statistics file; a file without exactly one ``global`` row is an error."""
     rows = con.sql(
-        f"SELECT ctr FROM read_parquet('{stats_path}') WHERE key_type = '{GLOBAL_KEY_TYPE}'"
+        f"SELECT ctr FROM {parquet_sql(stats_path)} WHERE key_type = '{GLOBAL_KEY_TYPE}'"
     ).fetchall()
     if len(rows) != 1 or rows[0][0] is None:
         raise ValueError(f"{stats_path}: expected one '{GLOBAL_KEY_TYPE}' row with a prior CTR")
@@ -317,7 +317,7 @@ def features_sql(
         joins.append(_lookup_join_sql("u", USER_KEY_TYPE, (USER_ID,)))
     order = f"ORDER BY {order_by}" if order_by else ""
     return f"""
-        WITH stats AS (SELECT * FROM read_parquet('{stats_path}')),
+        WITH stats AS (SELECT * FROM {parquet_sql(stats_path)}),
         p AS (SELECT ctr AS prior FROM stats WHERE key_type = '{GLOBAL_KEY_TYPE}')
         SELECT {", ".join(columns)}
         FROM {rows_relation} r CROSS JOIN p
@@ -366,14 +366,13 @@ def build_features(
 ) -> None:
     """Write the ``features`` table of one day of events to ``target`` (atomically, by DuckDB): every
     event column that is not a feature, then the features."""
-    columns = con.sql(f"SELECT * FROM read_parquet('{events_path}') LIMIT 0").columns
+    events = parquet_sql(events_path)
+    columns = con.sql(f"SELECT * FROM {events} LIMIT 0").columns
     needed = spec.input_columns + (LABEL,) + ((POSITION,) if spec.has_position else ())
     require_columns(columns, needed, str(events_path))
     read_prior(con, stats_path)
     keep = [c for c in columns if c not in spec.columns]
-    sql = features_sql(
-        spec, f"read_parquet('{events_path}')", stats_path, keep=keep, order_by=f"r.{TIME}, r.impression_id"
-    )
+    sql = features_sql(spec, events, stats_path, keep=keep, order_by=f"r.{TIME}, r.impression_id")
     atomic_copy_query_to_parquet(con, sql, target)
 
 
@@ -384,7 +383,7 @@ def features_summary(con: duckdb.DuckDBPyConnection, spec: FeatureSpec, path: Pa
     seen = spec.seen_entity
     unseen = f"avg(({impressions_feature(seen)} = 0)::DOUBLE)" if seen else "NULL"
     ((rows, ctr, unseen_share, *values),) = con.sql(
-        f"SELECT count(*), avg({LABEL}), {unseen}, {stats} FROM read_parquet('{path}')"
+        f"SELECT count(*), avg({LABEL}), {unseen}, {stats} FROM {parquet_sql(path)}"
     ).fetchall()
     lines = ["| feature | min | mean | max |", "|---|---:|---:|---:|"]
     for i, name in enumerate(spec.numeric):

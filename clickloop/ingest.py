@@ -77,6 +77,8 @@ class ParsedLogs:
     quarantine: pa.Table
     lines_read: int
     files: list[str] = field(default_factory=list)
+    #: CSV header lines (read, neither valid nor quarantined)
+    header_lines: int = 0
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
@@ -293,12 +295,15 @@ def _typed_sql(f: Field, i: int) -> str:
     if f.type == "float":
         return f"TRY_CAST({text} AS DOUBLE)"
     if f.type == "int":
+        # DuckDB's cast rounds '1.5' to 2 and reads '0x10' as 16: only whole decimal numbers are ints
+        # (as in JSON lines, where 1.5 is a bad type)
+        whole = (
+            f"CASE WHEN regexp_full_match(trim({text}), '[+-]?[0-9]+') "
+            f"THEN TRY_CAST(trim({text}) AS INTEGER) END"
+        )
         if f.column == LABEL:  # a label may be logged as a boolean
-            return (
-                f"CASE lower({text}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 "
-                f"ELSE TRY_CAST({text} AS INTEGER) END"
-            )
-        return f"TRY_CAST({text} AS INTEGER)"
+            return f"CASE lower({text}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
+        return whole
     fmt = f.format or "iso8601"
     if fmt == "iso8601":
         return f"TRY_CAST({text} AS TIMESTAMPTZ)"
@@ -475,7 +480,7 @@ def parse_log_files(
         valid, quarantine = _empty(con, spec, window, time_column)
     else:
         valid, quarantine = pa.concat_tables(valid_parts), pa.concat_tables(quarantine_parts)
-    parsed = ParsedLogs(valid, quarantine, lines_read, [str(f) for f in files])
+    parsed = ParsedLogs(valid, quarantine, lines_read, [str(f) for f in files], headers)
     if valid.num_rows + quarantine.num_rows + headers != lines_read:  # the identity, enforced
         raise AssertionError(
             f"{spec.kind}: {lines_read} lines read but {valid.num_rows} valid + "

@@ -26,6 +26,9 @@ from clickloop.storage import Warehouse, atomic_write_bytes, atomic_write_text
 CTR_MODEL = "ctr_model"
 #: Booster attribute holding the negative downsampling rate w the model was trained with.
 DOWNSAMPLING_ATTR = "negative_downsampling_rate"
+#: Booster attribute holding the training categories (JSON): XGBoost drops its own when early
+#: stopping cuts the booster at its best iteration, and would then read category codes by position.
+CATEGORIES_ATTR = "training_categories"
 
 
 def correct_downsampled(q: np.ndarray | float, rate: float) -> np.ndarray:
@@ -78,7 +81,8 @@ def model_categories(booster: xgb.Booster) -> dict[str, list[str]]:
     """The categories a booster was trained with, per categorical feature (empty if none)."""
     container = booster.get_categories(export_to_arrow=True)
     if container.empty():
-        return {}
+        stored = booster.attr(CATEGORIES_ATTR)
+        return json.loads(stored) if stored else {}
     return {
         name: [str(v) for v in array.to_pylist()] for name, array in container.to_arrow() if array is not None
     }

@@ -17,7 +17,7 @@ import duckdb
 from clickloop.contract import TIME, LogSpec
 from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
 from clickloop.presentation import cell, markdown_table
-from clickloop.storage import Warehouse
+from clickloop.storage import Warehouse, parquet_sql
 
 #: Raw lines shown in the UI per partition.
 SAMPLE_LINES = 10
@@ -67,6 +67,6 @@ def quarantined_counts(con: duckdb.DuckDBPyConnection, quarantine_path: Path) ->
     if not quarantine_path.exists():
         return {}
     rows = con.sql(
-        f"SELECT reason, count(*) FROM read_parquet('{quarantine_path}') GROUP BY reason ORDER BY reason"
+        f"SELECT reason, count(*) FROM {parquet_sql(quarantine_path)} GROUP BY reason ORDER BY reason"
     ).fetchall()
     return {str(reason): int(count) for reason, count in rows}

@@ -32,6 +32,7 @@ from clickloop.storage import (
     atomic_write_text,
     one_row,
     parquet_list_sql,
+    parquet_sql,
 )
 
 FEATURES = "features"
@@ -195,7 +196,7 @@ def build_training_set(
         ORDER BY {SPLIT_COLUMN}, {TIME}, {IMPRESSION_ID}
     """
     atomic_copy_query_to_parquet(con, sql, target)
-    written = f"read_parquet('{target}')"
+    written = parquet_sql(target)
     summaries = {}
     for name, source in ((TRAIN, train), (VALIDATION, valid)):
         rows, clicks = _count(con, written, f"{SPLIT_COLUMN} = '{name}'")
@@ -210,7 +211,7 @@ def build_test_set(
     """Write the test day (every row, never downsampled) to ``target``."""
     source = parquet_list_sql([paths[split.test]])
     atomic_copy_query_to_parquet(con, f"SELECT * FROM {source} ORDER BY {TIME}, {IMPRESSION_ID}", target)
-    rows, clicks = _count(con, f"read_parquet('{target}')")
+    rows, clicks = _count(con, parquet_sql(target))
     return SetSummary(rows, clicks, rows, clicks)
 
 

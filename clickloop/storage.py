@@ -81,12 +81,19 @@ def atomic_copy_query_to_parquet(con: duckdb.DuckDBPyConnection, sql: str, targe
     return target
 
 
+def parquet_sql(path: Path) -> str:
+    """A DuckDB ``read_parquet`` of one file; its ``date=`` folder is not read as a column (DuckDB's
+    hive partitioning is off, so a logged field named ``date`` is never shadowed)."""
+    return f"read_parquet('{path}', hive_partitioning = false)"
+
+
 def parquet_list_sql(paths: Sequence[Path]) -> str:
-    """A DuckDB ``read_parquet`` call over the given files (never an empty list)."""
+    """A DuckDB ``read_parquet`` call over the given files (never an empty list). The ``date=``
+    folders of the partitions are not read as a column (DuckDB's hive partitioning is off)."""
     if not paths:
         raise ValueError("parquet_list_sql needs at least one file")
     quoted = ", ".join(f"'{p}'" for p in paths)
-    return f"read_parquet([{quoted}], union_by_name = true)"
+    return f"read_parquet([{quoted}], union_by_name = true, hive_partitioning = false)"
 
 
 @dataclass(frozen=True)

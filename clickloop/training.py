@@ -10,10 +10,11 @@ traffic; the rate is stored in the model file (see :mod:`clickloop.model`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import xgboost as xgb
 
 from clickloop.contract import LABEL
 from clickloop.features import FeatureSpec
-from clickloop.model import DOWNSAMPLING_ATTR, to_model_frame
+from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
 
 _PROBABILITY_EPS = 1e-7
@@ -133,6 +134,8 @@ class Matrices:
     valid: xgb.DMatrix
     base_score: float | None
     rate: float
+    #: the training categories per categorical feature (stored in every booster trained on them)
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _logit(p: float) -> float:
@@ -152,7 +155,12 @@ def build_matrices(train: ModelData, valid: ModelData, max_bin: int, rate: float
         ctr = float(np.clip(train.labels.mean(), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS))
         base_score = ctr
         dvalid.set_base_margin(np.full(valid.rows, _logit(ctr) + math.log(rate), dtype=np.float32))
-    return Matrices(dtrain, dvalid, base_score, rate)
+    categories = {
+        name: [str(v) for v in column.cat.categories]
+        for name, column in train.features.items()
+        if isinstance(column.dtype, pd.CategoricalDtype)
+    }
+    return Matrices(dtrain, dvalid, base_score, rate, categories)
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,8 @@ def train_booster(
     )
     seconds = time.perf_counter() - start
     booster.set_attr(**{DOWNSAMPLING_ATTR: repr(float(matrices.rate))})
+    if matrices.categories:  # the cut at the best iteration lost XGBoost's own copy
+        booster.set_attr(**{CATEGORIES_ATTR: json.dumps(matrices.categories)})
     best = int(booster.best_iteration)
     return TrainedBooster(
         booster=booster,

@@ -18,23 +18,25 @@ import pandas as pd
 
 from clickloop.contract import ContractError
 from clickloop.contract_file import load_contract
-from clickloop.simulator.clock import MS_PER_HOUR, day_start_ms, to_datetime
+from clickloop.simulator.clock import to_datetime
 from clickloop.simulator.vocabulary import (
-    BASE_DEVICE_MIX,
-    HOURLY_SHARE,
     LONG_DELAY_PROB,
     LONG_DELAY_RANGE_S,
     MIN_DELAY_MS,
-    OS_BY_DEVICE,
-    PREFERRED_DEVICE_PROB,
     PRICE_UNIT_FACTOR,
     SHORT_DELAY_LOG_SD,
     SHORT_DELAY_MEDIAN_S,
-    SMART_TV,
-    SMART_TV_SHARE,
     TARGET_CTR,
 )
-from clickloop.simulator.world import Scenario, World, categorical, cdf, id_strings, position_factor
+from clickloop.simulator.world import (
+    RequestContext,
+    Scenario,
+    World,
+    categorical,
+    draw_context,
+    id_strings,
+    position_factor,
+)
 
 #: The fields of the logs, in the order they are written: the log contract's, defined once there.
 IMPRESSION_FIELDS: tuple[str, ...] = load_contract().impressions.sources
@@ -112,18 +114,6 @@ class RandomPolicy:
 
 
 @dataclass(frozen=True)
-class RequestContext:
-    """Integer-coded page views, sorted by time."""
-
-    ts_ms: np.ndarray
-    hour: np.ndarray
-    user: np.ndarray
-    site: np.ndarray
-    device: np.ndarray
-    os: np.ndarray
-
-
-@dataclass(frozen=True)
 class DayTraffic:
     """One simulated day, clean (before any fault is injected).
 
@@ -160,26 +150,6 @@ def day_streams(seed: int, day: date) -> tuple[np.random.Generator, np.random.Ge
     """
     traffic, clicks, faults = np.random.SeedSequence([seed, day.toordinal()]).spawn(3)
     return np.random.default_rng(traffic), np.random.default_rng(clicks), np.random.default_rng(faults)
-
-
-def draw_context(
-    world: World, scenario: Scenario, day: date, n: int, rng: np.random.Generator
-) -> RequestContext:
-    """``n`` page views of ``day``: time by the hourly curve, user, site, device and OS."""
-    hour = rng.choice(24, n, p=HOURLY_SHARE)
-    ts_ms = day_start_ms(day) + hour * MS_PER_HOUR + rng.integers(0, MS_PER_HOUR, n)
-    order = np.argsort(ts_ms, kind="stable")
-    ts_ms, hour = ts_ms[order], hour[order]
-    user = world.draw_users(rng, n)
-    site = world.draw_sites(rng, n)
-    mixed = np.searchsorted(cdf(BASE_DEVICE_MIX), rng.random(n), side="right")
-    device = np.where(rng.random(n) < PREFERRED_DEVICE_PROB, world.user_device[user], mixed)
-    if scenario.is_on("device_shift", day):
-        device = np.where(rng.random(n) < SMART_TV_SHARE, SMART_TV, device)
-    os_code = (rng.random(n)[:, None] >= cdf(OS_BY_DEVICE)[device]).sum(axis=1)
-    return RequestContext(
-        ts_ms, hour.astype(np.int8), user, site, device.astype(np.int8), os_code.astype(np.int8)
-    )
 
 
 def _draw_slots(

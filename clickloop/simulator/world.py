@@ -38,17 +38,22 @@ from clickloop.simulator.vocabulary import (
     FAVOURITE_BOOST,
     FAVOURITE_CATEGORY,
     HOUR_EFFECT,
+    HOURLY_SHARE,
     NEW_AD_QUALITY_MEAN,
     NEW_AD_QUALITY_SD,
     NEW_CAMPAIGN_SHARE,
     OPERATING_SYSTEMS,
+    OS_BY_DEVICE,
     POSITION_FACTOR,
+    PREFERRED_DEVICE_PROB,
     SCENARIOS,
     SEGMENT_SHARES,
     SEGMENTS,
     SITE_CATEGORY_EFFECT_SD,
     SITE_EFFECT_SD,
     SITE_ZIPF_EXPONENT,
+    SMART_TV,
+    SMART_TV_SHARE,
     TARGET_CTR,
     USER_ACTIVITY_LOG_SD,
 )
@@ -249,8 +254,6 @@ class World:
 
     def _calibrate_base(self, rng: np.random.Generator, n: int = 50_000) -> float:
         """Solve for the base logit giving TARGET_CTR under random serving of the stable world."""
-        from clickloop.simulator.traffic import draw_context  # traffic builds on the world
-
         context = draw_context(self, Scenario(), date(2026, 1, 1), n, rng)
         ads = rng.integers(0, self.n_base_ads, n)
         factor = position_factor(np.where(np.arange(n) % 2 == 0, 1, 2))
@@ -450,3 +453,35 @@ def _draw_ad_block(
     bid = np.round(np.clip(rng.lognormal(np.log(BID_MEDIAN), BID_LOG_SD, n_ads), *BID_RANGE), 2)
     quality = rng.normal(quality_mean, quality_sd, n_ads)
     return _AdBlock(campaign, advertiser, category, bid, quality, n_campaigns, n_advertisers)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Integer-coded page views, sorted by time."""
+
+    ts_ms: np.ndarray
+    hour: np.ndarray
+    user: np.ndarray
+    site: np.ndarray
+    device: np.ndarray
+    os: np.ndarray
+
+
+def draw_context(
+    world: World, scenario: Scenario, day: date, n: int, rng: np.random.Generator
+) -> RequestContext:
+    """``n`` page views of ``day``: time by the hourly curve, user, site, device and OS."""
+    hour = rng.choice(24, n, p=HOURLY_SHARE)
+    ts_ms = day_start_ms(day) + hour * MS_PER_HOUR + rng.integers(0, MS_PER_HOUR, n)
+    order = np.argsort(ts_ms, kind="stable")
+    ts_ms, hour = ts_ms[order], hour[order]
+    user = world.draw_users(rng, n)
+    site = world.draw_sites(rng, n)
+    mixed = np.searchsorted(cdf(BASE_DEVICE_MIX), rng.random(n), side="right")
+    device = np.where(rng.random(n) < PREFERRED_DEVICE_PROB, world.user_device[user], mixed)
+    if scenario.is_on("device_shift", day):
+        device = np.where(rng.random(n) < SMART_TV_SHARE, SMART_TV, device)
+    os_code = (rng.random(n)[:, None] >= cdf(OS_BY_DEVICE)[device]).sum(axis=1)
+    return RequestContext(
+        ts_ms, hour.astype(np.int8), user, site, device.astype(np.int8), os_code.astype(np.int8)
+    )

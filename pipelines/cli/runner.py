@@ -59,16 +59,23 @@ class LoopRunner:
         self.run_config = dict(run_config)
 
     def run(
-        self, job: str, partition: str | None = None, tags: Mapping[str, str] | None = None, echo: bool = True
+        self,
+        job: str,
+        partition: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        echo: bool = True,
+        ops: Mapping[str, Any] | None = None,
     ) -> RunReport:
-        """Execute ``job`` (for ``partition``); failures are reported, not raised."""
+        """Execute ``job`` (for ``partition``, with the assets' ``ops`` config); failures are
+        reported, not raised."""
         start = time.perf_counter()
+        run_config = {**self.run_config, **({"ops": dict(ops)} if ops else {})}
         result = self.defs.resolve_job_def(job).execute_in_process(
             instance=self.instance,
             partition_key=partition,
             raise_on_error=False,
             tags=dict(tags or {}),
-            run_config=self.run_config,
+            run_config=run_config,
         )
         report = _report(job, partition, result, time.perf_counter() - start)
         if echo:

@@ -1,0 +1,100 @@
+"""The retraining rules on plain values: drift of the request context, the champion's online quality
+against its first served day, and its age (the sensors turn a trigger into one run request)."""
+
+from clickloop.retraining import (
+    CONTEXT_NUMERIC,
+    RetrainThresholds,
+    Trigger,
+    context_drift_share,
+    drift_trigger,
+    quality_trigger,
+    request_context_columns,
+    staleness_trigger,
+)
+from tests.core.synthetic import CONTRACT, KEYS
+
+CONTEXT = request_context_columns(CONTRACT)
+THRESHOLDS = RetrainThresholds()
+
+
+def online(
+    day: str, version: str = "ctr_model-v1", calibration: float | None = 1.0, ne: float | None = 0.9
+) -> dict:
+    return {"day": day, "model_version": version, "calibration": calibration, "normalized_entropy": ne}
+
+
+def test_request_context_is_the_contracts_request_side_and_the_hour() -> None:
+    assert CONTEXT == (*CONTRACT.request_context, *CONTEXT_NUMERIC)
+    assert CONTEXT == ("user_segment", "site_category", "device_type", "os", "country", "hour")
+
+
+def test_only_request_context_columns_count_as_drift() -> None:
+    ad_side = {"hist_ad_ctr": {}, "bid_cpc": {}, "predicted_ctr": {}, "advertiser_id": {}}
+    assert context_drift_share({"drifted_columns": ad_side}, CONTEXT) == 0
+    assert drift_trigger({"day": KEYS[5], "drifted_columns": ad_side}, CONTEXT, THRESHOLDS) is None
+
+    two = {c: {} for c in CONTEXT[:2]}
+    share = 2 / len(CONTEXT)
+    trigger = drift_trigger({"day": KEYS[5], "drifted_columns": {**two, **ad_side}}, CONTEXT, THRESHOLDS)
+    assert share > THRESHOLDS.drift_share_threshold
+    assert trigger is not None and trigger.value == share and trigger.day == KEYS[5]
+    assert trigger.sensor == "drift_sensor" and trigger.metric == "context_drift_share"
+    # exactly at the threshold does not fire; just above does
+    at = RetrainThresholds(drift_share_threshold=share)
+    assert drift_trigger({"day": KEYS[5], "drifted_columns": two}, CONTEXT, at) is None
+    assert drift_trigger(None, CONTEXT, THRESHOLDS) is None
+    assert context_drift_share({"drifted_columns": None}, CONTEXT) == 0.0
+    assert context_drift_share({"drifted_columns": two}, ()) == 0.0
+
+
+def test_trigger_names_metric_value_threshold_and_day() -> None:
+    trigger = drift_trigger(
+        {"day": KEYS[7], "drifted_columns": {c: {} for c in CONTEXT}}, CONTEXT, THRESHOLDS
+    )
+    assert trigger is not None
+    assert trigger.run_key == f"drift_sensor:{KEYS[7]}"  # the same day never triggers twice
+    tags = trigger.tags()
+    assert tags["clickloop/trigger"] == "drift_sensor" and tags["clickloop/day"] == KEYS[7]
+    assert tags["clickloop/metric"] == "context_drift_share"
+    assert float(tags["clickloop/value"]) == 1.0
+    assert float(tags["clickloop/threshold"]) == THRESHOLDS.drift_share_threshold
+    assert "crossed" in trigger.reason and KEYS[7] in trigger.reason
+    assert Trigger("quality_sensor", KEYS[1], "m", 0.123456789, 0.1).tags()["clickloop/value"] == "0.123457"
+
+
+def test_quality_compares_the_champion_with_its_first_served_day() -> None:
+    base = [online(KEYS[10], calibration=1.2, ne=0.90)]
+    # the winner's-curse offset at promotion is the baseline, not 1.0
+    assert (
+        quality_trigger([online(KEYS[12], calibration=1.3, ne=0.91)], base, "ctr_model-v1", THRESHOLDS)
+        is None
+    )
+    worse = quality_trigger([online(KEYS[12], calibration=1.6, ne=0.91)], base, "ctr_model-v1", THRESHOLDS)
+    assert worse is not None and worse.metric == "calibration_change" and worse.sensor == "quality_sensor"
+    assert abs(worse.value - 0.4) < 1e-9 and worse.day == KEYS[12]
+    lower = quality_trigger([online(KEYS[12], calibration=0.9, ne=0.91)], base, "ctr_model-v1", THRESHOLDS)
+    assert lower is not None and abs(lower.value - 0.3) < 1e-9  # a change either way
+    entropy = quality_trigger([online(KEYS[12], calibration=1.2, ne=0.96)], base, "ctr_model-v1", THRESHOLDS)
+    assert entropy is not None and entropy.metric == "normalized_entropy_increase"
+    # a better NE is no reason; another version's rows and the baseline day itself are ignored
+    assert (
+        quality_trigger([online(KEYS[12], ne=0.80, calibration=1.2)], base, "ctr_model-v1", THRESHOLDS)
+        is None
+    )
+    assert quality_trigger([online(KEYS[12], "ctr_model-v2", 3.0)], base, "ctr_model-v1", THRESHOLDS) is None
+    assert quality_trigger(base, base, "ctr_model-v1", THRESHOLDS) is None
+    assert (
+        quality_trigger([online(KEYS[12], calibration=None, ne=None)], base, "ctr_model-v1", THRESHOLDS)
+        is None
+    )
+
+
+def test_staleness_counts_partitions_since_the_first_served_day() -> None:
+    thresholds = RetrainThresholds(max_champion_age_days=14)
+    assert staleness_trigger(KEYS[24], KEYS[10], KEYS, thresholds) is None  # 14 days: still fresh
+    stale = staleness_trigger(KEYS[25], KEYS[10], KEYS, thresholds)
+    assert stale is not None and stale.value == 15 and stale.threshold == 14
+    assert stale.run_key == f"staleness_sensor:{KEYS[25]}"
+    assert staleness_trigger(KEYS[25], None, KEYS, thresholds) is None
+    assert staleness_trigger(KEYS[25], "1999-01-01", KEYS, thresholds) is None
+    assert staleness_trigger("2099-01-01", KEYS[10], KEYS, thresholds) is None

@@ -1,0 +1,152 @@
+"""Training the CTR model: early stopping at the best iteration, the small search then the final model,
+recalibration after negative downsampling, and feature importance; real XGBoost on synthetic days
+whose true click probability is known."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from clickloop.contract import LABEL
+from clickloop.metrics import log_loss
+from clickloop.model import DOWNSAMPLING_ATTR, model_categories, predict_ctr, to_model_frame
+from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION, TimeSplit, build_training_set
+from clickloop.storage import Warehouse
+from clickloop.training import (
+    TUNED,
+    TrainingParams,
+    base_params,
+    build_matrices,
+    feature_importance,
+    fit_ctr_model,
+    importance_markdown,
+    model_data,
+    read_training_data,
+    sample_rows,
+    train_booster,
+    training_frames,
+    trials_markdown,
+)
+from tests.core.synthetic import KEYS, SPEC, features_day, truth_of, write_features_days
+
+
+@pytest.fixture(scope="module")
+def frames() -> tuple[pa.Table, pa.Table, pa.Table]:
+    return features_day(KEYS[0], 6000), features_day(KEYS[1], 3000), features_day(KEYS[2], 3000)
+
+
+@pytest.fixture(scope="module")
+def searched(frames: tuple[pa.Table, pa.Table, pa.Table]):
+    train, valid, _ = frames
+    params = TrainingParams(
+        n_trials=2, search_num_boost_round=40, num_boost_round=80, search_max_rows=4000, nthread=1
+    )
+    return params, fit_ctr_model(SPEC, train, valid, params, rate=1.0)
+
+
+def test_early_stopping_keeps_the_best_iteration(frames: tuple[pa.Table, pa.Table, pa.Table]) -> None:
+    train, valid, _ = frames
+    train_data, valid_data = training_frames(SPEC, train, valid)
+    params = TrainingParams(learning_rate=0.8, max_depth=8, min_child_weight=0.1, max_bin=64, nthread=1)
+    matrices = build_matrices(train_data, valid_data, max_bin=params.max_bin, rate=1.0)
+    fitted = train_booster(matrices, base_params(params), num_boost_round=300, early_stopping_rounds=5)
+    curve = fitted.curves["validation_logloss"]
+    assert fitted.best_iteration < len(curve) - 1 < 299  # stopped early, well before 300 rounds
+    assert fitted.booster.num_boosted_rounds() == fitted.best_iteration + 1
+    assert fitted.valid_logloss == pytest.approx(min(curve))
+    assert len(fitted.curves["train_logloss"]) == len(curve)
+
+
+def test_a_rows_prediction_does_not_depend_on_the_rows_scored_with_it(
+    frames: tuple[pa.Table, pa.Table, pa.Table],
+) -> None:
+    """The booster cut at its best iteration still knows its training categories: a test day, a
+    serving chunk of one device or one new advertiser score each row the same."""
+    train, valid, test = frames
+    train_data, valid_data = training_frames(SPEC, train, valid)
+    params = TrainingParams(learning_rate=0.3, min_child_weight=5.0, nthread=1)
+    fitted = train_booster(build_matrices(train_data, valid_data, 256, 1.0), base_params(params), 200, 5)
+    assert fitted.booster.num_boosted_rounds() < 200  # cut at the best iteration
+    assert model_categories(fitted.booster)["device_type"] == ["desktop", "mobile", "tablet"]
+    everything = predict_ctr(fitted.booster, test)
+    devices = np.array(test["device_type"].to_pylist())
+    for device in ("mobile", "tablet"):
+        chunk = test.filter(pc.equal(test["device_type"], device))
+        np.testing.assert_array_equal(predict_ctr(fitted.booster, chunk), everything[devices == device])
+    first = test.slice(0, 5)
+    newcomer = first.set_column(
+        first.column_names.index("advertiser_id"), "advertiser_id", pa.array(["adv-new"] * 5)
+    )
+    missing = first.set_column(
+        first.column_names.index("advertiser_id"), "advertiser_id", pa.nulls(5, pa.string())
+    )
+    np.testing.assert_array_equal(predict_ctr(fitted.booster, newcomer), predict_ctr(fitted.booster, missing))
+
+
+def test_search_then_final_model_finds_the_signal(frames, searched) -> None:
+    _, _, test = frames
+    params, fit = searched
+    assert len(fit.trials) == 2 and fit.train_rows == 6000 and fit.valid_rows == 3000  # searched on 4000
+    assert fit.trials[0].params["max_depth"] == params.max_depth  # the configured point is tried first
+    assert fit.trials[1].params != fit.trials[0].params  # then the sampler explores
+    assert fit.final.valid_logloss <= min(t.valid_logloss for t in fit.trials) + 5e-3
+    importance = feature_importance(fit.final.booster)
+    assert set(importance["feature"]) == set(SPEC.columns)
+    assert importance["gain_share"].sum() == pytest.approx(1.0)
+    assert importance["feature"][0] == "hist_ad_ctr"  # the strongest single signal
+    never_split = importance[importance["splits"] == 0]
+    assert (never_split["total_gain"] == 0).all() and (never_split["mean_gain"] == 0).all()
+    assert "hist_site_ctr" in set(never_split["feature"])  # a constant column carries nothing
+    p = predict_ctr(fit.final.booster, test)
+    y = test[LABEL].to_numpy().astype(float)
+    base = y.mean()
+    base_loss = -(base * np.log(base) + (1 - base) * np.log(1 - base))
+    assert log_loss(y, p) < 0.95 * base_loss  # the model found the signal
+    assert "| hist_ad_ctr |" in importance_markdown(importance, top=3)
+    table = trials_markdown(fit.trials)
+    assert table.count("\n") == 3 and all(name in table.splitlines()[0] for name in TUNED)
+
+
+def test_downsampled_model_is_recalibrated(tmp_path: Path) -> None:
+    """Trained on 20 % of the negatives, the raw prediction is far too high; corrected, the mean
+    prediction on real traffic matches the true click rate."""
+    warehouse = Warehouse(tmp_path / "data")
+    paths = write_features_days(warehouse, KEYS[:3], n=6000)
+    split = TimeSplit(train=(KEYS[0],), validation=KEYS[1], test=KEYS[2])
+    target = tmp_path / "training_set.parquet"
+    with warehouse.duckdb() as con:
+        build_training_set(con, split, paths, 0.2, 3, target)
+    train, valid = read_training_data(target)
+    assert set(train[SPLIT_COLUMN].to_pylist()) == {TRAIN} and set(valid[SPLIT_COLUMN].to_pylist()) == {
+        VALIDATION
+    }
+    params = TrainingParams(n_trials=0, num_boost_round=60, learning_rate=0.2, nthread=1)
+    fit = fit_ctr_model(SPEC, train, valid, params, rate=0.2)
+    test = pq.read_table(paths[split.test])
+    corrected = predict_ctr(fit.final.booster, test)
+    raw = fit.final.booster.inplace_predict(
+        to_model_frame(test, SPEC.columns, SPEC.categorical, model_categories(fit.final.booster))
+    )
+    truth = truth_of(test)
+    assert raw.mean() > 2.5 * truth.mean()
+    assert abs(corrected.mean() / truth.mean() - 1.0) < 0.1
+    assert fit.final.booster.attr(DOWNSAMPLING_ATTR) == "0.2"
+    # early stopping judged the corrected probability: its validation log loss is the real one
+    valid_p = predict_ctr(fit.final.booster, valid)
+    assert fit.final.valid_logloss == pytest.approx(log_loss(valid[LABEL].to_numpy(), valid_p), rel=1e-3)
+
+
+def test_sampling_and_empty_sets() -> None:
+    data = model_data(SPEC, features_day(KEYS[0], 100))
+    sample = sample_rows(data, 30, seed=1)
+    assert sample.rows == 30 and sample_rows(data, 30, seed=1).features.equals(sample.features)
+    assert sample_rows(data, 0, seed=1) is data and sample_rows(data, 500, seed=1) is data
+    assert list(sample.features["device_type"].cat.categories) == list(
+        data.features["device_type"].cat.categories
+    )
+    empty = features_day(KEYS[1], 10).slice(0, 0)
+    with pytest.raises(ValueError, match="must not be empty"):
+        fit_ctr_model(SPEC, features_day(KEYS[0], 100), empty, TrainingParams(n_trials=0), rate=1.0)
