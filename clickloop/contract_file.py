@@ -199,6 +199,10 @@ def parse_contract(raw: Any, where: str = "<contract>") -> LogContract:
     names = [e.name for e in entities]
     if len(set(names)) != len(names):
         raise _fail(f"{where}: features.entities", f"duplicate names {names}")
+    keys = [frozenset(e.columns) for e in entities]
+    repeated = sorted({e.name for e, k in zip(entities, keys, strict=True) if keys.count(k) > 1})
+    if repeated:
+        raise _fail(f"{where}: features.entities", f"entities {repeated} group by the same columns")
     user_activity = bool(features.get("user_activity", impressions.has(USER_ID)))
     if user_activity and not impressions.has(USER_ID):
         raise _fail(f"{where}: features.user_activity", f"needs a {USER_ID!r} column")

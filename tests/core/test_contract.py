@@ -244,3 +244,19 @@ def test_require_columns_names_what_is_missing() -> None:
     require_columns(["a", "b"], ["a"], "rows")
     with pytest.raises(ValueError, match=r"rows lack\(s\) column\(s\): c, d"):
         require_columns(["a", "b"], ["a", "c", "d"], "rows")
+
+
+def test_two_entities_on_the_same_columns_are_refused(tmp_path: Path) -> None:
+    """DuckDB would emit the grouping set twice and every event would be joined twice."""
+    from clickloop.contract_file import dump_contract, load_contract
+
+    text = dump_contract(load_contract()).replace(
+        "  - name: advertiser\n    columns:\n    - advertiser_id\n",
+        "  - name: advertiser\n    columns:\n    - advertiser_id\n  - name: ad_again\n    columns:\n    - ad_id\n",
+    )
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(
+        ContractError, match=r"twice\.yaml: features\.entities.*'ad', 'ad_again'.*same columns"
+    ):
+        load_contract(path)
