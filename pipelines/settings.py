@@ -2,10 +2,11 @@
 
 Every setting has an embedded default, so ``make run`` needs no configuration. The defaults are
 stated once, in the class they configure (a resource, a core dataclass); a setting left unset here
-keeps it. Settings the environment sets are handed to the resources as Dagster ``EnvVar``s (the UI
-shows them as read from the environment, and the value is never stored in a run's config); the few
-that shape the graph (the first day, the history window, the log contract, the log source, the
-executor) are read as values, since the graph is built from them.
+keeps it. String and integer settings the environment sets are handed to the resources as Dagster
+``EnvVar``s (the UI shows them as read from the environment, and the value is never stored in a
+run's config); Dagster has no float ``EnvVar``, so the thresholds are read as values, as are the few
+settings that shape the graph (the first day, the history window, the log contract, the log source,
+the executor), since the graph is built from them.
 
 Tests, ``make run`` and ``make scenario`` build their own ``Settings`` and their own definitions;
 nothing writes ``os.environ``.
@@ -46,11 +47,14 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
 }
 
 
-def _env_var(name: str, kind: type) -> EnvVar:
+def _env_var(name: str, kind: type, env: Mapping[str, str]) -> Any:
     if kind is int:
         return EnvVar.int(name)
-    if kind is float:
-        return EnvVar.float(name)
+    if kind is float:  # Dagster has no float EnvVar (and a float field refuses a str one): a value
+        try:
+            return float(env[name])
+        except ValueError:
+            raise ValueError(f"{name} must be a number, not {env[name]!r}") from None
     return EnvVar(name)
 
 
@@ -78,9 +82,13 @@ class Settings:
     executor: str = "multiprocess"
     #: resource fields by resource name (values or ``EnvVar``s); anything unset keeps its default
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: the Dagster instance's folder for the command-line tools; None: ``<data_dir>/dagster_home``
+    dagster_home: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
+        if self.dagster_home is not None:
+            object.__setattr__(self, "dagster_home", Path(self.dagster_home).expanduser().resolve())
         _choice("log_source", self.log_source, LOG_SOURCES)
         _choice("executor", self.executor, EXECUTORS)
 
@@ -101,7 +109,7 @@ class Settings:
         resources: dict[str, dict[str, Any]] = {}
         for variable, (resource, name, kind) in ENV_RESOURCE_FIELDS.items():
             if env.get(variable):
-                resources.setdefault(resource, {})[name] = _env_var(variable, kind)
+                resources.setdefault(resource, {})[name] = _env_var(variable, kind, env)
         window = env.get("CLICKLOOP_FEATURE_WINDOW_DAYS", str(DEFAULT_WINDOW_DAYS))
         try:
             window_days = int(window)
@@ -115,12 +123,14 @@ class Settings:
             log_source=env.get("CLICKLOOP_LOG_SOURCE") or "simulator",
             executor=env.get("CLICKLOOP_EXECUTOR") or "multiprocess",
             resources=resources,
+            dagster_home=Path(env["DAGSTER_HOME"]) if env.get("DAGSTER_HOME") else None,
         )
 
 
 def dagster_home(settings: Settings) -> Path:
-    """``DAGSTER_HOME`` if set, else a folder under the data directory."""
-    return Path(os.environ.get("DAGSTER_HOME") or settings.data_dir / "dagster_home").expanduser().resolve()
+    """The instance folder of these settings: ``DAGSTER_HOME`` when it was set, else under the data
+    directory."""
+    return settings.dagster_home or settings.data_dir / "dagster_home"
 
 
 def ensure_dagster_home(home: Path) -> Path:

@@ -57,6 +57,7 @@ def real_settings(base: Settings, landing: Path, start: str) -> Settings:
     return replace(
         base,
         data_dir=base.data_dir / "real" / "open_bandit",
+        dagster_home=base.data_dir / "real" / "open_bandit" / "dagster_home",
         start_date=start,
         feature_window_days=FEATURE_WINDOW_DAYS,
         log_contract=str(CONTRACT_PATH),

@@ -11,7 +11,14 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from clickloop.simulator import AdServer, FaultRates, RandomPolicy, SimulatorConfig, impressions_path, manifest_path
+from clickloop.simulator import (
+    AdServer,
+    FaultRates,
+    RandomPolicy,
+    SimulatorConfig,
+    impressions_path,
+    manifest_path,
+)
 from resources.simulator import AdServerSimulator
 
 

@@ -1,0 +1,38 @@
+"""The loop closes: once promoted, the champion ranks the simulated ad server's candidates, and the
+impressions it serves carry its version and predictions (ranking itself, and its independence from
+the logged position, is tested in tests/core)."""
+
+import pyarrow.parquet as pq
+
+from clickloop.simulator import TARGET_CTR
+from tests.assets.history import SIMULATOR, History
+
+
+def test_the_champion_serves_the_ad_server(history: History) -> None:
+    warehouse, simulator = history.warehouse, history.simulator
+    world = simulator.world()
+    for day in history.champion_days:
+        assert simulator.manifest(day)["policy_version"] == "ctr_model-v1"
+        impressions = pq.read_table(warehouse.partition_path("raw_impressions", day)).to_pandas()
+        assert set(impressions["model_version"]) == {"ctr_model-v1"}
+        predicted = impressions["predicted_ctr"]
+        assert predicted.between(0, 1).all() and predicted.nunique() > 5
+        # position 1 holds the higher expected revenue of the pair (predicted CTR × the true bid)
+        value = impressions.assign(value=predicted * world.bid_cpc(impressions["ad_id"]))
+        pairs = value.pivot_table(
+            index="request_id", columns="position", values="value", aggfunc="first"
+        ).dropna()
+        assert len(pairs) > 0.95 * SIMULATOR["requests_per_day"]
+        assert (pairs[1] >= pairs[2] - 1e-8).all()
+    assert simulator.policy_for(history.champion_days[-1]).version == "ctr_model-v1"
+
+
+def test_the_random_policy_served_until_the_first_promotion(history: History) -> None:
+    for day in history.random_days:
+        assert history.simulator.manifest(day)["policy_version"] == "random-v0"
+        impressions = pq.read_table(
+            history.warehouse.partition_path("raw_impressions", day),
+            columns=["model_version", "predicted_ctr"],
+        ).to_pandas()
+        assert set(impressions["model_version"]) == {"random-v0"}
+        assert set(impressions["predicted_ctr"]) == {TARGET_CTR}  # the prior: no ranking signal
