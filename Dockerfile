@@ -4,6 +4,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     DAGSTER_HOME=/opt/dagster/home CLICKLOOP_DATA_DIR=/data
 WORKDIR /opt/clickloop
 COPY pyproject.toml README.md ./
+# the domain core (no Dagster), then what Dagster loads: assets, resources, the code location
+COPY clickloop ./clickloop
 COPY assets ./assets
 COPY resources ./resources
 COPY pipelines ./pipelines

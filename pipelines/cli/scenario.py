@@ -25,6 +25,7 @@ from dagster import (
     DagsterRunStatus,
     Definitions,
     RunRequest,
+    build_resources,
     build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
@@ -173,9 +174,17 @@ class ScenarioRun:
 
     def table_rows(self, days: int) -> list[DayRow]:
         """Every day's row, with its monitoring read back from the store."""
-        store = self.repo.get_top_level_resources()["monitoring_store"]
-        assert isinstance(store, MonitoringStore)
+        store_def = self.repo.get_top_level_resources()["monitoring_store"]
         context_columns = request_context_columns(load_contract(self.settings.log_contract or None))
+        # the top-level resources are definitions: build the store as a run gets it (a setting read
+        # from the environment resolved)
+        with build_resources({"monitoring_store": store_def}) as built:
+            store = built.monitoring_store
+            assert isinstance(store, MonitoringStore), type(store)
+            self._read_monitoring(store, context_columns)
+        return [self.rows[k] for k in self.keys[:days]]
+
+    def _read_monitoring(self, store: MonitoringStore, context_columns: tuple[str, ...]) -> None:
         for key, row in self.rows.items():
             online = store.online_metrics_for(key)
             if online:
@@ -187,7 +196,6 @@ class ScenarioRun:
             if drift:
                 row.drift_share = drift["share_drifted_columns"]
                 row.context_drift = context_drift_share(drift, context_columns)
-        return [self.rows[k] for k in self.keys[:days]]
 
 
 def copy_warmup(source: Path, target: Path, record: dict[str, Any]) -> None:

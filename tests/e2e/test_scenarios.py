@@ -1,8 +1,10 @@
 """Each drift scenario, run end to end by ``make scenario`` (the daily schedule, the refresh chain and
-the retraining sensors, evaluated day by day on a simulated stream; see ``pipelines/scenario.py``).
+the retraining sensors, evaluated day by day on a simulated stream; see ``pipelines/cli/scenario.py``).
 
 Every scenario starts the same way: 10 days served by the random policy, the first model, two days
-served by it (the pre-scenario level), then the scenario from its start day on. What must hold:
+served by it (the pre-scenario level), then the scenario from its start day on. That warm-up is
+built once (``--warmup-only``) and every scenario starts from a copy of it (``--warmup-from``). What
+must hold:
 
 * ``stable`` for 14 served days: no sensor asks for a retraining;
 * ``device_shift``, ``ctr_drop``, ``new_campaigns``: a sensor asks for a retraining within 2 days of
@@ -11,59 +13,25 @@ served by it (the pre-scenario level), then the scenario from its start day on. 
 * ``price_unit_bug``: the blocking check of the raw impressions stops the day; nothing downstream is
   built on it and no retraining runs on it (the sensors say why).
 
-The scenarios are independent processes on their own data folders; two run at a time.
+The scenarios are independent processes on their own data folders, run in the background from the
+tier's first test on (``tests/e2e/conftest.py``; scale in ``tests/e2e/support.py``); these tests
+run last and wait for them.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, process_env
+from tests.e2e.support import SCENARIO_DAYS, SCENARIO_START, SCENARIO_WARMUP_DAYS
 
-REQUESTS_PER_DAY = 5000
-WARMUP_DAYS = 10  # days 0..9 served by the random policy (their events train the first model)
-START = 13  # the champion serves days 11 and 12 before the scenario: the pre-scenario level
-DAYS = {"stable": 11 + 14, "device_shift": 18, "ctr_drop": 18, "new_campaigns": 18, "price_unit_bug": 18}
-SCENARIO_TIMEOUT_S = 1800
+WARMUP_DAYS = SCENARIO_WARMUP_DAYS  # days 0..9 served by the random policy
+START = SCENARIO_START  # the champion serves days 11 and 12 before the scenario: the pre-scenario level
 
-
-def run_scenario(name: str, root: Path) -> dict[str, Any]:
-    """``python -m pipelines.scenario NAME`` in its own data folder; its JSON day rows."""
-    out = root / f"{name}.json"
-    argv = [
-        sys.executable, "-m", "pipelines.scenario", name,
-        "--warmup-days", str(WARMUP_DAYS), "--start-day", str(START), "--days", str(DAYS[name]),
-        "--requests-per-day", str(REQUESTS_PER_DAY), "--json", str(out),
-    ]
-    env = process_env(CLICKLOOP_DATA_DIR=str(root / name), CLICKLOOP_DUCKDB_THREADS="1")
-    done = subprocess.run(
-        argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S
-    )
-    assert done.returncode == 0, f"{name}:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
-    result = json.loads(out.read_text())
-    result["stdout"] = done.stdout
-    result["data_dir"] = str(root / name / "scenarios" / name)
-    return result
-
-
-@pytest.fixture(scope="module")
-def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
-    """Every scenario, started at once on a pool of two workers (the tests wait for their own)."""
-    root = tmp_path_factory.mktemp("scenarios")
-    workers = int(os.getenv("CLICKLOOP_TEST_SCENARIO_WORKERS", "2"))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        # the longest first, so the two workers finish together
-        futures = {name: pool.submit(run_scenario, name, root) for name in sorted(DAYS, key=lambda n: -DAYS[n])}
-        yield futures
+ScenarioResult = Callable[[str], dict[str, Any]]
 
 
 def days_of(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -87,9 +55,10 @@ def pre_scenario_capture(result: dict[str, Any]) -> float:
     return champion_capture(served)
 
 
-def test_stable_stream_triggers_no_retraining(scenarios: dict[str, Future]) -> None:
-    result = scenarios["stable"].result()
+def test_stable_stream_triggers_no_retraining(scenario_result: ScenarioResult) -> None:
+    result = scenario_result("stable")
     days = days_of(result)
+    assert len(days) == SCENARIO_DAYS["stable"]
     served = days[WARMUP_DAYS + 1 :]
     assert len(served) == 14
     assert triggers(result) == [], result["stdout"][-3000:]
@@ -103,9 +72,9 @@ def test_stable_stream_triggers_no_retraining(scenarios: dict[str, Future]) -> N
 
 @pytest.mark.parametrize("name", ["device_shift", "ctr_drop", "new_campaigns"])
 def test_drift_scenario_retrains_within_two_days_and_recovers(
-    scenarios: dict[str, Future], name: str
+    scenario_result: ScenarioResult, name: str
 ) -> None:
-    result = scenarios[name].result()
+    result = scenario_result(name)
     days = days_of(result)
     assert result["start"] == days[START]["day"]
     fired = triggers(result)
@@ -119,6 +88,9 @@ def test_drift_scenario_retrains_within_two_days_and_recovers(
     assert first["success"], first
     assert first["value"] > first["threshold"]
 
+    # the last two days are served after the first retraining (its model, when the gate promoted
+    # it, serves from the day after its launch on)
+    assert len(days) - 2 > launched, (len(days), first)
     before = pre_scenario_capture(result)
     after = champion_capture(days[-2:])
     assert after >= 0.9 * before, (
@@ -126,19 +98,20 @@ def test_drift_scenario_retrains_within_two_days_and_recovers(
     )
 
 
-def test_price_unit_bug_is_stopped_and_never_trained_on(scenarios: dict[str, Future]) -> None:
-    from resources.warehouse import Warehouse
+def test_price_unit_bug_is_stopped_and_never_trained_on(scenario_result: ScenarioResult) -> None:
+    from clickloop.storage import Warehouse
 
-    result = scenarios["price_unit_bug"].result()
+    result = scenario_result("price_unit_bug")
     days = days_of(result)
     bad = days[START:]
+    assert bad
     # the first bad day is stopped by the raw impressions' blocking check, and the sensors say so
     assert bad[0]["checks_failed"], bad[0]
     assert "not retraining on bad data" in bad[0]["blocked"]
     assert f"raw_impressions_expectations on {bad[0]['day']}: failed" in bad[0]["blocked"]
     assert triggers(result) == []
     # nothing was built on the bad days: no events, features, drift or online metrics
-    warehouse = Warehouse(data_dir=result["data_dir"])
+    warehouse = Warehouse(Path(result["data_dir"]))
     for day in bad:
         assert not warehouse.has_partition("ad_events", day["day"]), day["day"]
         assert not warehouse.has_partition("features", day["day"]), day["day"]

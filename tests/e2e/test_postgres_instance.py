@@ -4,10 +4,10 @@ Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, database ``test``
 project's machines and CI; set CLICKLOOP_TEST_PG_URL to use another server.
 """
 
-import os
+from __future__ import annotations
+
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
@@ -15,38 +15,29 @@ import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from pipelines.definitions import build_defs
-from tests.test_pipeline import DAYS, small_resources
+from pipelines.settings import Settings
+from tests.e2e.support import PG_ADMIN_URL, REPO, PostgresDatabases
 
-REPO = Path(__file__).resolve().parents[1]
-ADMIN_URL = os.getenv("CLICKLOOP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DAYS = ["2026-10-01", "2026-10-02"]
 
 
-@pytest.fixture()
-def fresh_database() -> Iterator[str]:
-    """A new, empty database on the local server; dropped afterwards."""
-    name = f"clickloop_it_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+def small_settings(tmp: Path) -> Settings:
+    """The repository's settings at a small scale, everything under ``tmp``."""
+    return Settings(
+        data_dir=tmp / "data",
+        start_date=DAYS[0],
+        resources={"simulator": {"requests_per_day": 4_000, "n_users": 5_000}},
+    )
 
 
 def test_materialization_with_the_instance_on_postgres(
-    fresh_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_databases: PostgresDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    url = postgres_databases.create()
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", fresh_database)
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", url)
 
     instance = DagsterInstance.from_config(str(home))
     try:
@@ -54,7 +45,7 @@ def test_materialization_with_the_instance_on_postgres(
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
 
-        defs = build_defs(small_resources(tmp_path))
+        defs = build_defs(small_settings(tmp_path))
         plan = [
             ("feature_stats_job", DAYS[0]),
             ("ingest_job", DAYS[0]),
@@ -62,7 +53,7 @@ def test_materialization_with_the_instance_on_postgres(
             ("events_job", DAYS[0]),
         ]
         for job, day in plan:
-            result = defs.get_job_def(job).execute_in_process(instance=instance, partition_key=day)
+            result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=day)
             assert result.success
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
         assert {r.job_name for r in runs} == {job for job, _ in plan} and len(runs) == len(plan)
@@ -71,7 +62,7 @@ def test_materialization_with_the_instance_on_postgres(
         instance.dispose()
 
     # what Dagster wrote is really in PostgreSQL, readable by any client
-    with psycopg2.connect(fresh_database) as conn, conn.cursor() as cur:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'")
         assert cur.fetchone()[0] == 4
         cur.execute(
@@ -80,18 +71,16 @@ def test_materialization_with_the_instance_on_postgres(
             ("%ad_events%",),
         )
         assert cur.fetchone()[0] == 1
-        cur.execute(
-            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'"
-        )
+        cur.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'")
         assert cur.fetchone()[0] == 6  # 2 raw checks x 2 days + ad_events' + features' check
 
 
 def test_deployment_creates_mlflows_database_once() -> None:
     """`clickloop-databases` (run by compose before MLflow starts) on the local server."""
-    from pipelines.databases import ensure_database
+    from pipelines.cli.databases import ensure_database
 
     name = f"clickloop_mlflow_{uuid.uuid4().hex[:10]}"
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
     try:
         assert ensure_database(url) is True
         assert ensure_database(url) is False  # a restart of the deployment finds it
@@ -103,7 +92,7 @@ def test_deployment_creates_mlflows_database_once() -> None:
         finally:
             conn.close()
     finally:
-        admin = psycopg2.connect(ADMIN_URL)
+        admin = psycopg2.connect(PG_ADMIN_URL)
         admin.autocommit = True
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -2,7 +2,8 @@
 
 A device shift begins on the day before the newest partition. The days before it are built
 in-process by ``make scenario`` (random policy, first model, champion serving) on a fresh PostgreSQL
-database with the repository's ``dagster.yaml``. Then the webserver and the daemon start, and the
+database with the repository's ``dagster.yaml`` (in the background from the tier's first test on:
+``tests/e2e/conftest.py``). Then the webserver and the daemon start, and the
 schedule and sensors are switched on through the webserver's GraphQL API (what the UI's toggles
 call). From there the daemon alone does the work:
 
@@ -21,9 +22,7 @@ Everything is read back from the instance in PostgreSQL.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,31 +34,21 @@ from dagster._core.scheduler.instigation import (
     TickStatus,
 )
 
-from tests.conftest import (
+from tests.e2e.support import (
     REPO,
     VENV_BIN,
+    DaemonHistory,
     DagsterWebserver,
     ManagedProcess,
-    PostgresDatabases,
     free_port,
-    process_env,
+    latest_tick,
     stop_all,
     wait_until,
 )
 
 LOCATION = "clickloop"
-REQUESTS_PER_DAY = "5000"
 START_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 300
-#: Days of the stream before the newest partition: 10 served by the random policy (9 of features
-#: for the first training), then the champion.
-HISTORY_DAYS = 11
-
-
-def latest_tick(now: datetime) -> datetime:
-    """The daily refresh's most recent tick (01:00 UTC) at or before ``now``."""
-    tick = now.replace(hour=1, minute=0, second=0, microsecond=0)
-    return tick if tick <= now else tick - timedelta(days=1)
 
 
 def _instigator_start(api: DagsterWebserver, kind: str, name: str, repository: str) -> None:
@@ -107,41 +96,15 @@ def _finished_run(instance: DagsterInstance, job: str, **tags: str) -> Any:
 
 
 def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
-    postgres_databases: PostgresDatabases, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    daemon_history: DaemonHistory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tick = latest_tick(datetime.now(timezone.utc))
-    newest = (tick - timedelta(days=1)).date()  # the day the catch-up tick ingests
-    shifted = newest - timedelta(days=1)
-    first = newest - timedelta(days=HISTORY_DAYS)
-
-    url = postgres_databases.create()
-    root = tmp_path / "data"
-    data = root / "scenarios" / "device_shift"  # where `make scenario` keeps a scenario's data
-    home = data / "dagster_home"
-    home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    env = process_env(
-        DAGSTER_HOME=str(home),
-        DAGSTER_POSTGRES_URL=url,
-        CLICKLOOP_MONITORING_DB_URL=url,
-        CLICKLOOP_DATA_DIR=str(data),
-        CLICKLOOP_START_DATE=first.isoformat(),
-        CLICKLOOP_REQUESTS_PER_DAY=REQUESTS_PER_DAY,
-        CLICKLOOP_SCENARIO="device_shift",
-        CLICKLOOP_SCENARIO_START=shifted.isoformat(),
-        # one process per run (each step process would import the project again)
-        CLICKLOOP_EXECUTOR="in_process",
+    history = daemon_history
+    tick, newest, shifted = history.tick, history.newest, history.shifted
+    url, home, env = history.url, history.home, history.env
+    now = datetime.now(UTC)
+    assert latest_tick(now) == tick, (
+        f"01:00 UTC passed while the history was built ({tick} -> {latest_tick(now)}): run again"
     )
-
-    # the history, in-process on the same PostgreSQL instance: up to the shifted day's logs
-    prepared = subprocess.run(
-        [sys.executable, "-m", "pipelines.scenario", "device_shift",
-         "--warmup-days", str(HISTORY_DAYS - 2), "--start-day", str(HISTORY_DAYS - 1),
-         "--days", str(HISTORY_DAYS - 1), "--requests-per-day", REQUESTS_PER_DAY],
-        cwd=REPO, env={**env, "CLICKLOOP_DATA_DIR": str(root)},
-        capture_output=True, text=True, timeout=900,
-    )
-    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-5000:]
 
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", url)
     instance = DagsterInstance.from_config(str(home))
@@ -160,15 +123,24 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             processes.append(
                 ManagedProcess.start(
                     "webserver",
-                    [str(VENV_BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
-                     "-w", str(REPO / "workspace.yaml")],
-                    env, logs,
+                    [
+                        str(VENV_BIN / "dagster-webserver"),
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        str(port),
+                        "-w",
+                        str(REPO / "workspace.yaml"),
+                    ],
+                    env,
+                    logs,
                 )
             )
             api = DagsterWebserver(f"http://127.0.0.1:{port}")
             wait_until(api.server_info, START_TIMEOUT_S, "the webserver", alive=processes)
-            wait_until(lambda: api.loaded_location(LOCATION), START_TIMEOUT_S, "the code location",
-                       alive=processes)
+            wait_until(
+                lambda: api.loaded_location(LOCATION), START_TIMEOUT_S, "the code location", alive=processes
+            )
             repository = api.repository_name(LOCATION)
 
             # switched on from the UI's API before the daemon runs; the schedule as if it had been
@@ -180,23 +152,25 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             data_ = state.instigator_data
             assert isinstance(data_, ScheduleInstigatorData)
             instance.update_instigator_state(
-                state.with_data(
-                    ScheduleInstigatorData(data_.cron_schedule, tick.timestamp() - 60, None)
-                )
+                state.with_data(ScheduleInstigatorData(data_.cron_schedule, tick.timestamp() - 60, None))
             )
 
             processes.append(
                 ManagedProcess.start(
                     "daemon",
                     [str(VENV_BIN / "dagster-daemon"), "run", "-w", str(REPO / "workspace.yaml")],
-                    env, logs,
+                    env,
+                    logs,
                 )
             )
 
             # the schedule's catch-up tick ingests the newest day
             ingest = wait_until(
                 lambda: _finished_run(instance, "ingest_job", **{"dagster/partition": newest.isoformat()}),
-                RUN_TIMEOUT_S, f"the scheduled ingest of {newest}", interval_s=2, alive=processes,
+                RUN_TIMEOUT_S,
+                f"the scheduled ingest of {newest}",
+                interval_s=2,
+                alive=processes,
             )
             assert ingest.status == DagsterRunStatus.SUCCESS, ingest
             assert ingest.tags.get("dagster/schedule_name") == "daily_refresh_schedule"
@@ -208,25 +182,38 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             # the run-status sensor builds the shifted day: events, features, drift, online metrics
             events = wait_until(
                 lambda: _finished_run(instance, "events_job", **{"dagster/partition": shifted.isoformat()}),
-                RUN_TIMEOUT_S, f"the events of {shifted}", interval_s=2, alive=processes,
+                RUN_TIMEOUT_S,
+                f"the events of {shifted}",
+                interval_s=2,
+                alive=processes,
             )
             assert events.status == DagsterRunStatus.SUCCESS, events
             assert events.tags.get("dagster/sensor_name") == "events_after_ingest"
+            # the retraining sensors go on now that the shifted day is monitored (the run-status
+            # sensor's evaluation of the events run, checked next, is independent of them)
+            for sensor_name in ("drift_sensor", "quality_sensor", "staleness_sensor"):
+                _instigator_start(api, "sensor", sensor_name, repository)
             skipped = wait_until(
                 # (ticks before the events run ended skip with "empty result": nothing to see yet)
-                lambda: [t for t in _ticks(instance, "serving_stats_after_events")
-                         if t.status == TickStatus.SKIPPED and "does not exist yet" in (t.skip_reason or "")],
-                RUN_TIMEOUT_S, "serving_stats_after_events to evaluate the events run",
-                interval_s=2, alive=processes,
+                lambda: [
+                    t
+                    for t in _ticks(instance, "serving_stats_after_events")
+                    if t.status == TickStatus.SKIPPED and "does not exist yet" in (t.skip_reason or "")
+                ],
+                RUN_TIMEOUT_S,
+                "serving_stats_after_events to evaluate the events run",
+                interval_s=2,
+                alive=processes,
             )
             assert newest.isoformat() not in skipped[0].skip_reason  # it names the events' day
             assert shifted.isoformat() in skipped[0].skip_reason
 
-            for sensor_name in ("drift_sensor", "quality_sensor", "staleness_sensor"):
-                _instigator_start(api, "sensor", sensor_name, repository)
             training = wait_until(
                 lambda: [r for r in _runs(instance, "training_job") if r.run_id not in trainings_before],
-                RUN_TIMEOUT_S, "the drift sensor's training run", interval_s=2, alive=processes,
+                RUN_TIMEOUT_S,
+                "the drift sensor's training run",
+                interval_s=2,
+                alive=processes,
             )
             assert len(training) == 1, [r.tags for r in training]
             run = training[0]
@@ -237,7 +224,10 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             assert run.tags["dagster/run_key"] == f"drift_sensor:{shifted.isoformat()}"
             finished = wait_until(
                 lambda: (r := instance.get_run_by_id(run.run_id)) and r.is_finished and r,
-                RUN_TIMEOUT_S, "the training run to finish", interval_s=2, alive=processes,
+                RUN_TIMEOUT_S,
+                "the training run to finish",
+                interval_s=2,
+                alive=processes,
             )
             assert finished.status == DagsterRunStatus.SUCCESS, finished
 
@@ -247,7 +237,10 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             for sensor_name in ("quality_sensor", "staleness_sensor"):
                 ticks = wait_until(
                     lambda n=sensor_name: [t for t in _ticks(instance, n) if t.status != TickStatus.STARTED],
-                    RUN_TIMEOUT_S, f"{sensor_name} to evaluate", interval_s=2, alive=processes,
+                    RUN_TIMEOUT_S,
+                    f"{sensor_name} to evaluate",
+                    interval_s=2,
+                    alive=processes,
                 )
                 assert ticks[0].status == TickStatus.SKIPPED, ticks[0]
                 assert "no threshold crossed" in ticks[0].skip_reason
@@ -263,5 +256,7 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             ([ingest.run_id, events.run_id, run.run_id],),
         )
         assert sorted(cur.fetchall()) == [
-            ("events_job", "SUCCESS"), ("ingest_job", "SUCCESS"), ("training_job", "SUCCESS")
+            ("events_job", "SUCCESS"),
+            ("ingest_job", "SUCCESS"),
+            ("training_job", "SUCCESS"),
         ]

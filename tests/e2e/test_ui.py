@@ -10,7 +10,6 @@ What the browser shows is checked against the webserver's GraphQL API and the ``
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
+from pipelines.settings import DEFAULT_START_DATE, ensure_dagster_home
+from tests.e2e.support import (
     REPO,
     TEST_REQUESTS_PER_DAY,
     VENV_BIN,
@@ -27,6 +27,7 @@ from tests.conftest import (
     ManagedProcess,
     asset_edges,
     asset_names,
+    definitions_of,
     free_port,
     process_env,
     wait_until,
@@ -71,12 +72,14 @@ START_TIMEOUT_S = 150
 
 @dataclass(frozen=True)
 class DagsterDev:
-    """``dagster dev`` (webserver + daemon + code server) serving the project."""
+    """``dagster dev`` (webserver + daemon + code server) serving the project, and the
+    ``Definitions`` of the settings it was started with."""
 
     api: DagsterWebserver
     location: str
     repository: str
     data_dir: Path
+    defs: Any
 
     @property
     def url(self) -> str:
@@ -94,29 +97,19 @@ class DagsterDev:
 @pytest.fixture(scope="module")
 def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev]:
     """``make ui``: the embedded default (SQLite instance in a fresh DAGSTER_HOME) on a temporary
-    data directory with a small simulator."""
+    data directory with a small simulator; one for every test of the module."""
     root = tmp_path_factory.mktemp("ui")
-    from assets.partitions import daily_partitions
-
-    # the processes read the first day from the environment: the same as this process's defs
-    start_date = daily_partitions.get_first_partition_key()
     env = process_env(
         CLICKLOOP_DATA_DIR=str(root / "data"),
         DAGSTER_HOME=str(root / "dagster_home"),
         CLICKLOOP_REQUESTS_PER_DAY=TEST_REQUESTS_PER_DAY,
-        CLICKLOOP_START_DATE=start_date,
+        CLICKLOOP_START_DATE=DEFAULT_START_DATE,
+        # a run launched from the UI executes in its run worker, without a process per step (each
+        # would import the project again); the UI, not the executor, is under test here
+        CLICKLOOP_EXECUTOR="in_process",
     )
-    # what `make ui` runs first: a DAGSTER_HOME with a minimal dagster.yaml (telemetry off)
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from pipelines.settings import ensure_dagster_home; ensure_dagster_home()",
-        ],
-        cwd=REPO,
-        env=env,
-        check=True,
-    )
+    # what `make ui` does first: a DAGSTER_HOME with a minimal dagster.yaml (telemetry off)
+    ensure_dagster_home(Path(env["DAGSTER_HOME"]))
     port = free_port()
     process = ManagedProcess.start(
         "dagster-dev",
@@ -136,6 +129,9 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
     try:
         api = DagsterWebserver(f"http://127.0.0.1:{port}")
         location = workspace_location_name()
+        # what the started code location serves: the definitions of the same settings (built
+        # while the processes start)
+        defs = definitions_of(env)
         wait_until(api.server_info, START_TIMEOUT_S, "dagster dev's webserver", alive=[process])
         wait_until(
             lambda: api.loaded_location(location),
@@ -146,18 +142,22 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
         # the "Join the Dagster community" dialog would cover the page: dismiss it as a person would
         # once (the webserver remembers it)
         assert api.query("mutation { setNuxSeen }")["setNuxSeen"] is True
-        yield DagsterDev(api, location, api.repository_name(location), root / "data")
+        yield DagsterDev(api, location, api.repository_name(location), root / "data", defs)
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def clickloop_defs(dagster_dev: DagsterDev) -> Any:
+    """The ``Definitions`` the started ``dagster dev`` serves: ``build_defs`` of its settings."""
+    return dagster_dev.defs
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Debian's Chromium, headless, driven by Playwright (no browser download)."""
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
@@ -229,11 +229,35 @@ def _zoom_to_fit(page: Page) -> bool:
         spot = _empty_canvas_spot(page)
         if spot:
             page.mouse.dblclick(spot["x"], spot["y"])
-            page.wait_for_timeout(1500)  # the zoom is animated
+            _wait_for_still_graph(page)  # the zoom is animated
             return True
         page.get_by_role("button", name="zoom_out", exact=True).click()
-        page.wait_for_timeout(300)
+        _wait_for_still_graph(page)
     return False
+
+
+def _graph_box(page: Page) -> list[float] | None:
+    """Where the graph's drawing is on the page (it moves and scales while the view zooms)."""
+    return page.evaluate(
+        """() => {
+            const svg = [...document.querySelectorAll('svg')]
+                .find(s => s.querySelector('foreignObject'));
+            if (!svg) return null;
+            const r = svg.getBoundingClientRect();
+            return [r.x, r.y, r.width, r.height].map(v => Math.round(v * 10) / 10);
+        }"""
+    )
+
+
+def _wait_for_still_graph(page: Page, timeout_s: float = 15) -> None:
+    """Poll the graph's box until it holds still over three polls (the zoom animation ended)."""
+    boxes: list[list[float] | None] = []
+
+    def still() -> bool:
+        boxes.append(_graph_box(page))
+        return len(boxes) >= 3 and boxes[-1] is not None and boxes[-1] == boxes[-2] == boxes[-3]
+
+    wait_until(still, timeout_s, "the lineage graph's zoom to end", interval_s=0.1)
 
 
 def _empty_canvas_spot(page: Page) -> dict[str, float] | None:
@@ -257,9 +281,7 @@ def _empty_canvas_spot(page: Page) -> dict[str, float] | None:
     )
 
 
-def test_lineage_shows_every_asset_and_edge(
-    page: Page, dagster_dev: DagsterDev, clickloop_defs: Any
-) -> None:
+def test_lineage_shows_every_asset_and_edge(page: Page, dagster_dev: DagsterDev, clickloop_defs: Any) -> None:
     """The global lineage draws a node for every asset of ``defs``; the edges the page loads from
     the API (``dependencyKeys``) are exactly the lineage of ``defs``. Saves the screenshot."""
     expected_names = asset_names(clickloop_defs)
@@ -297,11 +319,7 @@ def test_lineage_shows_every_asset_and_edge(
 
     def all_names_drawn() -> list[str] | None:
         drawn = sorted(_node_names(page))
-        return (
-            drawn
-            if len(drawn) == len(expected) and all(_shows(drawn, n) for n in expected)
-            else None
-        )
+        return drawn if len(drawn) == len(expected) and all(_shows(drawn, n) for n in expected) else None
 
     try:
         wait_until(all_names_drawn, UI_TIMEOUT_MS / 1000, "a node for every asset of defs")
@@ -310,9 +328,7 @@ def test_lineage_shows_every_asset_and_edge(
             f"lineage nodes {sorted(_node_names(page))} != assets of defs {expected}"
         ) from None
     for name in expected:  # each node visible, by its name, as a person sees it
-        node = (
-            page.locator("[class*='AssetNode_assetName']").filter(has_text=_drawn_name(name)).first
-        )
+        node = page.locator("[class*='AssetNode_assetName']").filter(has_text=_drawn_name(name)).first
         expect(node).to_be_visible()
 
     # the edges come from the API the page itself called
@@ -402,9 +418,7 @@ def _launch_from_asset_page(page: Page, asset: str, partition: str, attempts: in
     return match[1]
 
 
-def test_materialize_an_asset_from_its_page(
-    page: Page, dagster_dev: DagsterDev, clickloop_defs: Any
-) -> None:
+def test_materialize_an_asset_from_its_page(page: Page, dagster_dev: DagsterDev, clickloop_defs: Any) -> None:
     """A person opens ``feature_stats`` (cheap: its first day has no history), clicks
     Materialize, picks the first partition and launches; the run succeeds and the asset's events
     show the new materialization with its metadata."""
@@ -425,9 +439,9 @@ def test_materialize_an_asset_from_its_page(
     expect(page.get_by_text("Success", exact=True).first).to_be_visible()
 
     # what the materialization recorded, according to the API
-    nodes = dagster_dev.api.query(
-        _MATERIALIZATION, {"key": {"path": [asset]}, "partition": partition}
-    )["assetNodes"]
+    nodes = dagster_dev.api.query(_MATERIALIZATION, {"key": {"path": [asset]}, "partition": partition})[
+        "assetNodes"
+    ]
     (materialization,) = [m for m in nodes[0]["assetMaterializations"] if m["runId"] == run_id]
     labels = [entry["label"] for entry in materialization["metadataEntries"]]
     assert labels, f"the materialization of {asset} {partition} has no metadata"
@@ -475,27 +489,19 @@ def _running_switch(page: Page) -> tuple[Any, Any]:
     """The "Running" switch of a schedule's or sensor's page: what a person clicks (the visible
     switch) and the checkbox that holds its state."""
     row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="Running", exact=True))
-    return row.locator("label").filter(has=page.locator("input[type=checkbox]")), row.get_by_role(
-        "checkbox"
-    )
+    return row.locator("label").filter(has=page.locator("input[type=checkbox]")), row.get_by_role("checkbox")
 
 
-def test_turn_the_daily_schedule_on_and_off(
-    page: Page, dagster_dev: DagsterDev, clickloop_defs: Any
-) -> None:
+def test_turn_the_daily_schedule_on_and_off(page: Page, dagster_dev: DagsterDev, clickloop_defs: Any) -> None:
     """A person opens the daily schedule from the automation page and flips its "Running"
     switch on and off; after each click the page and the instance (GraphQL) agree."""
-    schedules = [
-        s for s in clickloop_defs.get_repository_def().schedule_defs if _is_daily(s.cron_schedule)
-    ]
+    schedules = [s for s in clickloop_defs.get_repository_def().schedule_defs if _is_daily(s.cron_schedule)]
     if not schedules:
         pytest.skip("defs has no daily schedule yet: nothing to switch on and off")
     name = schedules[0].name
 
     def status() -> str:
-        data = dagster_dev.api.query(
-            _SCHEDULE_STATUS, {"selector": dagster_dev.selector("schedule", name)}
-        )
+        data = dagster_dev.api.query(_SCHEDULE_STATUS, {"selector": dagster_dev.selector("schedule", name)})
         return data["scheduleOrError"]["scheduleState"]["status"]
 
     page.goto(f"{dagster_dev.url}/automation")
@@ -523,15 +529,11 @@ def test_sensor_state_is_visible(page: Page, dagster_dev: DagsterDev, clickloop_
     selector = dagster_dev.selector("sensor", name)
 
     def state() -> dict[str, str]:
-        return dagster_dev.api.query(_SENSOR_STATE, {"selector": selector})["sensorOrError"][
-            "sensorState"
-        ]
+        return dagster_dev.api.query(_SENSOR_STATE, {"selector": selector})["sensorOrError"]["sensorState"]
 
     page.goto(f"{dagster_dev.url}/automation")
     for sensor in sensors:
-        expect(
-            page.get_by_role("link", name=re.compile(rf"\b{re.escape(sensor)}\b"))
-        ).to_be_visible()
+        expect(page.get_by_role("link", name=re.compile(rf"\b{re.escape(sensor)}\b"))).to_be_visible()
 
     page.get_by_role("link", name=re.compile(rf"\b{re.escape(name)}\b")).click()
     expect(page).to_have_url(re.compile(rf"/sensors/{re.escape(name)}$"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata as metadata
+import os
 import re
 import shlex
 import sys
@@ -26,18 +27,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 import psycopg2
+import pytest
 import requests
 import yaml
 from dagster import Definitions
+from dagster._core.definitions.reconstruct import load_def_in_module
+from dagster._utils.test.definitions import LazyDefinitions
 from packaging.requirements import Requirement
 
-from tests.conftest import (
+from tests.e2e.support import (
     REPO,
     TEST_REQUESTS_PER_DAY,
     VENV_BIN,
     DagsterWebserver,
     ManagedProcess,
     PostgresDatabases,
+    asset_names,
+    definitions_of,
     free_port,
     port_open,
     process_env,
@@ -204,11 +210,7 @@ class Dockerfile:
                     return local.read_text()
         for args in self.args("RUN"):
             words = shlex.split(args)
-            if (
-                words[:1] == ["printf"]
-                and ">" in words
-                and words[words.index(">") + 1] == image_path
-            ):
+            if words[:1] == ["printf"] and ">" in words and words[words.index(">") + 1] == image_path:
                 template = words[1]
                 return template.replace("\\n", "\n").replace("\\t", "\t").replace("%%", "%")
         return None
@@ -264,9 +266,7 @@ def services() -> list[Service]:
 def service_running(*prefix: str) -> Service:
     """The one service whose command starts with ``prefix`` (e.g. ``dagster api grpc``)."""
     matches = [s for s in services() if (s.argv or [])[: len(prefix)] == list(prefix)]
-    assert len(matches) == 1, (
-        f"expected one compose service running {' '.join(prefix)}, got {matches}"
-    )
+    assert len(matches) == 1, f"expected one compose service running {' '.join(prefix)}, got {matches}"
     return matches[0]
 
 
@@ -350,9 +350,7 @@ def test_every_service_builds_from_the_repository() -> None:
         for sources, destination in Dockerfile.read(context_dir / name).copies():
             for source in sources:
                 if not list(context_dir.glob(source)):
-                    problems.append(
-                        f"{service.name}: COPY {source} {destination}: not in the context"
-                    )
+                    problems.append(f"{service.name}: COPY {source} {destination}: not in the context")
     assert not problems, "\n".join(problems)
 
 
@@ -406,16 +404,15 @@ def test_depends_on_targets_exist() -> None:
                 problems.append(f"{service.name} depends on unknown service {target!r}")
             elif (condition or {}).get("condition") == "service_healthy":
                 if "healthcheck" not in compose()["services"][target]:
-                    problems.append(
-                        f"{service.name} waits for {target} to be healthy: it has no healthcheck"
-                    )
+                    problems.append(f"{service.name} waits for {target} to be healthy: it has no healthcheck")
     assert not problems, "\n".join(problems)
 
 
-def test_commands_are_the_projects_entry_points(tmp_path: Path) -> None:
+def test_commands_are_the_projects_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every command is an installed console script whose own CLI accepts its arguments; the
-    code server serves the project's ``Definitions``; the webserver and the daemon load the
-    image's workspace, which points at the code server's service name and port."""
+    code server serves the project's ``Definitions`` (loaded as Dagster loads it, in the code
+    service's environment); the webserver and the daemon load the image's workspace, which points
+    at the code server's service name and port."""
     problems = []
     for service in services():
         argv = service.argv
@@ -440,15 +437,33 @@ def test_commands_are_the_projects_entry_points(tmp_path: Path) -> None:
             problems.append(f"{service.name}: {exc}")
     assert not problems, "\n".join(problems)
 
-    # the code server: -m/-a name the project's one Definitions
+    # the code server: -m/-a name the project's one Definitions. ``defs`` is lazy (a
+    # ``@dagster.definitions`` function reading the environment when Dagster loads it): load it
+    # the way the code server does, in the code service's environment
     code = service_running("dagster", "api", "grpc")
     path, params = click_command(code.argv or [])
     assert path == "dagster api grpc"
-    module = importlib.import_module(params["module_name"])
-    target = getattr(module, params["attribute"] or "defs")
-    assert isinstance(target, Definitions), (
-        f"{params['module_name']}.{params['attribute']} is {type(target)}"
+    importlib.import_module(params["module_name"])
+    target = load_def_in_module(
+        params["module_name"], params["attribute"] or "defs", params.get("working_directory")
     )
+    for name in [n for n in os.environ if n.startswith(("CLICKLOOP_", "DAGSTER_", "MLFLOW_"))]:
+        monkeypatch.delenv(name)
+    for name, value in code.environment.items():
+        monkeypatch.setenv(name, value)
+    loaded = target() if isinstance(target, LazyDefinitions) else target
+    assert isinstance(loaded, Definitions), (
+        f"{params['module_name']}.{params['attribute']} is {type(target)}, loading {type(loaded)}"
+    )
+    repository = loaded.get_repository_def()
+    # ... the project's: the definitions of the code service's settings
+    expected = definitions_of(code.environment)
+    assert {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()} == (
+        asset_names(expected)
+    )
+    assert {job.name for job in repository.get_all_jobs()} == {
+        job.name for job in expected.get_repository_def().get_all_jobs()
+    }
 
     # the webserver and the daemon: the image's workspace reaches that code server
     location = workspace_location_name()
@@ -539,9 +554,7 @@ def test_the_image_holds_every_package_the_code_imports() -> None:
                 imported.setdefault(name, set()).add(str(path.relative_to(REPO)))
 
     local = {n for n in imported if (REPO / n).is_dir() or (REPO / f"{n}.py").is_file()}
-    missing_local = {
-        n: sorted(imported[n])[:3] for n in sorted(local | set(packages)) if n not in copied
-    }
+    missing_local = {n: sorted(imported[n])[:3] for n in sorted(local | set(packages)) if n not in copied}
     assert not missing_local, f"imported or packaged but not copied into the image: {missing_local}"
 
     installed = _installed_closure(project["project"]["dependencies"])
@@ -599,9 +612,7 @@ class LocalDeployment:
         for volume in service.spec.get("volumes") or []:
             source, _, target = str(volume).partition(":")
             target = target.split(":")[0]
-            if target and (
-                container_path == target or container_path.startswith(target.rstrip("/") + "/")
-            ):
+            if target and (container_path == target or container_path.startswith(target.rstrip("/") + "/")):
                 return str(self.root / source) + container_path[len(target.rstrip("/")) :]
         return None
 
@@ -653,17 +664,13 @@ query($keys: [AssetKeyInput!], $partition: String!) {
 
 
 def test_compose_processes_materialize_a_partition_on_postgres(
-    postgres_databases: PostgresDatabases, tmp_path: Path, clickloop_defs: Definitions
+    postgres_databases: PostgresDatabases, tmp_path: Path
 ) -> None:
     """MLflow, the gRPC code server, the webserver and the daemon, started with compose's
     commands and settings (databases, volumes and service names mapped to this machine), the
     image's workspace and the repository's dagster.yaml: a partition launched through the
     webserver's GraphQL API is queued, dequeued by the daemon, succeeds, and lands in PostgreSQL."""
     job_name = "ingest_job"
-    job = clickloop_defs.resolve_job_def(job_name)
-    partition = job.partitions_def.get_first_partition_key()
-    expected_assets = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
-
     mlflow = service_running("mlflow", "server")
     code = service_running("dagster", "api", "grpc")
     webserver = service_running("dagster-webserver")
@@ -686,11 +693,13 @@ def test_compose_processes_materialize_a_partition_on_postgres(
 
     def env(service: Service) -> dict[str, str]:
         return here.environment(
-            service,
-            DAGSTER_HOME=str(home),
-            CLICKLOOP_REQUESTS_PER_DAY=TEST_REQUESTS_PER_DAY,
-            CLICKLOOP_START_DATE=partition,
+            service, DAGSTER_HOME=str(home), CLICKLOOP_REQUESTS_PER_DAY=TEST_REQUESTS_PER_DAY
         )
+
+    # what the code server will serve: the definitions of its settings
+    job = definitions_of(env(code)).resolve_job_def(job_name)
+    partition = job.partitions_def.get_first_partition_key()
+    expected_assets = {key.to_user_string() for key in job.asset_layer.selected_asset_keys}
 
     logs = tmp_path / "logs"
     processes: list[ManagedProcess] = []
@@ -698,9 +707,7 @@ def test_compose_processes_materialize_a_partition_on_postgres(
         processes.append(
             ManagedProcess.start(
                 mlflow.name,
-                here.argv(
-                    mlflow, **{"-h|--host": "127.0.0.1", "-p|--port": str(ports[mlflow.name])}
-                ),
+                here.argv(mlflow, **{"-h|--host": "127.0.0.1", "-p|--port": str(ports[mlflow.name])}),
                 env(mlflow),
                 logs,
             )
@@ -713,9 +720,7 @@ def test_compose_processes_materialize_a_partition_on_postgres(
                 logs,
             )
         )
-        wait_until(
-            lambda: port_open(ports[code.name]), START_TIMEOUT_S, "the code server", alive=processes
-        )
+        wait_until(lambda: port_open(ports[code.name]), START_TIMEOUT_S, "the code server", alive=processes)
         processes.append(
             ManagedProcess.start(
                 webserver.name,
@@ -770,9 +775,7 @@ def test_compose_processes_materialize_a_partition_on_postgres(
                     # already, and each step subprocess would import it again (~10 s each on
                     # 2 cores); the deployment, not the executor, is under test here
                     "runConfigData": {"execution": {"config": {"in_process": {}}}},
-                    "executionMetadata": {
-                        "tags": [{"key": "dagster/partition", "value": partition}]
-                    },
+                    "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
                 }
             },
         )["launchRun"]
