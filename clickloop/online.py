@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 
 from clickloop.contract import BID, LABEL, MODEL_VERSION, PREDICTED_CTR, REQUEST_ID, LogContract
+from clickloop.features import FeatureSpec, impressions_feature
 from clickloop.metrics import (
     calibration_from_totals,
     clicks_per_1000_requests,
@@ -55,6 +56,8 @@ class OnlineMetricsRow:
     #: how ``oracle_capture`` was computed ("expected" or "realized"); None without an oracle
     oracle_basis: str | None = None
     clicks_per_1000_requests: float | None = None
+    #: share of impressions whose ad had no history when it was served (cold start)
+    cold_start_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class VersionTotals:
     predicted_sum: float
     log_loss_sum: float
     revenue: float | None
+    #: impressions whose ad had no history in the serving day's statistics (None: not known)
+    cold_impressions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,15 +96,19 @@ class OnlineColumns:
     bid: str | None = BID
     model_version: str | None = MODEL_VERSION
     prediction: str | None = PREDICTED_CTR
+    #: the history count of the served ad (a feature): 0 means the ad was new to the statistics
+    history: str | None = None
 
     @classmethod
     def of(cls, contract: LogContract) -> OnlineColumns:
         has = contract.impressions.has
+        seen = FeatureSpec.from_contract(contract).seen_entity
         return cls(
             request=REQUEST_ID if has(REQUEST_ID) else None,
             bid=BID if has(BID) else None,
             model_version=MODEL_VERSION if has(MODEL_VERSION) else None,
             prediction=PREDICTED_CTR if has(PREDICTED_CTR) else None,
+            history=None if seen is None else impressions_feature(seen),
         )
 
 
@@ -114,6 +123,7 @@ def aggregate_sql(paths: Sequence[Path], columns: OnlineColumns = OnlineColumns(
     requests = f"count(DISTINCT {columns.request})" if columns.request else "count(*)"
     p = columns.prediction or "NULL::DOUBLE"
     revenue = f"sum({columns.bid} * {LABEL})" if columns.bid else "NULL::DOUBLE"
+    cold = f"count(*) FILTER ({columns.history} = 0)" if columns.history else "NULL::BIGINT"
     return f"""
         SELECT {version} AS model_version,
                {requests} AS requests,
@@ -123,7 +133,8 @@ def aggregate_sql(paths: Sequence[Path], columns: OnlineColumns = OnlineColumns(
                coalesce(sum(CAST({LABEL} AS BIGINT)) FILTER ({p} IS NOT NULL), 0) AS scored_clicks,
                coalesce(sum({p}), 0.0) AS predicted_sum,
                coalesce(sum({log_loss_sql(LABEL, p)}), 0.0) AS log_loss_sum,
-               coalesce({revenue}, {"0.0" if columns.bid else "NULL"}) AS revenue
+               coalesce({revenue}, {"0.0" if columns.bid else "NULL"}) AS revenue,
+               {cold} AS cold_impressions
         FROM {parquet_list_sql(paths)}
         GROUP BY 1 ORDER BY 1
     """
@@ -144,8 +155,9 @@ def aggregate_versions(
             predicted_sum=float(ps),
             log_loss_sum=float(ll),
             revenue=None if rev is None else float(rev),
+            cold_impressions=None if cold is None else int(cold),
         )
-        for v, r, i, c, si, sc, ps, ll, rev in con.sql(aggregate_sql(paths, columns)).fetchall()
+        for v, r, i, c, si, sc, ps, ll, rev, cold in con.sql(aggregate_sql(paths, columns)).fetchall()
     ]
 
 
@@ -184,6 +196,7 @@ def oracle_captures(
 def combine(totals: Sequence[VersionTotals], name: str = "all") -> VersionTotals:
     """The day's totals over every version."""
     revenues = [t.revenue for t in totals]
+    colds = [t.cold_impressions for t in totals]
     return VersionTotals(
         model_version=name,
         requests=sum(t.requests for t in totals),
@@ -194,6 +207,7 @@ def combine(totals: Sequence[VersionTotals], name: str = "all") -> VersionTotals
         predicted_sum=sum(t.predicted_sum for t in totals),
         log_loss_sum=sum(t.log_loss_sum for t in totals),
         revenue=None if any(r is None for r in revenues) else sum(r for r in revenues if r is not None),
+        cold_impressions=None if any(c is None for c in colds) else sum(c for c in colds if c is not None),
     )
 
 
@@ -225,6 +239,9 @@ def metrics_row(
         oracle_capture=capture,
         oracle_basis=basis,
         clicks_per_1000_requests=or_none(clicks_per_1000_requests(totals.clicks, totals.requests)),
+        cold_start_share=None
+        if totals.cold_impressions is None
+        else or_none(ctr(totals.cold_impressions, totals.impressions)),
     )
 
 
@@ -318,6 +335,7 @@ def summary_numbers(day: OnlineMetricsRow) -> dict[str, Any]:
         "revenue_per_1000_requests": day.revenue_per_1000_requests,
         "clicks_per_1000_requests": day.clicks_per_1000_requests,
         "oracle_capture": day.oracle_capture,
+        "cold_start_share": day.cold_start_share,
         "business_metric": name,
         "business_value": value,
     }

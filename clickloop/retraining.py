@@ -6,6 +6,9 @@
   trained on), so their drift is not a reason to retrain;
 * quality: the champion's online calibration or normalized entropy on the day against its first
   served day (its quality at promotion), beyond a tolerance;
+* novelty: the share of the champion's impressions whose ad had no history when it was served (a
+  wave of new campaigns) against its first served day, beyond a tolerance: the history features
+  are blind to them, and a model trained on recent days is not;
 * staleness: the champion has served more than a number of days.
 
 Each rule returns a :class:`Trigger` (what crossed which threshold on which day) or None.
@@ -33,6 +36,8 @@ class RetrainThresholds:
     calibration_tolerance: float = 0.25
     #: increase of the champion's online normalized entropy since its first served day
     normalized_entropy_tolerance: float = 0.05
+    #: increase of the share of the champion's impressions on ads without history
+    cold_start_tolerance: float = 0.15
     #: days a champion may serve before a retraining is asked for
     max_champion_age_days: int = 14
 
@@ -116,6 +121,32 @@ def quality_trigger(
                 worse,
                 thresholds.normalized_entropy_tolerance,
             )
+    return None
+
+
+def novelty_trigger(
+    day_rows: Sequence[Mapping[str, Any]],
+    baseline_rows: Sequence[Mapping[str, Any]],
+    champion: str,
+    thresholds: RetrainThresholds,
+) -> Trigger | None:
+    """The share of the champion's impressions on ads without history, against its first served
+    day, up by more than the tolerance."""
+    today = next((r for r in day_rows if r["model_version"] == champion), None)
+    base = next((r for r in baseline_rows if r["model_version"] == champion), None)
+    if today is None or base is None or today["day"] == base["day"]:
+        return None
+    if today.get("cold_start_share") is None or base.get("cold_start_share") is None:
+        return None
+    increase = today["cold_start_share"] - base["cold_start_share"]
+    if increase > thresholds.cold_start_tolerance:
+        return Trigger(
+            "novelty_sensor",
+            today["day"],
+            "cold_start_share_increase",
+            increase,
+            thresholds.cold_start_tolerance,
+        )
     return None
 
 

@@ -42,6 +42,7 @@ from clickloop.retraining import (
     RetrainThresholds,
     Trigger,
     drift_trigger,
+    novelty_trigger,
     quality_trigger,
     request_context_columns,
     staleness_trigger,
@@ -51,7 +52,7 @@ from resources.monitoring_store import MonitoringStore
 from resources.tracking import ModelRegistry
 
 _THRESHOLDS = RetrainThresholds()
-RETRAINING_SENSORS = ("drift_sensor", "quality_sensor", "staleness_sensor")
+RETRAINING_SENSORS = ("drift_sensor", "quality_sensor", "novelty_sensor", "staleness_sensor")
 
 
 class RetrainPolicy(ConfigurableResource):
@@ -60,6 +61,7 @@ class RetrainPolicy(ConfigurableResource):
     drift_share_threshold: float = _THRESHOLDS.drift_share_threshold
     calibration_tolerance: float = _THRESHOLDS.calibration_tolerance
     normalized_entropy_tolerance: float = _THRESHOLDS.normalized_entropy_tolerance
+    cold_start_tolerance: float = _THRESHOLDS.cold_start_tolerance
     max_champion_age_days: int = _THRESHOLDS.max_champion_age_days
 
     def thresholds(self) -> RetrainThresholds:
@@ -144,6 +146,8 @@ def evaluate_retraining(
         trigger = drift_trigger(store.drift_for(day), request_context_columns(contract), thresholds)
     elif sensor_name == "quality_sensor":
         trigger = quality_trigger(store.online_metrics_for(day), served[-1:], champion, thresholds)
+    elif sensor_name == "novelty_sensor":
+        trigger = novelty_trigger(store.online_metrics_for(day), served[-1:], champion, thresholds)
     else:
         trigger = staleness_trigger(day, first_day, keys, thresholds)
     if trigger is None:
@@ -161,6 +165,8 @@ def evaluate_retraining(
 _DESCRIPTIONS = {
     "drift_sensor": "Retrain when the share of drifted request-context columns crosses its threshold.",
     "quality_sensor": "Retrain when the champion's online calibration or NE worsen since promotion.",
+    "novelty_sensor": "Retrain when much more of the champion's traffic goes to ads without history "
+    "(a wave of new campaigns) than on its first served day.",
     "staleness_sensor": "Retrain when the champion has served too many days.",
 }
 

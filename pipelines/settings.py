@@ -43,6 +43,7 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_DRIFT_SHARE_THRESHOLD": ("retrain_policy", "drift_share_threshold", float),
     "CLICKLOOP_CALIBRATION_TOLERANCE": ("retrain_policy", "calibration_tolerance", float),
     "CLICKLOOP_NE_TOLERANCE": ("retrain_policy", "normalized_entropy_tolerance", float),
+    "CLICKLOOP_COLD_START_TOLERANCE": ("retrain_policy", "cold_start_tolerance", float),
     "CLICKLOOP_MAX_CHAMPION_AGE_DAYS": ("retrain_policy", "max_champion_age_days", int),
 }
 

@@ -69,6 +69,7 @@ online_metrics_table = Table(
     Column("revenue", Float),
     Column("revenue_per_1000_requests", Float),
     Column("clicks_per_1000_requests", Float),
+    Column("cold_start_share", Float),
     Column("oracle_capture", Float),
     Column("oracle_basis", String(40)),
     Column("computed_at", DateTime(timezone=True), nullable=False),

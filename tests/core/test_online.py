@@ -104,6 +104,7 @@ def test_a_served_day_with_its_oracle(tmp_path: Path) -> None:
     """The whole day served by one version whose expected revenue the log source knows."""
     warehouse = Warehouse(tmp_path)
     frame = monitoring_frame(KEYS[3], 2_000, seed=23, smart_tv=0.4)
+    frame.loc[frame.index[::8], "hist_ad_impressions"] = 0  # an eighth of the ads had no history
     path = write_monitoring_day(warehouse, KEYS[3], frame)
     with warehouse.duckdb() as con:
         totals = aggregate_versions(con, [path], OnlineColumns.of(CONTRACT))
@@ -120,7 +121,12 @@ def test_a_served_day_with_its_oracle(tmp_path: Path) -> None:
         whole.oracle_capture == row.oracle_capture == pytest.approx(0.25) and whole.oracle_basis == "expected"
     )
     assert "expected revenue" in ORACLE_BASIS_TEXT[whole.oracle_basis]
+    # the share of impressions whose ad had no history when served (the contract's seen entity)
+    cold = (frame["hist_ad_impressions"] == 0).mean()
+    assert cold >= 0.125
+    assert whole.cold_start_share == row.cold_start_share == pytest.approx(cold)
     numbers = summary_numbers(whole)
+    assert numbers["cold_start_share"] == pytest.approx(cold)
     assert numbers["business_metric"] == "revenue_per_1000_requests"
     assert numbers["business_value"] == pytest.approx(1_000 * whole.revenue / whole.requests)
     table = online_markdown([row], whole)

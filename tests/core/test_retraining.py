@@ -7,6 +7,7 @@ from clickloop.retraining import (
     Trigger,
     context_drift_share,
     drift_trigger,
+    novelty_trigger,
     quality_trigger,
     request_context_columns,
     staleness_trigger,
@@ -98,3 +99,24 @@ def test_staleness_counts_partitions_since_the_first_served_day() -> None:
     assert staleness_trigger(KEYS[25], None, KEYS, thresholds) is None
     assert staleness_trigger(KEYS[25], "1999-01-01", KEYS, thresholds) is None
     assert staleness_trigger("2099-01-01", KEYS[10], KEYS, thresholds) is None
+
+
+def test_a_wave_of_ads_without_history_asks_for_a_retraining() -> None:
+    """The share of the champion's impressions on ads its statistics never saw, against its first
+    served day: a wave of new campaigns fires, a stable stream's small changes do not."""
+
+    def served(day: str, cold: float | None, version: str = "ctr_model-v1") -> dict:
+        return {**online(day, version), "cold_start_share": cold}
+
+    first = [served(KEYS[11], 0.002)]
+    wave = novelty_trigger([served(KEYS[13], 0.666)], first, "ctr_model-v1", THRESHOLDS)
+    assert wave is not None and wave.sensor == "novelty_sensor" and wave.day == KEYS[13]
+    assert wave.metric == "cold_start_share_increase" and abs(wave.value - 0.664) < 1e-9
+    assert wave.threshold == THRESHOLDS.cold_start_tolerance
+    # within the tolerance, on the first served day itself, for another version or without the
+    # measure: nothing
+    calm = served(KEYS[13], 0.002 + THRESHOLDS.cold_start_tolerance)
+    assert novelty_trigger([calm], first, "ctr_model-v1", THRESHOLDS) is None
+    assert novelty_trigger([served(KEYS[11], 0.9)], first, "ctr_model-v1", THRESHOLDS) is None
+    assert novelty_trigger([served(KEYS[13], 0.9, "ctr_model-v2")], first, "ctr_model-v1", THRESHOLDS) is None
+    assert novelty_trigger([served(KEYS[13], None)], first, "ctr_model-v1", THRESHOLDS) is None

@@ -191,7 +191,7 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             assert events.tags.get("dagster/sensor_name") == "events_after_ingest"
             # the retraining sensors go on now that the shifted day is monitored (the run-status
             # sensor's evaluation of the events run, checked next, is independent of them)
-            for sensor_name in ("drift_sensor", "quality_sensor", "staleness_sensor"):
+            for sensor_name in ("drift_sensor", "quality_sensor", "novelty_sensor", "staleness_sensor"):
                 _instigator_start(api, "sensor", sensor_name, repository)
             skipped = wait_until(
                 # (ticks before the events run ended skip with "empty result": nothing to see yet)
@@ -234,7 +234,7 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             drift_ticks = _ticks(instance, "drift_sensor")
             assert drift_ticks[0].status == TickStatus.SUCCESS
             assert drift_ticks[0].run_ids == [run.run_id]
-            for sensor_name in ("quality_sensor", "staleness_sensor"):
+            for sensor_name in ("quality_sensor", "novelty_sensor", "staleness_sensor"):
                 ticks = wait_until(
                     lambda n=sensor_name: [t for t in _ticks(instance, n) if t.status != TickStatus.STARTED],
                     RUN_TIMEOUT_S,

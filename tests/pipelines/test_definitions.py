@@ -89,6 +89,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "serving_stats_after_events",
         "drift_sensor",
         "quality_sensor",
+        "novelty_sensor",
         "staleness_sensor",
     }
     assert set(repo.get_top_level_resources()) == {
