@@ -1,12 +1,14 @@
 """Blocking asset checks from the rules of :mod:`clickloop.checks`: the metadata a person reads."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue
 
 from clickloop.expectations import Rule, SuiteOutcome, outcome_markdown, run_rules
+from clickloop.storage import Warehouse, parquet_sql
+from resources.warehouse import WarehouseResource
 
 
 def outcome_metadata(outcome: SuiteOutcome, observed: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -45,3 +47,20 @@ def rule_check(
 
 def table_columns(con: duckdb.DuckDBPyConnection, relation: str) -> list[str]:
     return list(con.sql(f"SELECT * FROM {relation} LIMIT 0").columns)
+
+
+#: The rules of one partition, given the warehouse, a connection, the partition's relation and its
+#: columns.
+RulesFor = Callable[[Warehouse, duckdb.DuckDBPyConnection, str, list[str]], Sequence[Rule]]
+
+
+def partition_check(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, table: str, rules_for: RulesFor
+) -> AssetCheckResult:
+    """The blocking check of one partition of ``table``: its rules, validated on its profile."""
+    store = warehouse.get()
+    (path,) = store.require_partition_paths(table, [context.partition_key])
+    relation = parquet_sql(path)
+    with store.duckdb() as con:
+        rules = rules_for(store, con, relation, table_columns(con, relation))
+        return rule_check(context, con, relation, table, rules)

@@ -15,7 +15,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.checks import rule_check, table_columns
+from assets.checks import partition_check
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import CLICKS_FOR_EVENTS, IMPRESSIONS_FOR_EVENTS, Calendar
 from assets.raw_logs import RAW_TABLES
@@ -23,7 +23,6 @@ from clickloop.checks import events_rules
 from clickloop.contract import LogContract
 from clickloop.events import MAX_WINDOW_HOURS, join_events, label_events
 from clickloop.quarantine import day_window
-from clickloop.storage import parquet_sql
 from resources.warehouse import WarehouseResource
 
 AD_EVENTS = "ad_events"
@@ -121,12 +120,12 @@ def ad_events_check(calendar: Calendar, contract: LogContract) -> AssetChecksDef
         "Blocking: features and training stop on a bad day.",
     )
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-        store = warehouse.get()
-        (path,) = store.require_partition_paths(AD_EVENTS, [context.partition_key])
-        relation = parquet_sql(path)
-        with store.duckdb() as con:
-            window = day_window(context.partition_time_window.start.date())
-            rules = events_rules(contract, window, table_columns(con, relation))
-            return rule_check(context, con, relation, AD_EVENTS, rules)
+        window = day_window(context.partition_time_window.start.date())
+        return partition_check(
+            context,
+            warehouse,
+            AD_EVENTS,
+            lambda store, con, relation, present: events_rules(contract, window, present),
+        )
 
     return _check

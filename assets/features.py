@@ -13,7 +13,7 @@ from dagster import (
     asset_check,
 )
 
-from assets.checks import rule_check, table_columns
+from assets.checks import partition_check
 from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
@@ -28,7 +28,6 @@ from clickloop.features import (
 )
 from clickloop.ranking import STATS_TABLE
 from clickloop.split import FEATURES
-from clickloop.storage import parquet_sql
 from resources.warehouse import WarehouseResource
 
 
@@ -130,11 +129,11 @@ def features_check(calendar: Calendar, contract: LogContract) -> AssetChecksDefi
         "training stops on a bad day.",
     )
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-        store = warehouse.get()
-        (path,) = store.require_partition_paths(FEATURES, [context.partition_key])
-        relation = parquet_sql(path)
-        with store.duckdb() as con:
-            rules = features_rules(spec, contract, table_columns(con, relation))
-            return rule_check(context, con, relation, FEATURES, rules)
+        return partition_check(
+            context,
+            warehouse,
+            FEATURES,
+            lambda store, con, relation, present: features_rules(spec, contract, present),
+        )
 
     return _check

@@ -15,13 +15,15 @@ from dagster import (
     asset,
     asset_check,
 )
+from duckdb import DuckDBPyConnection
 
-from assets.checks import rule_check, table_columns
+from assets.checks import partition_check
 from assets.partitions import Calendar
 from clickloop.checks import raw_log_rules
 from clickloop.contract import LogContract, LogKind
+from clickloop.expectations import Rule
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts, reasons_markdown, sample_markdown
-from clickloop.storage import one_row, parquet_sql
+from clickloop.storage import Warehouse, one_row
 from resources.landing import LogSource
 from resources.warehouse import WarehouseResource
 
@@ -94,19 +96,15 @@ def _raw_check(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         + ". Blocking: a bad day stops everything built on it.",
     )
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
-        store = warehouse.get()
-        key = context.partition_key
-        (path,) = store.require_partition_paths(name, [key])
-        relation = parquet_sql(path)
-        with store.duckdb() as con:
-            present = table_columns(con, relation)
-            quarantined = quarantined_counts(con, store.quarantine_path(name, key))
+        window = day_window(context.partition_time_window.start.date())
+
+        def rules(store: Warehouse, con: DuckDBPyConnection, relation: str, present: list[str]) -> list[Rule]:
+            quarantined = quarantined_counts(con, store.quarantine_path(name, context.partition_key))
             (valid,) = one_row(con, f"SELECT count(*) FROM {relation}")
-            window = day_window(context.partition_time_window.start.date())
-            rules = raw_log_rules(
-                contract, spec, window, present, quarantined, valid + sum(quarantined.values())
-            )
-            return rule_check(context, con, relation, name, rules)
+            lines = valid + sum(quarantined.values())
+            return raw_log_rules(contract, spec, window, present, quarantined, lines)
+
+        return partition_check(context, warehouse, name, rules)
 
     return _check
 

@@ -36,10 +36,6 @@ from clickloop.features import TIME_FEATURES, FeatureSpec
 from clickloop.ingest import TimeWindow
 
 
-def _literal(value: object) -> str:
-    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else repr(value)
-
-
 def missing_columns_rule(present: Sequence[str], expected: Sequence[str], table: str) -> Rule:
     """The columns the contract promises that the table lacks (must be none)."""
     missing = [c for c in expected if c not in present]
@@ -55,25 +51,20 @@ def field_rules(field: Field) -> list[Rule]:
     """A field's row rules, re-counted on the typed rows."""
     rules = []
     c = field.column
-    if field.allowed is not None:
-        values = ", ".join(_literal(v) for v in field.allowed)
+    if (not_allowed := field.not_allowed_sql(c)) is not None:
+        allowed = ", ".join(map(str, field.allowed or ()))
         rules.append(
             zero(
                 f"not_allowed:{c}",
-                f"count(*) FILTER ({c} NOT IN ({values}))",
-                f"rows with `{c}` outside {{{', '.join(map(str, field.allowed))}}}",
+                f"count(*) FILTER ({not_allowed})",
+                f"rows with `{c}` outside {{{allowed}}}",
             )
         )
-    if field.has_range:
-        out = []
-        if field.min is not None:
-            out.append(f"{c} {'<=' if field.min_exclusive else '<'} {field.min!r}")
-        if field.max is not None:
-            out.append(f"{c} > {field.max!r}")
+    if (out_of_range := field.out_of_range_sql(c)) is not None:
         rules.append(
             zero(
                 f"out_of_range:{c}",
-                f"count(*) FILTER ({' OR '.join(out)})",
+                f"count(*) FILTER {out_of_range}",
                 f"rows breaking `{c}` {field.rule_text()}",
             )
         )

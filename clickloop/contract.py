@@ -56,6 +56,11 @@ NEVER_FEATURES: frozenset[str] = frozenset(
 TIME_FORMATS: tuple[str, ...] = ("iso8601", "epoch_s", "epoch_ms")
 
 
+def sql_literal(value: object) -> str:
+    """A value as a SQL literal (strings quoted, quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else repr(value)
+
+
 class ContractError(ValueError):
     """A contract that cannot be used; the message names the file and the field."""
 
@@ -83,6 +88,21 @@ class Field:
     @property
     def has_range(self) -> bool:
         return self.min is not None or self.max is not None
+
+    def not_allowed_sql(self, value: str) -> str | None:
+        """The SQL condition that ``value`` breaks the allowed set (None without one)."""
+        if self.allowed is None:
+            return None
+        return f"{value} NOT IN ({', '.join(sql_literal(v) for v in self.allowed)})"
+
+    def out_of_range_sql(self, value: str) -> str | None:
+        """The SQL condition that ``value`` lies outside the range (None without one)."""
+        out = []
+        if self.min is not None:
+            out.append(f"{value} {'<=' if self.min_exclusive else '<'} {self.min!r}")
+        if self.max is not None:
+            out.append(f"{value} > {self.max!r}")
+        return f"({' OR '.join(out)})" if out else None
 
     def rule_text(self) -> str:
         """The field's row rules in words (for the UI), empty when it has none."""

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec
+from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
 from clickloop.landing import file_format
 
 #: Uncompressed bytes of log text typed at a time.
@@ -170,7 +170,7 @@ def read_lines(files: Sequence[Path]) -> pa.Table:
 
 def _json_fields_sql(relation: str, spec: LogSpec) -> str:
     """JSON lines: each line parsed once; ``t<i>`` is the JSON type of field i, ``s<i>`` its text."""
-    paths = ", ".join(_literal(f'$."{f.source}"') for f in spec.fields)
+    paths = ", ".join(sql_literal(f'$."{f.source}"') for f in spec.fields)
     tags = ", ".join(
         f"coalesce(json_type(v[{i}]), 'NULL') AS t{i}, v[{i}]->>'$' AS s{i}"
         for i in range(1, len(spec.fields) + 1)
@@ -281,12 +281,6 @@ def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[pa.Table]:
 # --- Typing and row rules (one query for every format) -----------------------------------------
 
 
-def _literal(value: object) -> str:
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return repr(value)
-
-
 def _typed_sql(f: Field, i: int) -> str:
     """The typed value of field ``i`` from its text ``s<i>`` (NULL when the cast fails)."""
     text = f"s{i}"
@@ -311,7 +305,7 @@ def _typed_sql(f: Field, i: int) -> str:
         return f"to_timestamp(TRY_CAST({text} AS DOUBLE))"
     if fmt == "epoch_ms":
         return f"CAST(epoch_ms(TRY_CAST({text} AS BIGINT)) AS TIMESTAMPTZ)"
-    return f"CAST(try_strptime({text}, {_literal(fmt)}) AS TIMESTAMPTZ)"
+    return f"CAST(try_strptime({text}, {sql_literal(fmt)}) AS TIMESTAMPTZ)"
 
 
 def _accepted_tags(f: Field) -> tuple[str, ...]:
@@ -332,16 +326,10 @@ def _reason_sql(spec: LogSpec, window: TimeWindow | None, time_column: str) -> s
         rules.append(f"WHEN t{i} NOT IN ('NULL', {accepted}) THEN 'bad_type:{f.column}'")
         rules.append(f"WHEN t{i} <> 'NULL' AND x{i} IS NULL THEN 'bad_type:{f.column}'")
     for i, f in enumerate(spec.fields, start=1):
-        if f.allowed is not None:
-            values = ", ".join(_literal(v) for v in f.allowed)
-            rules.append(f"WHEN x{i} IS NOT NULL AND x{i} NOT IN ({values}) THEN 'not_allowed:{f.column}'")
-        if f.has_range:
-            out = []
-            if f.min is not None:
-                out.append(f"x{i} {'<=' if f.min_exclusive else '<'} {f.min!r}")
-            if f.max is not None:
-                out.append(f"x{i} > {f.max!r}")
-            rules.append(f"WHEN x{i} IS NOT NULL AND ({' OR '.join(out)}) THEN 'out_of_range:{f.column}'")
+        if (not_allowed := f.not_allowed_sql(f"x{i}")) is not None:
+            rules.append(f"WHEN x{i} IS NOT NULL AND {not_allowed} THEN 'not_allowed:{f.column}'")
+        if (out_of_range := f.out_of_range_sql(f"x{i}")) is not None:
+            rules.append(f"WHEN x{i} IS NOT NULL AND {out_of_range} THEN 'out_of_range:{f.column}'")
     if window is not None and spec.has(time_column):
         i = spec.columns.index(time_column) + 1
         start, end = window.sql()

@@ -93,6 +93,17 @@ def drift_trigger(
     return None
 
 
+def _champion_today_and_first(
+    day_rows: Sequence[Mapping[str, Any]], baseline_rows: Sequence[Mapping[str, Any]], champion: str
+) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """The champion's row of the day and of its first served day, None unless both exist and differ."""
+    today = next((r for r in day_rows if r["model_version"] == champion), None)
+    base = next((r for r in baseline_rows if r["model_version"] == champion), None)
+    if today is None or base is None or today["day"] == base["day"]:
+        return None
+    return today, base
+
+
 def quality_trigger(
     day_rows: Sequence[Mapping[str, Any]],
     baseline_rows: Sequence[Mapping[str, Any]],
@@ -101,10 +112,10 @@ def quality_trigger(
 ) -> Trigger | None:
     """The champion's online calibration or normalized entropy on the day, against its first
     served day, beyond the tolerance."""
-    today = next((r for r in day_rows if r["model_version"] == champion), None)
-    base = next((r for r in baseline_rows if r["model_version"] == champion), None)
-    if today is None or base is None or today["day"] == base["day"]:
+    rows = _champion_today_and_first(day_rows, baseline_rows, champion)
+    if rows is None:
         return None
+    today, base = rows
     if today["calibration"] is not None and base["calibration"] is not None:
         change = abs(today["calibration"] - base["calibration"])
         if change > thresholds.calibration_tolerance:
@@ -132,10 +143,10 @@ def novelty_trigger(
 ) -> Trigger | None:
     """The share of the champion's impressions on ads without history, against its first served
     day, up by more than the tolerance."""
-    today = next((r for r in day_rows if r["model_version"] == champion), None)
-    base = next((r for r in baseline_rows if r["model_version"] == champion), None)
-    if today is None or base is None or today["day"] == base["day"]:
+    rows = _champion_today_and_first(day_rows, baseline_rows, champion)
+    if rows is None:
         return None
+    today, base = rows
     if today.get("cold_start_share") is None or base.get("cold_start_share") is None:
         return None
     increase = today["cold_start_share"] - base["cold_start_share"]
