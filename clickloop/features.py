@@ -52,6 +52,10 @@ GLOBAL_KEY_TYPE = "global"
 USER_KEY_TYPE = "user_prev_day"
 USER_ACTIVITY = "user_impressions_24h"
 TIME_FEATURES = ("hour", "weekday")
+#: ``ad_events`` columns the ``features`` table leaves out: the raw user id (its activity is a
+#: feature; the id itself is needed by nothing downstream) and the click's own columns (the label
+#: stays).
+LEFT_IN_EVENTS = (USER_ID, "click_id", "click_ts", "click_delay_s")
 _ROW = "__row"  # input order of rows given to add_features
 
 
@@ -364,14 +368,14 @@ def candidate_features(
 def build_features(
     con: duckdb.DuckDBPyConnection, spec: FeatureSpec, events_path: Path, stats_path: Path, target: Path
 ) -> None:
-    """Write the ``features`` table of one day of events to ``target`` (atomically, by DuckDB): every
-    event column that is not a feature, then the features."""
+    """Write the ``features`` table of one day of events to ``target`` (atomically, by DuckDB): the
+    impression's columns that are not features (but the raw user id), its label, then the features."""
     events = parquet_sql(events_path)
     columns = con.sql(f"SELECT * FROM {events} LIMIT 0").columns
     needed = spec.input_columns + (LABEL,) + ((POSITION,) if spec.has_position else ())
     require_columns(columns, needed, str(events_path))
     read_prior(con, stats_path)
-    keep = [c for c in columns if c not in spec.columns]
+    keep = [c for c in columns if c not in spec.columns and c not in LEFT_IN_EVENTS]
     sql = features_sql(spec, events, stats_path, keep=keep, order_by=f"r.{TIME}, r.impression_id")
     atomic_copy_query_to_parquet(con, sql, target)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from clickloop.contract import CLICK_ID, LABEL, LINE_NUMBER, SOURCE_FILE, LogContract, LogSpec
 from clickloop.contract_file import load_contract
-from clickloop.features import FeatureSpec
+from clickloop.features import LEFT_IN_EVENTS, FeatureSpec
 from clickloop.storage import Warehouse
 
 CONTRACT = load_contract()
@@ -54,8 +54,9 @@ def events_schema(contract: LogContract = CONTRACT) -> pa.Schema:
 
 
 def features_schema(spec: FeatureSpec = SPEC, contract: LogContract = CONTRACT) -> pa.Schema:
-    """The schema of ``features``: every event column that is not a feature, then the features."""
-    keep = [f for f in events_schema(contract) if f.name not in spec.columns]
+    """The schema of ``features``: every event column that is not a feature (but those left in
+    ``ad_events``), then the features."""
+    keep = [f for f in events_schema(contract) if f.name not in spec.columns and f.name not in LEFT_IN_EVENTS]
     feature_types = {c: pa.string() for c in spec.categorical}
     feature_types.update({c: pa.int32() for c in spec.numeric if c in ("hour", "weekday", "position")})
     feature_types.update({c: pa.int64() for c in spec.count_features})

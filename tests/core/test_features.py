@@ -22,6 +22,7 @@ from clickloop.features import (
     DEFAULT_CTR,
     DEFAULT_WINDOW_DAYS,
     GLOBAL_KEY_TYPE,
+    LEFT_IN_EVENTS,
     PRIOR_STRENGTH,
     USER_ACTIVITY,
     FeatureSpec,
@@ -460,7 +461,8 @@ def test_feature_spec_of_a_contract_without_position_or_user(tmp_path: Path) -> 
     wh.write_partition("ad_events", d1, day_rows(d1, 20, set()))
     wh.write_partition("ad_events", d2, day_rows(d2, 4, {1}))
     table = compute(wh, d2, [d0, d1], spec=spec)
-    assert table.column_names == [*(c for c in schema.names if c not in spec.columns), *spec.columns]
+    kept = [c for c in schema.names if c not in spec.columns and c not in LEFT_IN_EVENTS]
+    assert table.column_names == [*kept, *spec.columns]
     rows = by_id(table)
     prior = 4 / 40
     m = PRIOR_STRENGTH
