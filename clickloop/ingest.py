@@ -25,29 +25,21 @@ lines, so memory is bounded by the chunk, not the day.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
-from clickloop.landing import file_format
+from clickloop.readers import CHUNK_BYTES, FieldChunk, empty_fields_table, field_chunks, strip_terminators
+from clickloop.storage import atomic_path
 
-#: Uncompressed bytes of log text typed at a time.
-CHUNK_BYTES = 64 * 1024 * 1024
-#: Rows of a Parquet log typed at a time.
-PARQUET_BATCH_ROWS = 1_000_000
-
-LINES_SCHEMA = pa.schema([(SOURCE_FILE, pa.string()), (LINE_NUMBER, pa.int64()), ("line", pa.string())])
 QUARANTINE_SCHEMA = pa.schema(
     [
         (SOURCE_FILE, pa.string()),
@@ -57,32 +49,34 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 
-# Type tags a reader gives each value: DuckDB's json_type names for JSON, 'TEXT' for a value that
-# only the cast can judge (CSV, Parquet), 'NULL' for a missing or null value.
-_ACCEPTED_TAGS: dict[str, tuple[str, ...]] = {
-    "string": ("VARCHAR", "TEXT"),
-    "int": ("UBIGINT", "BIGINT", "TEXT"),
-    "float": ("UBIGINT", "BIGINT", "DOUBLE", "TEXT"),
-    "timestamp": ("VARCHAR", "TEXT"),
-}
-_EPOCH_TAGS = ("UBIGINT", "BIGINT", "DOUBLE", "TEXT")
 _SQL_TYPES = {"string": "VARCHAR", "int": "INTEGER", "float": "DOUBLE", "timestamp": "TIMESTAMPTZ"}
 
 
 @dataclass
 class ParsedLogs:
-    """The outcome of parsing one partition's files."""
+    """The outcome of parsing one partition's files: how many rows are valid (and, when asked for,
+    the rows themselves), the quarantined lines, and how many lines were read."""
 
-    valid: pa.Table
+    valid_rows: int
     quarantine: pa.Table
     lines_read: int
     files: list[str] = field(default_factory=list)
     #: CSV header lines (read, neither valid nor quarantined)
     header_lines: int = 0
+    #: the typed valid rows (None when they were written straight to Parquet)
+    valid: pa.Table | None = None
 
     @property
     def quarantined_by_reason(self) -> dict[str, int]:
         return count_reasons(self.quarantine)
+
+    def check(self, kind: str) -> None:
+        """The identity every parse keeps: lines read = valid + quarantined + CSV headers."""
+        if self.valid_rows + self.quarantine.num_rows + self.header_lines != self.lines_read:
+            raise AssertionError(
+                f"{kind}: {self.lines_read} lines read but {self.valid_rows} valid + "
+                f"{self.quarantine.num_rows} quarantined + {self.header_lines} CSV header(s)"
+            )
 
 
 def count_reasons(quarantine: pa.Table) -> dict[str, int]:
@@ -104,185 +98,15 @@ class TimeWindow:
         return f"TIMESTAMPTZ '{self.start.isoformat()}'", f"TIMESTAMPTZ '{self.end.isoformat()}'"
 
 
-# --- Reading lines ------------------------------------------------------------------------------
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:  # keep the line (with U+FFFD) so it can be quarantined and read
-        return data.decode("utf-8", errors="replace")
-
-
-def _lines_table(path: Path, body: bytes, first_line: int) -> pa.Table:
-    """The lines of ``body`` (whole lines joined by newlines, no final newline), numbered from
-    ``first_line``."""
-    text = _decode(body)
-    lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").flatten()
-    if "\r" in text:
-        lines = pc.replace_substring_regex(lines, "\r$", "")
-    n = len(lines)
-    return pa.table(
-        {
-            SOURCE_FILE: pa.array(np.full(n, str(path), dtype=object), pa.string()),
-            LINE_NUMBER: pa.array(np.arange(first_line, first_line + n, dtype=np.int64)),
-            "line": lines.cast(pa.string()),
-        },
-        schema=LINES_SCHEMA,
-    )
-
-
-def iter_line_chunks(files: Sequence[Path], chunk_bytes: int = CHUNK_BYTES) -> Iterator[pa.Table]:
-    """Every line of the text files (gzip or plain) with its file and 1-based line number, in
-    chunks of whole lines of about ``chunk_bytes``, in file and line order.
-
-    A final newline does not make an extra line ("\\n" alone is one empty line), a trailing
-    carriage return is dropped, and bytes that are not UTF-8 are kept as U+FFFD so the line can
-    still be quarantined and inspected.
-    """
-    for path in files:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        next_line = 1
-        carry = b""
-        with opener(path, "rb") as fh:
-            while block := fh.read(chunk_bytes):
-                data = carry + block
-                cut = data.rfind(b"\n")
-                if cut < 0:  # no complete line yet
-                    carry = data
-                    continue
-                carry = data[cut + 1 :]
-                chunk = _lines_table(path, data[:cut], next_line)
-                next_line += chunk.num_rows
-                yield chunk
-        if carry:  # the last line has no newline
-            yield _lines_table(path, carry, next_line)
-
-
-def read_lines(files: Sequence[Path]) -> pa.Table:
-    """Every line of the files as one table (see :func:`iter_line_chunks`)."""
-    parts = list(iter_line_chunks(files))
-    return pa.concat_tables(parts) if parts else LINES_SCHEMA.empty_table()
-
-
-# --- Readers: a relation of (file, line, raw text, structural reason, tag and text per field) ----
-
-
-def _json_fields_sql(relation: str, spec: LogSpec) -> str:
-    """JSON lines: each line parsed once; ``t<i>`` is the JSON type of field i, ``s<i>`` its text."""
-    paths = ", ".join(sql_literal(f'$."{f.source}"') for f in spec.fields)
-    tags = ", ".join(
-        f"coalesce(json_type(v[{i}]), 'NULL') AS t{i}, v[{i}]->>'$' AS s{i}"
-        for i in range(1, len(spec.fields) + 1)
-    )
-    return f"""
-        WITH checked AS (
-            SELECT {SOURCE_FILE}, {LINE_NUMBER}, line, json_valid(line) AS is_valid FROM {relation}
-        ),
-        objects AS (
-            SELECT *, CASE WHEN is_valid THEN json_type(line) = 'OBJECT' ELSE false END AS is_object
-            FROM checked
-        ),
-        extracted AS (
-            SELECT *, CASE WHEN is_object THEN json_extract(line, [{paths}]) END AS v FROM objects
-        )
-        SELECT {SOURCE_FILE}, {LINE_NUMBER}, line AS raw_line,
-               CASE WHEN trim(line) = '' THEN 'empty_line'
-                    WHEN NOT is_valid THEN 'invalid_json'
-                    WHEN NOT is_object THEN 'not_an_object' END AS pre_reason,
-               {tags}
-        FROM extracted
-    """
-
-
-def _text_fields_table(
-    lines: pa.Table, values: Sequence[Sequence[str | None]], reasons: Sequence[str | None]
-) -> pa.Table:
-    """A reader's rows as the typing query's input: every value tagged TEXT (NULL when missing)."""
-    columns: dict[str, pa.Array] = {
-        SOURCE_FILE: lines.column(SOURCE_FILE).combine_chunks(),
-        LINE_NUMBER: lines.column(LINE_NUMBER).combine_chunks(),
-        "raw_line": lines.column("line").combine_chunks(),
-        "pre_reason": pa.array(reasons, pa.string()),
-    }
-    for i, column in enumerate(values, start=1):
-        text = pa.array(column, pa.string())
-        columns[f"t{i}"] = pc.if_else(pc.is_null(text), "NULL", "TEXT")
-        columns[f"s{i}"] = text
-    return pa.table(columns)
-
-
-def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
-    """CSV: each line is one record (quoted fields may hold commas, not newlines). An empty field
-    is null; a record with another number of fields than the header is quarantined."""
-    index = {name: i for i, name in enumerate(header)}
-    positions = [index.get(f.source) for f in spec.fields]
-    texts = lines.column("line").to_pylist()
-    values: list[list[str | None]] = [[] for _ in spec.fields]
-    reasons: list[str | None] = []
-    for record in csv.reader(texts):
-        if not record or (len(record) == 1 and not record[0].strip()):
-            reason = "empty_line"
-        elif len(record) != len(header):
-            reason = "bad_row:field_count"
-        else:
-            reason = None
-        reasons.append(reason)
-        for out, position in zip(values, positions, strict=True):
-            value = None if reason or position is None else record[position]
-            out.append(value if value else None)
-    return _text_fields_table(lines, values, reasons)
-
-
-def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[pa.Table]:
-    header: list[str] | None = None
-    for lines in iter_line_chunks([path], chunk_bytes):
-        if header is None:
-            header = next(csv.reader([lines.column("line")[0].as_py()]), [])
-            missing = [f.source for f in spec.fields if f.required and f.source not in header]
-            if missing:
-                raise ValueError(
-                    f"{path}: the CSV header lacks the contract's required field(s) "
-                    f"{', '.join(missing)} (header: {', '.join(header)})"
-                )
-            lines = lines.slice(1)
-        if lines.num_rows:
-            yield _csv_rows(lines, header, spec)
-
-
-def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[pa.Table]:
-    """Parquet: each row is one record, numbered from 1; every value is judged by the cast."""
-    parquet = pq.ParquetFile(path)
-    present = set(parquet.schema_arrow.names)
-    missing = [f.source for f in spec.fields if f.required and f.source not in present]
-    if missing:
-        raise ValueError(f"{path}: the Parquet file lacks the contract's required column(s) {missing}")
-    wanted = [f.source for f in spec.fields if f.source in present]
-    first = 1
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
-        table = pa.Table.from_batches([batch])
-        n = table.num_rows
-        raw = [json.dumps(row, default=str) for row in table.to_pylist()]
-        lines = pa.table(
-            {
-                SOURCE_FILE: pa.array([str(path)] * n, pa.string()),
-                LINE_NUMBER: pa.array(np.arange(first, first + n, dtype=np.int64)),
-                "line": pa.array(raw, pa.string()),
-            }
-        )
-        values = [
-            table.column(f.source).cast(pa.string()).to_pylist() if f.source in present else [None] * n
-            for f in spec.fields
-        ]
-        yield _text_fields_table(lines, values, [None] * n)
-        first += n
-
-
 # --- Typing and row rules (one query for every format) -----------------------------------------
 
 
-def _typed_sql(f: Field, i: int) -> str:
-    """The typed value of field ``i`` from its text ``s<i>`` (NULL when the cast fails)."""
+_INT_RANGE = "BETWEEN -2147483648 AND 2147483647"
+
+
+def _text_typed_sql(f: Field, i: int) -> str:
+    """The typed value of field ``i`` from its text ``s<i>`` (CSV, Parquet); NULL when the text
+    does not convert."""
     text = f"s{i}"
     if f.type == "string":
         return text
@@ -290,11 +114,7 @@ def _typed_sql(f: Field, i: int) -> str:
         return f"TRY_CAST({text} AS DOUBLE)"
     if f.type == "int":
         # DuckDB's cast rounds '1.5' to 2 and reads '0x10' as 16: only whole decimal numbers are ints
-        # (as in JSON lines, where 1.5 is a bad type)
-        whole = (
-            f"CASE WHEN regexp_full_match(trim({text}), '[+-]?[0-9]+') "
-            f"THEN TRY_CAST(trim({text}) AS INTEGER) END"
-        )
+        whole = f"CASE WHEN regexp_full_match(trim({text}), '[+-]?[0-9]+') THEN TRY_CAST(trim({text}) AS INTEGER) END"
         if f.column == LABEL:  # a label may be logged as a boolean
             return f"CASE lower({text}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
         return whole
@@ -308,23 +128,49 @@ def _typed_sql(f: Field, i: int) -> str:
     return f"CAST(try_strptime({text}, {sql_literal(fmt)}) AS TIMESTAMPTZ)"
 
 
-def _accepted_tags(f: Field) -> tuple[str, ...]:
-    if f.type == "timestamp" and f.format in ("epoch_s", "epoch_ms"):
-        return _EPOCH_TAGS
-    if f.column == LABEL:
-        return (*_ACCEPTED_TAGS["int"], "BOOLEAN")
-    return _ACCEPTED_TAGS[f.type]
+def _json_typed_sql(f: Field, i: int) -> str:
+    """The typed value of field ``i`` from the value ``json_transform`` gave it (``v<i>``, see
+    :func:`clickloop.readers.json_value_type`); NULL when it does not convert."""
+    value = f"v{i}"
+    if f.column == LABEL:  # a boolean, or a whole number (its range is the rules')
+        whole = f"CASE WHEN regexp_full_match({value}, '[+-]?[0-9]+') THEN TRY_CAST({value} AS INTEGER) END"
+        return f"CASE lower({value}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
+    if f.type == "int":  # a number with a fraction is not an int (it is not rounded)
+        return (
+            f"CASE WHEN {value} = floor({value}) AND {value} {_INT_RANGE} THEN CAST({value} AS INTEGER) END"
+        )
+    if f.type != "timestamp":
+        return value
+    fmt = f.format or "iso8601"
+    if fmt == "iso8601":
+        return value
+    if fmt == "epoch_s":
+        return f"to_timestamp({value})"
+    if fmt == "epoch_ms":
+        return f"to_timestamp({value} / 1000.0)"
+    return f"CAST(try_strptime({value}, {sql_literal(fmt)}) AS TIMESTAMPTZ)"
+
+
+def _present_sql(f: Field, i: int, kind: str) -> str:
+    """Whether field ``i`` holds a value (present and not null). For JSON, a value that did not
+    convert is NULL too: the line itself is asked, only then."""
+    if kind == "text":
+        return f"s{i} IS NOT NULL"
+    path = sql_literal(f'$."{f.source}"')
+    return (
+        f"CASE WHEN pre_reason IS NOT NULL THEN false WHEN v{i} IS NOT NULL THEN true "
+        f"ELSE coalesce(json_type(line, {path}), 'NULL') <> 'NULL' END"
+    )
 
 
 def _reason_sql(spec: LogSpec, window: TimeWindow | None, time_column: str) -> str:
-    """The first reason a row is refused, NULL when it is valid."""
+    """The first reason a row is refused, NULL when it is valid (``p<i>``: field i holds a value,
+    ``x<i>``: its typed value)."""
     rules = ["WHEN pre_reason IS NOT NULL THEN pre_reason"]
     for i, f in enumerate(spec.fields, start=1):
         if f.required:
-            rules.append(f"WHEN t{i} = 'NULL' THEN 'null:{f.column}'")
-        accepted = ", ".join(f"'{t}'" for t in _accepted_tags(f))
-        rules.append(f"WHEN t{i} NOT IN ('NULL', {accepted}) THEN 'bad_type:{f.column}'")
-        rules.append(f"WHEN t{i} <> 'NULL' AND x{i} IS NULL THEN 'bad_type:{f.column}'")
+            rules.append(f"WHEN NOT p{i} THEN 'null:{f.column}'")
+        rules.append(f"WHEN p{i} AND x{i} IS NULL THEN 'bad_type:{f.column}'")
     for i, f in enumerate(spec.fields, start=1):
         if (not_allowed := f.not_allowed_sql(f"x{i}")) is not None:
             rules.append(f"WHEN x{i} IS NOT NULL AND {not_allowed} THEN 'not_allowed:{f.column}'")
@@ -340,13 +186,20 @@ def _reason_sql(spec: LogSpec, window: TimeWindow | None, time_column: str) -> s
     return "CASE " + " ".join(rules) + " ELSE NULL END"
 
 
-def classify_sql(fields_sql: str, spec: LogSpec, window: TimeWindow | None, time_column: str) -> str:
+def classify_sql(
+    fields_sql: str, spec: LogSpec, window: TimeWindow | None, time_column: str, kind: str = "text"
+) -> str:
     """Every row of a reader's relation with its typed values ``x<i>`` and its reason."""
-    typed = ", ".join(f"{_typed_sql(f, i)} AS x{i}" for i, f in enumerate(spec.fields, start=1))
+    typed_sql = _json_typed_sql if kind == "json" else _text_typed_sql
+    typed = ", ".join(
+        f"{typed_sql(f, i)} AS x{i}, {_present_sql(f, i, kind)} AS p{i}"
+        for i, f in enumerate(spec.fields, start=1)
+    )
     return f"""
         WITH fields AS ({fields_sql}),
         typed AS (SELECT *, {typed} FROM fields)
-        SELECT {SOURCE_FILE}, {LINE_NUMBER}, raw_line, {", ".join(f"x{i}" for i in range(1, len(spec.fields) + 1))},
+        SELECT CAST({SOURCE_FILE} AS VARCHAR) AS {SOURCE_FILE}, {LINE_NUMBER},
+               {", ".join(f"x{i}" for i in range(1, len(spec.fields) + 1))},
                {_reason_sql(spec, window, time_column)} AS reason
         FROM typed
     """
@@ -356,32 +209,90 @@ def _output_type(f: Field) -> str:
     return "TINYINT" if f.column == LABEL else _SQL_TYPES[f.type]
 
 
-def _type_rows(
+def _typed_columns(spec: LogSpec) -> str:
+    return ", ".join(
+        f"CAST(x{i} AS {_output_type(f)}) AS {f.column}" for i, f in enumerate(spec.fields, start=1)
+    )
+
+
+def _chunk_sql(
+    fields_sql: str, spec: LogSpec, window: TimeWindow | None, time_column: str, kind: str = "text"
+) -> str:
+    """One chunk's rows: the typed columns, where each came from, and the reason it is refused."""
+    classified = classify_sql(fields_sql, spec, window, time_column, kind)
+    return (
+        f"SELECT {_typed_columns(spec)}, {SOURCE_FILE}, {LINE_NUMBER}, reason "
+        f"FROM ({classified}) ORDER BY {LINE_NUMBER}"
+    )
+
+
+def _raw_text(chunk: FieldChunk) -> pa.Array:
+    table = chunk.table
+    return table.column("line" if "line" in table.column_names else "raw_line").combine_chunks()
+
+
+def _type_chunk(
     con: duckdb.DuckDBPyConnection,
-    fields_sql: str,
+    chunk: FieldChunk,
     spec: LogSpec,
     window: TimeWindow | None,
     time_column: str,
 ) -> tuple[pa.Table, pa.Table]:
-    """(typed valid rows, quarantined rows with their reason) of a reader's relation."""
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE classified AS {classify_sql(fields_sql, spec, window, time_column)}"
-    )
+    """(valid rows, refused lines with their reason and raw text) of one chunk. The raw text is
+    taken from the chunk only for the refused lines (by their position in it)."""
+    view = f"ingest_chunk_{id(chunk):x}"
+    con.register(view, chunk.table)
     try:
-        columns = ", ".join(
-            f"CAST(x{i} AS {_output_type(f)}) AS {f.column}" for i, f in enumerate(spec.fields, start=1)
-        )
-        valid = con.sql(
-            f"SELECT {columns}, {SOURCE_FILE}, {LINE_NUMBER} FROM classified "
-            f"WHERE reason IS NULL ORDER BY {SOURCE_FILE}, {LINE_NUMBER}"
-        ).to_arrow_table()
-        quarantine = con.sql(
-            f"SELECT {SOURCE_FILE}, {LINE_NUMBER}, reason, raw_line FROM classified "
-            f"WHERE reason IS NOT NULL ORDER BY {SOURCE_FILE}, {LINE_NUMBER}"
+        rows = con.sql(
+            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind)
         ).to_arrow_table()
     finally:
-        con.execute("DROP TABLE IF EXISTS classified")
-    return normalise_timestamps(valid), quarantine.cast(QUARANTINE_SCHEMA)
+        con.unregister(view)
+    refused = pc.is_valid(rows.column("reason"))
+    valid = normalise_timestamps(rows.filter(pc.invert(refused)).drop_columns(["reason"]))
+    bad = rows.filter(refused)
+    if bad.num_rows:
+        numbers = chunk.table.column(LINE_NUMBER)
+        first = numbers[0].as_py() if len(numbers) else 0
+        raw = strip_terminators(_raw_text(chunk).take(pc.subtract(bad.column(LINE_NUMBER), first)))
+    else:
+        raw = pa.array([], pa.string())
+    quarantine = pa.table(
+        [bad.column(SOURCE_FILE), bad.column(LINE_NUMBER), bad.column("reason"), raw.cast(pa.string())],
+        schema=QUARANTINE_SCHEMA,
+    )
+    return valid, quarantine
+
+
+def _typed_parts(
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[Path],
+    spec: LogSpec,
+    window: TimeWindow | None,
+    time_column: str,
+    chunk_bytes: int,
+) -> Iterator[tuple[FieldChunk, pa.Table, pa.Table]]:
+    """Every chunk of the files, typed: (the chunk, its valid rows, its refused lines)."""
+    for path in files:
+        for chunk in field_chunks(path, spec, chunk_bytes):
+            yield chunk, *_type_chunk(con, chunk, spec, window, time_column)
+
+
+def _empty_valid(
+    con: duckdb.DuckDBPyConnection, spec: LogSpec, window: TimeWindow | None, time_column: str
+) -> pa.Table:
+    """No valid row, with the schema of the typed table."""
+    chunk = FieldChunk(empty_fields_table(spec), lambda view: f"SELECT * FROM {view}", 0)
+    return _type_chunk(con, chunk, spec, window, time_column)[0]
+
+
+def _parsed(
+    files: Sequence[Path], valid_rows: int, quarantine: list[pa.Table], lines: int, headers: int, kind: str
+) -> ParsedLogs:
+    table = pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table()
+    parsed = ParsedLogs(valid_rows, table, lines, [str(f) for f in files], headers)
+    parsed.check(kind)
+    return parsed
 
 
 def normalise_timestamps(table: pa.Table) -> pa.Table:
@@ -392,56 +303,6 @@ def normalise_timestamps(table: pa.Table) -> pa.Table:
     return table
 
 
-def parse_log_lines(
-    con: duckdb.DuckDBPyConnection,
-    lines: pa.Table,
-    spec: LogSpec,
-    window: TimeWindow | None = None,
-    time_column: str = "ts",
-) -> tuple[pa.Table, pa.Table]:
-    """Split JSON lines into (typed valid rows, quarantined rows with a reason)."""
-    view = f"log_lines_{id(lines):x}"
-    con.register(view, lines)
-    try:
-        return _type_rows(con, _json_fields_sql(view, spec), spec, window, time_column)
-    finally:
-        con.unregister(view)
-
-
-def _typed_chunks(
-    con: duckdb.DuckDBPyConnection,
-    path: Path,
-    spec: LogSpec,
-    window: TimeWindow | None,
-    time_column: str,
-    chunk_bytes: int,
-) -> Iterator[tuple[int, pa.Table, pa.Table]]:
-    """(lines read, valid, quarantine) per chunk of one file, by its format."""
-    fmt, _ = file_format(path)
-    if fmt == "jsonl":
-        for lines in iter_line_chunks([path], chunk_bytes):
-            valid, quarantine = parse_log_lines(con, lines, spec, window, time_column)
-            yield lines.num_rows, valid, quarantine
-        return
-    chunks = _csv_chunks(path, spec, chunk_bytes) if fmt == "csv" else _parquet_chunks(path, spec)
-    if fmt == "csv":
-        yield 1, *_empty(con, spec, window, time_column)  # the header line, neither valid nor bad
-    view = f"text_fields_{id(path):x}"
-    for table in chunks:
-        con.register(view, table)
-        try:
-            valid, quarantine = _type_rows(con, f"SELECT * FROM {view}", spec, window, time_column)
-        finally:
-            con.unregister(view)
-        yield table.num_rows, valid, quarantine
-
-
-def _empty(
-    con: duckdb.DuckDBPyConnection, spec: LogSpec, window: TimeWindow | None, time_column: str
-) -> tuple[pa.Table, pa.Table]:
-    return parse_log_lines(con, LINES_SCHEMA.empty_table(), spec, window, time_column)
-
-
 def parse_log_files(
     con: duckdb.DuckDBPyConnection,
     files: Sequence[Path],
@@ -450,28 +311,59 @@ def parse_log_files(
     time_column: str = "ts",
     chunk_bytes: int = CHUNK_BYTES,
 ) -> ParsedLogs:
-    """Read and type one partition's files, a chunk at a time; every line is valid, quarantined,
-    or a CSV file's header line (counted in ``lines_read``, in neither table)."""
-    valid_parts: list[pa.Table] = []
-    quarantine_parts: list[pa.Table] = []
-    lines_read = headers = 0
-    for path in files:
-        is_csv = file_format(path)[0] == "csv"
-        for index, (n, valid, quarantine) in enumerate(
-            _typed_chunks(con, path, spec, window, time_column, chunk_bytes)
-        ):
-            lines_read += n
-            headers += 1 if is_csv and index == 0 else 0
-            valid_parts.append(valid)
-            quarantine_parts.append(quarantine)
-    if not valid_parts:
-        valid, quarantine = _empty(con, spec, window, time_column)
-    else:
-        valid, quarantine = pa.concat_tables(valid_parts), pa.concat_tables(quarantine_parts)
-    parsed = ParsedLogs(valid, quarantine, lines_read, [str(f) for f in files], headers)
-    if valid.num_rows + quarantine.num_rows + headers != lines_read:  # the identity, enforced
-        raise AssertionError(
-            f"{spec.kind}: {lines_read} lines read but {valid.num_rows} valid + "
-            f"{quarantine.num_rows} quarantined + {headers} CSV header(s)"
-        )
+    """Read and type one partition's files, a chunk at a time, into memory: every line is valid,
+    quarantined, or a CSV file's header line. (The assets write straight to Parquet instead:
+    :func:`ingest_to_parquet`.)"""
+    valid: list[pa.Table] = []
+    quarantine: list[pa.Table] = []
+    lines = headers = 0
+    for chunk, good, bad in _typed_parts(con, files, spec, window, time_column, chunk_bytes):
+        valid.append(good)
+        quarantine.append(bad)
+        lines, headers = lines + chunk.lines, headers + chunk.header_lines
+    table = pa.concat_tables(valid) if valid else _empty_valid(con, spec, window, time_column)
+    parsed = _parsed(files, table.num_rows, quarantine, lines, headers, spec.kind)
+    parsed.valid = table
     return parsed
+
+
+def ingest_to_parquet(
+    con: duckdb.DuckDBPyConnection,
+    files: Sequence[Path],
+    spec: LogSpec,
+    target: Path,
+    window: TimeWindow | None = None,
+    time_column: str = "ts",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> ParsedLogs:
+    """Type one partition's files and stream its valid rows to ``target`` (a row group per chunk,
+    written to a temporary file renamed into place), holding one chunk at a time; returns the
+    counts and the quarantine."""
+    quarantine: list[pa.Table] = []
+    lines = headers = valid_rows = 0
+    tmp = atomic_path(target)
+    writer: pq.ParquetWriter | None = None
+    try:
+        for chunk, good, bad in _typed_parts(con, files, spec, window, time_column, chunk_bytes):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, good.schema, compression="zstd")
+            writer.write_table(good)
+            quarantine.append(bad)
+            lines, headers, valid_rows = (
+                lines + chunk.lines,
+                headers + chunk.header_lines,
+                valid_rows + good.num_rows,
+            )
+        if writer is None:
+            writer = pq.ParquetWriter(
+                tmp, _empty_valid(con, spec, window, time_column).schema, compression="zstd"
+            )
+        writer.close()
+        writer = None
+        parsed = _parsed(files, valid_rows, quarantine, lines, headers, spec.kind)
+        os.replace(tmp, target)
+        return parsed
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)

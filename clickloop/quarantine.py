@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 
 from clickloop.contract import TIME, LogSpec
-from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
+from clickloop.ingest import ParsedLogs, TimeWindow, ingest_to_parquet
 from clickloop.presentation import cell, markdown_table
 from clickloop.storage import Warehouse, parquet_sql
 
@@ -40,10 +40,10 @@ def ingest_day(
     warehouse: Warehouse, files: Sequence[Path], spec: LogSpec, table: str, day: date
 ) -> IngestedDay:
     """Parse one day of one log; write its typed rows and its quarantine atomically."""
-    with warehouse.duckdb() as con:
-        parsed = parse_log_files(con, files, spec, day_window(day), TIME)
     key = day.isoformat()
-    path = warehouse.write_partition(table, key, parsed.valid)
+    path = warehouse.partition_path(table, key)
+    with warehouse.duckdb() as con:
+        parsed = ingest_to_parquet(con, files, spec, path, day_window(day), TIME)
     quarantine_path = warehouse.write_quarantine(table, key, parsed.quarantine)
     return IngestedDay(parsed, path, quarantine_path)
 

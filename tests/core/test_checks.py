@@ -241,7 +241,7 @@ def test_a_few_bad_rows_are_quarantined_and_the_day_passes(tmp_path: Path) -> No
 
     assert quarantined == {"not_allowed:position": 5, "out_of_range:bid_cpc": 5, "outside_partition:ts": 5}
     assert quarantined == parsed.quarantined_by_reason
-    assert parsed.lines_read == 5000 == parsed.valid.num_rows + sum(quarantined.values())
+    assert parsed.lines_read == 5000 == parsed.valid_rows + sum(quarantined.values())
     assert outcome.success, outcome_markdown(outcome, observed)
     assert observed["rows"] == 4985
     # the hard contracts count zero on the typed rows: every bad row went to the quarantine
@@ -262,7 +262,7 @@ def test_a_share_of_one_reason_above_the_limit_fails_the_day(tmp_path: Path) -> 
     }
     lines = [log_line(i, **changes.get(i, {})) for i in range(200)]
     parsed, quarantined, outcome, observed = ingest_and_judge(tmp_path, lines)
-    assert quarantined == {"outside_partition:ts": 10} and parsed.valid.num_rows == 190
+    assert quarantined == {"outside_partition:ts": 10} and parsed.valid_rows == 190
     assert outcome.failed_names == ("quarantine_share:outside_partition:ts",)
     assert observed["quarantine_share:outside_partition:ts"] == pytest.approx(0.05)
     assert observed["outside_partition:ts"] == 0
@@ -274,7 +274,7 @@ def test_prices_logged_in_cents_fail_the_day(tmp_path: Path) -> None:
     lines = [log_line(i, bid_cpc=round((0.05 + (i * 37 % 100) / 40.0) * 100, 3)) for i in range(2000)]
     parsed, quarantined, outcome, observed = ingest_and_judge(tmp_path, lines)
     assert quarantined == {"out_of_range:bid_cpc": 1860}  # only 0.05 … 0.2 (×100 ≤ 20) stay in range
-    assert parsed.valid.num_rows == 140 and parsed.lines_read == 2000
+    assert parsed.valid_rows == 140 and parsed.lines_read == 2000
     assert outcome.failed_names == ("median_bid", "quarantine_share:out_of_range:bid_cpc")
     assert observed["median_bid"] == pytest.approx(12.5)
     assert observed["quarantine_share:out_of_range:bid_cpc"] == pytest.approx(0.93)

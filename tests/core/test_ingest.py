@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from clickloop.contract import LogSpec
 from clickloop.contract_file import load_contract
-from clickloop.ingest import ParsedLogs, TimeWindow, iter_line_chunks, parse_log_files, read_lines
+from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
+from clickloop.readers import iter_line_chunks, read_lines
 from clickloop.quarantine import day_window
 
 CONTRACT = load_contract()
@@ -79,8 +80,11 @@ CASES: list[tuple[str, str | None]] = [
     (variant(bid_cpc="0.4USD"), "bad_type:bid_cpc"),
     (variant(ts="yesterday"), "bad_type:ts"),
     (variant(ts=1727770502), "bad_type:ts"),
-    (variant(impression_id=12345), "bad_type:impression_id"),
-    (variant(os=7), "bad_type:os"),
+    # a value is converted where it can be: an id logged as a number is its text, a number logged
+    # as a string is the number (what does not convert is a bad type, above)
+    (variant(impression_id=12345), None),
+    (variant(os=7), None),
+    (variant(position="2", bid_cpc="0.5"), None),
     # row rules: the allowed slots, the price and prediction ranges, the day's own timestamps
     (variant(position=3), "not_allowed:position"),
     (variant(position=0), "not_allowed:position"),

@@ -1,0 +1,303 @@
+"""Reading log files, by format, into the relation the typing query reads.
+
+Each reader yields chunks; a chunk is a relation with ``source_file``, ``line_number``,
+``pre_reason`` (a structural reason, or NULL) and, per contract field ``i``, either a typed value
+``v<i>`` (JSON, with the raw ``line``) or the value as text ``s<i>`` (CSV, Parquet):
+
+* JSON lines (``.jsonl``/``.json``/``.ndjson``, gzip or not): read in chunks of whole lines of
+  about ``CHUNK_BYTES`` (the lines found with numpy over one buffer, no copy), each valid object
+  parsed once by DuckDB's ``json_transform`` straight into typed values;
+* CSV with a header line: each line is one record (quoted fields may hold commas, not newlines);
+  every value as text (the cast judges it);
+* Parquet: each row is one record, numbered from 1; every value as text.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
+from clickloop.landing import file_format
+
+#: Uncompressed bytes of log text typed at a time.
+CHUNK_BYTES = 64 * 1024 * 1024
+#: Rows of a Parquet log typed at a time.
+PARQUET_BATCH_ROWS = 1_000_000
+LINES_SCHEMA = pa.schema(
+    [
+        (SOURCE_FILE, pa.dictionary(pa.int32(), pa.string())),
+        (LINE_NUMBER, pa.int64()),
+        ("line", pa.large_string()),
+    ]
+)
+
+
+def _utf8(data: bytes) -> bytes:
+    """``data`` if it is valid UTF-8, else with every invalid byte replaced by U+FFFD (the line is
+    kept, so it can be quarantined and read)."""
+    try:
+        data.decode("utf-8")
+        return data
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace").encode("utf-8")
+
+
+def _file_column(path: Path, n: int) -> pa.Array:
+    """The file of ``n`` lines: one dictionary entry, not ``n`` strings."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([str(path)]))
+
+
+def _lines_table(path: Path, body: bytes, first_line: int, keep_terminators: bool) -> pa.Table:
+    """The lines of ``body`` (whole lines joined by newlines, no final newline), numbered from
+    ``first_line``. The newlines are found with numpy. With ``keep_terminators`` each line is a
+    view of the buffer that still ends with its newline (and carriage return): no copy is made;
+    otherwise the text is compacted once without them."""
+    data = _utf8(body)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    breaks = np.flatnonzero(raw == 10)
+    n = len(breaks) + 1
+    if keep_terminators:
+        offsets = np.concatenate([[0], breaks + 1, [len(raw)]]).astype(np.int64)
+        text = pa.py_buffer(data)
+    else:
+        starts = np.concatenate([[0], breaks + 1]).astype(np.int64)
+        ends = np.concatenate([breaks, [len(raw)]]).astype(np.int64)
+        carriage = (ends > starts) & (raw[np.maximum(ends - 1, 0)] == 13) if len(raw) else ends > starts
+        drop = np.zeros(len(raw), dtype=bool)
+        drop[breaks] = True
+        drop[ends[carriage] - 1] = True
+        offsets = np.concatenate([[0], np.cumsum(ends - starts - carriage)]).astype(np.int64)
+        text = pa.py_buffer(raw[~drop])
+    lines = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offsets), text])
+    return pa.table(
+        {
+            SOURCE_FILE: _file_column(path, n),
+            LINE_NUMBER: pa.array(np.arange(first_line, first_line + n, dtype=np.int64)),
+            "line": lines,
+        }
+    )
+
+
+def strip_terminators(lines: pa.Array) -> pa.Array:
+    """Lines without the newline (and carriage return) they end with."""
+    return pc.replace_substring_regex(lines, "\r?\n$", "")
+
+
+def iter_line_chunks(
+    files: Sequence[Path], chunk_bytes: int = CHUNK_BYTES, keep_terminators: bool = False
+) -> Iterator[pa.Table]:
+    """Every line of the text files (gzip or plain) with its file and 1-based line number, in
+    chunks of whole lines of about ``chunk_bytes``, in file and line order.
+
+    A final newline does not make an extra line ("\n" alone is one empty line), a trailing
+    carriage return is dropped (both are kept at the end of each line with ``keep_terminators``,
+    which saves a copy of the text), and bytes that are not UTF-8 are kept as U+FFFD so the line
+    can still be quarantined and inspected.
+    """
+    for path in files:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        next_line = 1
+        carry = b""
+        with opener(path, "rb") as fh:
+            while block := fh.read(chunk_bytes):
+                data = carry + block
+                cut = data.rfind(b"\n")
+                if cut < 0:  # no complete line yet
+                    carry = data
+                    continue
+                carry = data[cut + 1 :]
+                body = data[: cut + 1] if keep_terminators else data[:cut]
+                chunk = _lines_table(path, body, next_line, keep_terminators)
+                if keep_terminators:  # the final newline of the body makes no extra line
+                    chunk = chunk.slice(0, chunk.num_rows - 1)
+                next_line += chunk.num_rows
+                yield chunk
+        if carry:  # the last line has no newline
+            yield _lines_table(path, carry, next_line, keep_terminators)
+
+
+def read_lines(files: Sequence[Path]) -> pa.Table:
+    """Every line of the files as one table (see :func:`iter_line_chunks`)."""
+    parts = list(iter_line_chunks(files))
+    return pa.concat_tables(parts) if parts else LINES_SCHEMA.empty_table()
+
+
+# --- Readers: a relation of (file, line, raw text, structural reason, tag and text per field) ----
+
+
+#: What JSON's ``json_transform`` turns each field type into (ints via DOUBLE, so that 1.5 is seen as
+#: not whole instead of being rounded; timestamps in another format than ISO are converted later).
+_JSON_TYPES = {"string": "VARCHAR", "int": "DOUBLE", "float": "DOUBLE"}
+
+
+def json_value_type(f: Field) -> str:
+    """The type ``json_transform`` reads field ``f`` as (NULL where a value does not convert)."""
+    if f.column == LABEL:
+        return "VARCHAR"  # 1, true, "1", "true": judged by the typing
+    if f.type == "timestamp":
+        fmt = f.format or "iso8601"
+        return "TIMESTAMPTZ" if fmt == "iso8601" else "DOUBLE" if fmt.startswith("epoch") else "VARCHAR"
+    return _JSON_TYPES[f.type]
+
+
+def _json_fields_sql(relation: str, spec: LogSpec) -> str:
+    """JSON lines: each valid object parsed once, by ``json_transform`` straight into a typed value
+    per field (``v<i>``, NULL when missing, null or not convertible)."""
+    structure = sql_literal(json.dumps({f.source: json_value_type(f) for f in spec.fields}))
+    values = ", ".join(f"o.{_quoted(f.source)} AS v{i}" for i, f in enumerate(spec.fields, start=1))
+    return f"""
+        WITH checked AS (
+            SELECT {SOURCE_FILE}, {LINE_NUMBER}, line, json_valid(line) AS is_valid FROM {relation}
+        ),
+        objects AS (
+            SELECT *, is_valid AND starts_with(ltrim(line), '{{') AS is_object FROM checked
+        ),
+        parsed AS (
+            SELECT *, CASE WHEN is_object THEN json_transform(line, {structure}) END AS o FROM objects
+        )
+        SELECT {SOURCE_FILE}, {LINE_NUMBER}, line,
+               CASE WHEN trim(line, chr(32) || chr(9) || chr(13) || chr(10)) = '' THEN 'empty_line'
+                    WHEN NOT is_valid THEN 'invalid_json'
+                    WHEN NOT is_object THEN 'not_an_object' END AS pre_reason,
+               {values}
+        FROM parsed
+    """
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _text_fields_table(
+    lines: pa.Table, values: Sequence[Sequence[str | None]], reasons: Sequence[str | None]
+) -> pa.Table:
+    """A reader's rows as the typing query's input: every value as text (NULL when missing)."""
+    columns: dict[str, pa.Array] = {
+        SOURCE_FILE: lines.column(SOURCE_FILE).combine_chunks(),
+        LINE_NUMBER: lines.column(LINE_NUMBER).combine_chunks(),
+        "raw_line": lines.column("line").combine_chunks(),
+        "pre_reason": pa.array(reasons, pa.string()),
+    }
+    for i, column in enumerate(values, start=1):
+        columns[f"s{i}"] = pa.array(column, pa.string())
+    return pa.table(columns)
+
+
+def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
+    """CSV: each line is one record (quoted fields may hold commas, not newlines). An empty field
+    is null; a record with another number of fields than the header is quarantined."""
+    index = {name: i for i, name in enumerate(header)}
+    positions = [index.get(f.source) for f in spec.fields]
+    texts = lines.column("line").to_pylist()
+    values: list[list[str | None]] = [[] for _ in spec.fields]
+    reasons: list[str | None] = []
+    for record in csv.reader(texts):
+        if not record or (len(record) == 1 and not record[0].strip()):
+            reason = "empty_line"
+        elif len(record) != len(header):
+            reason = "bad_row:field_count"
+        else:
+            reason = None
+        reasons.append(reason)
+        for out, position in zip(values, positions, strict=True):
+            value = None if reason or position is None else record[position]
+            out.append(value if value else None)
+    return _text_fields_table(lines, values, reasons)
+
+
+def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[tuple[pa.Table, int]]:
+    """(records of a chunk of lines, header lines in it) of a CSV file."""
+    header: list[str] | None = None
+    for lines in iter_line_chunks([path], chunk_bytes):
+        headers = 0
+        if header is None:
+            header = next(csv.reader([lines.column("line")[0].as_py()]), [])
+            missing = [f.source for f in spec.fields if f.required and f.source not in header]
+            if missing:
+                raise ValueError(
+                    f"{path}: the CSV header lacks the contract's required field(s) "
+                    f"{', '.join(missing)} (header: {', '.join(header)})"
+                )
+            lines, headers = lines.slice(1), 1
+        yield _csv_rows(lines, header, spec), headers
+
+
+def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[pa.Table]:
+    """Parquet: each row is one record, numbered from 1; every value is judged by the cast."""
+    parquet = pq.ParquetFile(path)
+    present = set(parquet.schema_arrow.names)
+    missing = [f.source for f in spec.fields if f.required and f.source not in present]
+    if missing:
+        raise ValueError(f"{path}: the Parquet file lacks the contract's required column(s) {missing}")
+    wanted = [f.source for f in spec.fields if f.source in present]
+    first = 1
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+        table = pa.Table.from_batches([batch])
+        n = table.num_rows
+        raw = [json.dumps(row, default=str) for row in table.to_pylist()]
+        lines = pa.table(
+            {
+                SOURCE_FILE: pa.array([str(path)] * n, pa.string()),
+                LINE_NUMBER: pa.array(np.arange(first, first + n, dtype=np.int64)),
+                "line": pa.array(raw, pa.string()),
+            }
+        )
+        values = [
+            table.column(f.source).cast(pa.string()).to_pylist() if f.source in present else [None] * n
+            for f in spec.fields
+        ]
+        yield _text_fields_table(lines, values, [None] * n)
+        first += n
+
+
+# --- Typing and row rules (one query for every format) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldChunk:
+    """One chunk of a file as the typing query reads it: an Arrow table to register and the SQL of
+    the fields relation over it; ``lines`` counts the lines it stands for (a CSV header too)."""
+
+    table: pa.Table
+    fields_sql: Callable[[str], str]
+    lines: int
+    header_lines: int = 0
+    #: "json" (typed values ``v<i>`` and the raw ``line``) or "text" (texts ``s<i>``)
+    kind: str = "text"
+
+
+def field_chunks(path: Path, spec: LogSpec, chunk_bytes: int = CHUNK_BYTES) -> Iterator[FieldChunk]:
+    """The chunks of one log file, by its format (see the module docstring)."""
+    fmt, _ = file_format(path)
+    if fmt == "jsonl":
+        for lines in iter_line_chunks([path], chunk_bytes, keep_terminators=True):
+            yield FieldChunk(lines, lambda view: _json_fields_sql(view, spec), lines.num_rows, kind="json")
+        return
+    if fmt == "csv":
+        for table, headers in _csv_chunks(path, spec, chunk_bytes):
+            yield FieldChunk(table, lambda view: f"SELECT * FROM {view}", table.num_rows + headers, headers)
+        return
+    for table in _parquet_chunks(path, spec):
+        yield FieldChunk(table, lambda view: f"SELECT * FROM {view}", table.num_rows)
+
+
+def empty_fields_table(spec: LogSpec) -> pa.Table:
+    """A fields relation with no row (the typing query's schema for a day without lines)."""
+    empty = pa.table(
+        {
+            SOURCE_FILE: pa.array([], pa.string()),
+            LINE_NUMBER: pa.array([], pa.int64()),
+            "line": pa.array([], pa.string()),
+        }
+    )
+    return _text_fields_table(empty, [[] for _ in spec.fields], [])
