@@ -56,14 +56,14 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         done = ingest_day(warehouse.get(), files, spec, name, day)
         parsed = done.parsed
         context.log.info(
-            f"{kind} {day}: {parsed.lines_read:,} lines = {parsed.valid.num_rows:,} valid + "
+            f"{kind} {day}: {parsed.lines_read:,} lines = {parsed.valid_rows:,} valid + "
             f"{parsed.quarantine.num_rows:,} quarantined {parsed.quarantined_by_reason}"
         )
         return MaterializeResult(
             metadata={
-                "dagster/row_count": parsed.valid.num_rows,
+                "dagster/row_count": parsed.valid_rows,
                 "lines_read": parsed.lines_read,
-                "valid_rows": parsed.valid.num_rows,
+                "valid_rows": parsed.valid_rows,
                 "quarantined_rows": parsed.quarantine.num_rows,
                 "header_lines": parsed.header_lines,
                 "quarantined_by_reason": MetadataValue.md(reasons_markdown(parsed.quarantined_by_reason)),

@@ -121,7 +121,7 @@ def ingest_days(
         done = ingest_day(warehouse, files, contract.log(kind), RAW_TABLES[kind], ctx.day(offset))
         counts[kind] = {
             "lines": done.parsed.lines_read,
-            "valid": done.parsed.valid.num_rows,
+            "valid": done.parsed.valid_rows,
             "quarantined": done.parsed.quarantine.num_rows,
         }
         del done

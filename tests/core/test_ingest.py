@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from clickloop.contract import LogSpec
 from clickloop.contract_file import load_contract
 from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
-from clickloop.readers import iter_line_chunks, read_lines
 from clickloop.quarantine import day_window
+from clickloop.readers import iter_line_chunks, read_lines
 
 CONTRACT = load_contract()
 IMPRESSIONS = CONTRACT.impressions
