@@ -77,23 +77,22 @@ def _latency_facts(first: float, seconds: Sequence[float], predictions: Any) -> 
 
 def scoring_ours(ctx: Ctx) -> dict[str, object]:
     """``ChampionPolicy.predict_ctr`` of one request's candidates (built untimed, in this child):
-    DuckDB feature lookups against ``feature_stats`` (the training features' SQL), the model frame
-    pinned to the model's categories, in-place prediction, the downsampling correction. The model
-    is the training step's; one untimed warm-up call, then :data:`SCORING_REPS` timed calls.
+    the served day's statistics read once into lookups (in the warm-up call), features looked up per
+    candidate, the model frame pinned to the model's categories, in-place prediction, the
+    downsampling correction. The model is the training step's; one untimed warm-up call, then
+    :data:`SCORING_REPS` timed calls.
     Afterwards (untimed) the model frame ``predict_ctr`` builds is left for the floor."""
     import numpy as np
 
-    from clickloop.features import candidate_features
+    from clickloop.lookup import StatsLookup
     from clickloop.model import (
         correct_downsampled,
         downsampling_rate_of,
         load_booster,
         model_categories,
-        model_features,
-        to_model_frame,
+        model_frame_for,
     )
-    from clickloop.ranking import ChampionPolicy, candidates_table
-    from clickloop.storage import connect
+    from clickloop.ranking import ChampionPolicy
 
     spec = feature_spec()
     stats = ctx.table_path(FEATURE_STATS)
@@ -107,20 +106,15 @@ def scoring_ours(ctx: Ctx) -> dict[str, object]:
     ctx.report_seconds(facts["median_s"])  # type: ignore[arg-type]
     # one more call, untimed, stage by stage (where the time goes), as predict_ctr does it
     stages: dict[str, float] = {}
-    with connect() as con:  # as ChampionPolicy.predict_ctr connects: clickloop.storage's defaults
-        ((threads,),) = con.execute("SELECT current_setting('threads')").fetchall()
-        start = time.perf_counter()
-        table = candidates_table(candidates, spec.input_columns)
-        stages["to_arrow"] = time.perf_counter() - start
-        start = time.perf_counter()
-        features = candidate_features(con, spec, table, stats)
-        stages["duckdb_features"] = time.perf_counter() - start
     start = time.perf_counter()
-    names, categorical = model_features(booster)
-    categories = model_categories(booster) or None
-    stages["model_categories"] = time.perf_counter() - start
+    lookup = StatsLookup(stats, spec)
+    categories = model_categories(booster)
+    stages["read_statistics_once"] = time.perf_counter() - start
     start = time.perf_counter()
-    frame = to_model_frame(features, names, categorical, categories)
+    features = lookup.features(candidates, spec.reference_position)
+    stages["lookup_features"] = time.perf_counter() - start
+    start = time.perf_counter()
+    frame = model_frame_for(booster, features, categories)
     stages["model_frame"] = time.perf_counter() - start
     start = time.perf_counter()
     raw = booster.inplace_predict(frame)
@@ -132,7 +126,6 @@ def scoring_ours(ctx: Ctx) -> dict[str, object]:
     return {
         **facts,
         "candidates": len(candidates),
-        "duckdb_threads": int(threads),
         "stages_s": stages,
     }
 

@@ -41,7 +41,7 @@ def correct_downsampled(q: np.ndarray | float, rate: float) -> np.ndarray:
 
 
 def to_model_frame(
-    table: pa.Table,
+    table: pa.Table | Mapping[str, np.ndarray | pd.Series],
     columns: Sequence[str],
     categorical: Sequence[str],
     categories: Mapping[str, Sequence[str]] | None = None,
@@ -57,15 +57,19 @@ def to_model_frame(
     learned default branch. XGBoost also refuses a categorical column with no category at all
     (every value null and no ``categories``): a ValueError here.
     """
-    require_columns(table.column_names, columns, "the features table")
+    names = table.column_names if isinstance(table, pa.Table) else list(table)
+    require_columns(names, columns, "the features table")
     if categories is not None:
         require_columns(list(categories), categorical, "the model's categories")
     data: dict[str, pd.Series] = {}
     for name in columns:
-        values = table.column(name).to_pandas()
+        values = _as_series(table, name)
         if name in categorical:
             known = None if categories is None else list(categories[name])
-            column = pd.Categorical(values, categories=known)
+            if isinstance(values.dtype, pd.CategoricalDtype) and known is not None:
+                column = values.cat.set_categories(known).array
+            else:
+                column = pd.Categorical(values, categories=known)
             if len(column.categories) == 0:
                 raise ValueError(
                     f"categorical feature {name!r} has no value: XGBoost cannot take a categorical "
@@ -75,6 +79,16 @@ def to_model_frame(
         else:
             data[name] = values.astype("float32")
     return pd.DataFrame(data)
+
+
+def _as_series(table: pa.Table | Mapping[str, np.ndarray | pd.Series], name: str) -> pd.Series:
+    """One column as a pandas Series on a fresh 0..n-1 index (so columns of any origin align)."""
+    if isinstance(table, pa.Table):
+        return table.column(name).to_pandas()
+    values = table[name]
+    if isinstance(values, pd.Series):
+        return values.reset_index(drop=True)
+    return pd.Series(values)
 
 
 def model_categories(booster: xgb.Booster) -> dict[str, list[str]]:
@@ -113,17 +127,28 @@ def downsampling_rate_of(booster: xgb.Booster) -> float:
     return 1.0 if value is None else float(value)
 
 
-def model_frame_for(booster: xgb.Booster, table: pa.Table) -> pd.DataFrame:
-    """The frame a booster scores, pinned to its categories (unseen ones become missing)."""
+def model_frame_for(
+    booster: xgb.Booster,
+    table: pa.Table | Mapping[str, np.ndarray | pd.Series],
+    categories: Mapping[str, Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """The frame a booster scores, pinned to its categories (unseen ones become missing);
+    ``categories``: the booster's own, when a caller already read them."""
     names, categorical = model_features(booster)
-    return to_model_frame(table, names, categorical, model_categories(booster) or None)
+    known = categories if categories is not None else model_categories(booster)
+    return to_model_frame(table, names, categorical, known or None)
+
+
+def predict_frame(booster: xgb.Booster, frame: pd.DataFrame) -> np.ndarray:
+    """Click probabilities on real traffic of a model frame, corrected for the model's negative
+    downsampling."""
+    raw = booster.inplace_predict(frame)
+    return correct_downsampled(np.asarray(raw, dtype=np.float64), downsampling_rate_of(booster))
 
 
 def predict_ctr(booster: xgb.Booster, table: pa.Table) -> np.ndarray:
-    """Click probabilities on real traffic for rows of a features table, corrected for the
-    model's negative downsampling."""
-    raw = booster.inplace_predict(model_frame_for(booster, table))
-    return correct_downsampled(np.asarray(raw, dtype=np.float64), downsampling_rate_of(booster))
+    """Click probabilities on real traffic for rows of a features table."""
+    return predict_frame(booster, model_frame_for(booster, table))
 
 
 # --- The latest trained model ---------------------------------------------------------------------

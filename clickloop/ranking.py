@@ -2,9 +2,11 @@
 
 Ranking happens before an ad's slot is known, so every candidate is scored at the contract's
 reference position whatever column a caller passes; the logged position of an impression never
-reaches the ranking. Candidate features come from the same SQL as the training rows
-(:func:`clickloop.features.candidate_features`) over the statistics of the served day, so there is
-no train/serve skew; all candidates of a chunk of requests are scored in one in-place prediction.
+reaches the ranking. Candidate features are the training features over the statistics of the served
+day, read once per policy into per-entity lookups (:class:`clickloop.lookup.StatsLookup`, tested to
+give the same numbers as the training SQL, :func:`clickloop.features.candidate_features`), so there
+is no train/serve skew and no query per request; all candidates of a chunk of requests are scored in
+one in-place prediction.
 The server ranks by predicted CTR × bid (expected revenue), or by predicted CTR where logs have no
 price.
 """
@@ -12,32 +14,19 @@ price.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import xgboost as xgb
 
-from clickloop.contract import require_columns
-from clickloop.features import FeatureSpec, candidate_features
-from clickloop.model import predict_ctr, served_version
-from clickloop.storage import connect
+from clickloop.features import FeatureSpec
+from clickloop.lookup import StatsLookup
+from clickloop.model import model_categories, model_frame_for, predict_frame, served_version
 
 #: The statistics a policy serving day D uses: the newest ``feature_stats`` partition on or before D.
 STATS_TABLE = "feature_stats"
-
-
-def candidates_table(candidates: pd.DataFrame, columns: tuple[str, ...]) -> pa.Table:
-    """The serving inputs of a candidate frame as plain Arrow columns (categoricals as strings)."""
-    require_columns(list(candidates.columns), columns, "the candidate frame")
-    arrays = {}
-    for name in columns:
-        array = pa.array(candidates[name], from_pandas=True)
-        if pa.types.is_dictionary(array.type):
-            array = array.cast(array.type.value_type)
-        arrays[name] = array
-    return pa.table(arrays)
 
 
 @dataclass(frozen=True)
@@ -53,12 +42,19 @@ class ChampionPolicy:
     def version(self) -> str:
         return served_version(self.model_version)
 
+    @cached_property
+    def lookup(self) -> StatsLookup:
+        """The served day's statistics, read once."""
+        return StatsLookup(self.stats_path, self.spec)
+
+    @cached_property
+    def categories(self) -> dict[str, list[str]]:
+        return model_categories(self.booster)
+
     def predict_ctr(self, candidates: pd.DataFrame) -> np.ndarray:
         """Calibrated click probability of each candidate at the reference position."""
-        with connect() as con:
-            table = candidates_table(candidates, self.spec.input_columns)
-            features = candidate_features(con, self.spec, table, self.stats_path)
-        return predict_ctr(self.booster, features)
+        features = self.lookup.features(candidates, self.spec.reference_position)
+        return predict_frame(self.booster, model_frame_for(self.booster, features, self.categories))
 
 
 def serving_stats_key(day: str, available: list[str]) -> str | None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,6 +34,7 @@ from clickloop.features import (
     features_summary,
     read_prior,
 )
+from clickloop.lookup import StatsLookup
 from clickloop.storage import Warehouse
 from tests.core.synthetic import (
     CONTRACT,
@@ -363,6 +365,49 @@ def test_serving_candidates_get_the_training_features(ten_days: Warehouse) -> No
         {c: relogged_rows[i][c] for c in SPEC.columns} == {c: r[c] for c in SPEC.columns}
         for i, r in train_rows.items()
     )
+
+
+def test_serving_lookups_give_the_sql_features(ten_days: Warehouse) -> None:
+    """The ranking's per-entity lookups and the training SQL agree on every feature, with NULL keys
+    (a site without category, no country), keys never seen (a new ad, user, site, category), the
+    pair entity, categorical or text input, and any row order."""
+    wh = ten_days
+    compute(wh, D)
+    stats = wh.partition_path("feature_stats", D)
+    events = pq.read_table(wh.partition_path("ad_events", D)).drop_columns(["position", "clicked"])
+    frame = events.to_pandas()
+    novel = frame.head(6).assign(
+        ad_id=["a99", "a1", "a99", "a2", None, "a3"],
+        user_id=["u-new", "u1", None, "u2", "u3", "u4"],
+        site_id=["s1", "s-new", "s2", None, "s3", "s0"],
+        site_category=["news", "casino", None, "games", None, "news"],
+        advertiser_id=["adv9", "adv1", None, "adv0", "adv2", "adv1"],
+    )
+    candidates = pd.concat([frame.iloc[::-1], novel], ignore_index=True)
+    categorical = candidates.assign(**{c: candidates[c].astype("category") for c in SPEC.categorical})
+    with wh.duckdb() as con:
+        expected = candidate_features(
+            con, SPEC, pa.Table.from_pandas(candidates, preserve_index=False), stats
+        )
+    expected_frame = expected.select(list(SPEC.columns)).to_pandas()
+    lookup = StatsLookup(stats, SPEC)
+    assert lookup.tables["ad"].impressions.sum() > 0 and lookup.tables["ad_site_category"].keys[1].size
+    for given in (candidates, categorical):
+        got = lookup.features(given, CONTRACT.reference_position)
+        for name in SPEC.columns:
+            left = pd.Series(got[name]).reset_index(drop=True)
+            if name in SPEC.categorical:
+                pd.testing.assert_series_equal(
+                    left.astype(object), expected_frame[name].astype(object), check_names=False
+                )
+            else:
+                np.testing.assert_allclose(left.to_numpy(float), expected_frame[name].to_numpy(float))
+    got = lookup.features(candidates, CONTRACT.reference_position)
+    tail = len(frame)
+    assert got["hist_ad_impressions"][tail] == 0 and got["hist_ad_ctr"][tail] == lookup.prior  # a99
+    assert got["hist_ad_impressions"][tail + 4] == 0  # a NULL ad id matches no history
+    assert got["hist_ad_site_category_impressions"][tail + 1] == 0  # a known ad on a new category
+    assert got[USER_ACTIVITY][tail] == 0
 
 
 def test_missing_input_columns_are_named(ten_days: Warehouse) -> None:

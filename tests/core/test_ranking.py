@@ -15,7 +15,7 @@ import xgboost as xgb
 from clickloop.contract import LABEL, POSITION
 from clickloop.features import add_features, build_feature_stats
 from clickloop.model import predict_ctr, to_model_frame
-from clickloop.ranking import ChampionPolicy, candidates_table, serving_stats_key
+from clickloop.ranking import ChampionPolicy, serving_stats_key
 from clickloop.simulator import World, simulate_day
 from tests.core.synthetic import CONTRACT, SPEC
 
@@ -105,16 +105,6 @@ def test_the_champion_serves_the_ad_server(champion) -> None:
         index="request_id", columns="position", values="value"
     )
     assert (by_request[1] >= by_request[2] - 1e-12).all()
-
-
-def test_candidates_become_plain_arrow_columns() -> None:
-    frame = pd.DataFrame({"device_type": pd.Categorical(["mobile", "tv"]), "hour": [1, 2], "extra": [0, 0]})
-    table = candidates_table(frame, ("device_type", "hour"))
-    assert table.column_names == ["device_type", "hour"]
-    assert table.schema.field("device_type").type == pa.string()
-    assert table.column("device_type").to_pylist() == ["mobile", "tv"]
-    with pytest.raises(ValueError, match="the candidate frame lack.*country"):
-        candidates_table(frame, ("device_type", "country"))
 
 
 def test_the_served_day_uses_the_freshest_statistics_it_has() -> None:
