@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import xgboost as xgb
 
 from clickloop.contract import LABEL
+from clickloop.faults import fault_point
 from clickloop.features import FeatureSpec
 from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
@@ -333,4 +334,5 @@ def fit_ctr_model(
         )
     search_seconds = time.perf_counter() - start
     final = train_booster(matrices, best, params.num_boost_round, params.early_stopping_rounds)
+    fault_point("training.fitted")
     return FitResult(final, trials, search_seconds, train_data.rows, valid_data.rows)
