@@ -1,6 +1,6 @@
 """Fault injection for the kill tests: a process kills itself with SIGKILL at a named point.
 
-Inert unless ``CLICKLOOP_FAULT_POINT`` is set. Its value is ``<point>[:<hit>]``: the process
+Inert unless ``CLICKLOOP_FAULT_POINT`` (or ``CLICKLOOP_FAULT_TRACE``) is set. Its value is ``<point>[:<hit>]``: the process
 sends itself SIGKILL the ``hit``-th time (default: the first) it passes :func:`fault_point` with
 that name. SIGKILL cannot be caught: no ``finally`` block, no ``atexit`` handler, no flush runs,
 exactly as when the kernel's OOM killer or a lost machine ends a run.
@@ -31,6 +31,8 @@ from collections import Counter
 
 #: The environment variable naming the point (and the hit) at which this process dies.
 FAULT_POINT_ENV = "CLICKLOOP_FAULT_POINT"
+#: A file every point passed is appended to (one name a line), to plan kills from a clean run.
+FAULT_TRACE_ENV = "CLICKLOOP_FAULT_TRACE"
 #: Every point the code passes (see the table above).
 FAULT_POINTS = (
     "write.before_rename",
@@ -64,6 +66,10 @@ def parse_fault(value: str) -> tuple[str, int]:
 
 def fault_point(name: str) -> None:
     """Pass the point ``name``: SIGKILL this process if the environment asks for this hit of it."""
+    trace = os.environ.get(FAULT_TRACE_ENV)
+    if trace:
+        with open(trace, "a") as handle:
+            handle.write(name + "\n")
     wanted = os.environ.get(FAULT_POINT_ENV)
     if not wanted:
         return
