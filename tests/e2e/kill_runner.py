@@ -11,6 +11,7 @@ OpenMP pool, DuckDB's threads and gRPC start in the children).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -85,24 +86,53 @@ def _child(request: Mapping[str, Any]) -> int:
         instance.dispose()
 
 
-def serve() -> None:
-    """The warm process: fork a child per request line, answer how it ended."""
-    import pipelines.definitions  # noqa: F401  (the imports every child needs, done once)
+def _warm_up(data_dir: str) -> None:
+    """What every child would otherwise do again: the imports, the simulated world."""
+    import mlflow.xgboost  # noqa: F401
+
+    import pipelines.definitions
     import resources.tracking  # noqa: F401
 
+    resources = pipelines.definitions.build_resources(settings_for(data_dir))
+    resources["log_source"].world()
+
+
+def _learn_imports(path: Path) -> None:
+    """Import what a child imported during its run (it wrote the names to ``path``), so the next
+    children start warm. Importing starts no thread; a module that fails to import is skipped."""
+    if not path.exists():
+        return
+    for name in path.read_text().split():
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 (a private module that only imports in context)
+                pass
+    path.unlink()
+
+
+def serve() -> None:
+    """The warm process: fork a child per request line, answer how it ended."""
+    warm = False
     protocol = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)
+        if not warm:
+            _warm_up(request["data_dir"])
+            warm = True
+        imported = Path(request["log"]).with_suffix(".modules")
         log = open(request["log"], "ab")  # noqa: SIM115 (handed to the child)
         pid = os.fork()
         if pid == 0:  # the run: its output goes to its log
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
+            before = set(sys.modules)
             try:
                 code = _child(request)
             except BaseException:
                 traceback.print_exc()
                 code = 2
+            imported.write_text("\n".join(sorted(set(sys.modules) - before)))
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
@@ -110,6 +140,7 @@ def serve() -> None:
         forked = time.perf_counter()
         _, status = os.waitpid(pid, 0)
         print(f"child {pid} took {time.perf_counter() - forked:.2f}s", file=sys.stderr, flush=True)
+        _learn_imports(imported)
         answer = {
             "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
             "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
