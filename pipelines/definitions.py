@@ -14,6 +14,7 @@ from assets import loop_assets
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
 from pipelines.jobs import build_jobs
+from pipelines.redelivery import redelivery_sensors
 from pipelines.schedules import build_schedules
 from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
@@ -67,7 +68,11 @@ def build_defs(settings: Settings) -> Definitions:
         asset_checks=checks,
         jobs=jobs.all(),
         schedules=build_schedules(jobs),
-        sensors=[*chain_sensors(calendar, jobs), *retraining_sensors(calendar, contract, jobs.training)],
+        sensors=[
+            *chain_sensors(calendar, jobs),
+            *retraining_sensors(calendar, contract, jobs.training),
+            *redelivery_sensors(calendar, contract, jobs),
+        ],
         resources=build_resources(settings),
         # None: Dagster's default executor (multiprocess; run config may still pick in_process)
         executor=in_process_executor if settings.executor == "in_process" else None,
