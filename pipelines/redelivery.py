@@ -120,7 +120,11 @@ def redelivery_sensors(calendar: Calendar, contract: LogContract, jobs: LoopJobs
     )
     def _redelivery(context: SensorEvaluationContext, log_source: LogSource) -> list[RunRequest] | SkipReason:
         redeliveries, missing = find_redeliveries(context.instance, log_source, contract)
-        note = f" ({len(missing)} ingested day(s) have no files now: {'; '.join(missing[:3])})" if missing else ""
+        note = (
+            f" ({len(missing)} ingested day(s) have no files now: {'; '.join(missing[:3])})"
+            if missing
+            else ""
+        )
         if not redeliveries:
             return SkipReason(f"every ingested day's delivery is unchanged{note}")
         for r in redeliveries:
@@ -145,9 +149,10 @@ def redelivery_sensors(calendar: Calendar, contract: LogContract, jobs: LoopJobs
         if not days:
             return SkipReason(f"no events built on {day} yet")
         return [
-            RunRequest(run_key=f"redelivery-events:{k}:{run.run_id}", partition_key=k, tags={REDELIVERY_TAG: day})
+            RunRequest(
+                run_key=f"redelivery-events:{k}:{run.run_id}", partition_key=k, tags={REDELIVERY_TAG: day}
+            )
             for k in days
         ]
 
     return [_redelivery, _events_after]
-

@@ -111,6 +111,29 @@ def _learn_imports(path: Path) -> None:
     path.unlink()
 
 
+def _fork(request: Mapping[str, Any], copy: int, imported: Path) -> int:
+    """Start one child running ``request``; its output goes to the request's log (``.<copy>``)."""
+    log_path = request["log"] if copy == 0 else f"{request['log']}.{copy}"
+    log = open(log_path, "ab")  # noqa: SIM115 (handed to the child)
+    pid = os.fork()
+    if pid == 0:  # the run
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        before = set(sys.modules)
+        try:
+            code = _child(request)
+        except BaseException:
+            traceback.print_exc()
+            code = 2
+        if copy == 0:
+            imported.write_text("\n".join(sorted(set(sys.modules) - before)))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    log.close()
+    return pid
+
+
 def serve() -> None:
     """The warm process: fork a child per request line, answer how it ended."""
     warm = False
@@ -121,30 +144,24 @@ def serve() -> None:
             _warm_up(request["data_dir"])
             warm = True
         imported = Path(request["log"]).with_suffix(".modules")
-        log = open(request["log"], "ab")  # noqa: SIM115 (handed to the child)
-        pid = os.fork()
-        if pid == 0:  # the run: its output goes to its log
-            os.dup2(log.fileno(), 1)
-            os.dup2(log.fileno(), 2)
-            before = set(sys.modules)
-            try:
-                code = _child(request)
-            except BaseException:
-                traceback.print_exc()
-                code = 2
-            imported.write_text("\n".join(sorted(set(sys.modules) - before)))
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        log.close()
+        children = [_fork(request, copy, imported) for copy in range(int(request.get("copies") or 1))]
         forked = time.perf_counter()
-        _, status = os.waitpid(pid, 0)
-        print(f"child {pid} took {time.perf_counter() - forked:.2f}s", file=sys.stderr, flush=True)
+        answers = []
+        for pid in children:  # all started before any is waited for: they run at once
+            _, status = os.waitpid(pid, 0)
+            answers.append(
+                {
+                    "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                    "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                }
+            )
+        print(
+            f"{len(children)} child(ren) took {time.perf_counter() - forked:.2f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         _learn_imports(imported)
-        answer = {
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-        }
+        answer = answers[0] if len(answers) == 1 else {"copies": answers}
         protocol.write(json.dumps(answer) + "\n")
         protocol.flush()
 
@@ -201,6 +218,22 @@ class KillRunner:
         env: Mapping[str, str] | None = None,
     ) -> Ended:
         """Run ``job`` in a fresh child; ``fault`` names the point at which it kills itself."""
+        (ended,) = self.run_at_once(1, data_dir, home, job, partition, assets, ops, fault, env)
+        return ended
+
+    def run_at_once(
+        self,
+        copies: int,
+        data_dir: Path,
+        home: Path,
+        job: str,
+        partition: str | None = None,
+        assets: Sequence[str] | None = None,
+        ops: Mapping[str, Any] | None = None,
+        fault: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> list[Ended]:
+        """Run the same job ``copies`` times at once, each in its own child."""
         self.count += 1
         log = self.log_dir / f"{self.count:03d}-{job}-{partition or 'all'}-{fault or 'clean'}.log"
         request = {
@@ -213,6 +246,7 @@ class KillRunner:
             "fault": fault,
             "env": dict(env or {}),
             "log": str(log),
+            "copies": copies,
         }
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(json.dumps(request) + "\n")
@@ -221,7 +255,9 @@ class KillRunner:
         if not answer:
             raise RuntimeError(f"the kill runner ended: see {self.log_dir / 'kill_runner.log'}")
         ended = json.loads(answer)
-        return Ended(ended["signal"], ended["exit"], log)
+        each = ended["copies"] if copies > 1 else [ended]
+        logs = [log] + [Path(f"{log}.{i}") for i in range(1, copies)]
+        return [Ended(e["signal"], e["exit"], path) for e, path in zip(each, logs, strict=True)]
 
     def close(self) -> None:
         if self.process.stdin is not None:

@@ -24,7 +24,10 @@ def tick(loop: History, name: str) -> tuple[list[RunRequest], str | None]:
     """One tick of a sensor on the loop's instance and resources, as the daemon would run it."""
     repo = loop.defs.get_repository_def()
     with build_sensor_context(
-        instance=loop.instance, repository_def=repo, resources=repo.get_top_level_resources(), sensor_name=name
+        instance=loop.instance,
+        repository_def=repo,
+        resources=repo.get_top_level_resources(),
+        sensor_name=name,
     ) as context:
         evaluation = repo.get_sensor_def(name).evaluate_tick(context)
     return list(evaluation.run_requests or []), evaluation.skip_message
