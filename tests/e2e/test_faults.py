@@ -1,4 +1,4 @@
-"""Kill tests: a run's process is killed with SIGKILL at seeded points inside ingest, the join,
+"""Faults survived. Kill tests: a run's process is killed with SIGKILL at seeded points inside ingest, the join,
 features, training and the registry update; after each kill no reader sees a partial file and the
 ``champion`` alias names only a complete version; the re-run's outputs equal an uninterrupted
 run's (every Parquet table, the quarantine, the landed logs, the model's bytes and metrics).
@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +30,13 @@ import xgboost as xgb
 from dagster import AssetKey
 
 from tests.e2e.kill_runner import TRAINING_OPS, KillRunner
-from tests.e2e.support import process_env
+from tests.e2e.support import PG_ADMIN_URL, REPO, PostgresDatabases, process_env
 
 DAYS = ["2026-10-01", "2026-10-02", "2026-10-03", "2026-10-04"]
 EVENT_ASSETS = ["ad_events", "features"]
 PROMOTION = ["champion_model"]
+#: polls (20 ms apart) during which the run's PostgreSQL connections are terminated
+DROP_ROUNDS = 50
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,21 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KillRunner]:
         runner.close()
 
 
+@contextmanager
+def mock_env(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for a moment (the instance's URL comes from it)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def run_ok(runner: KillRunner, loop: Path, step: Step) -> None:
     ended = runner.run(loop / "data", loop / "home", step.job, step.partition, step.assets, step.ops)
     assert ended.succeeded, f"{step} failed:\n{ended.tail()}"
@@ -314,3 +333,80 @@ def test_two_runs_of_one_partition_at_once_are_safe(runner: KillRunner, tmp_path
     assert files == sum(1 for _ in data_files(loop / "data"))
     for day in DAYS[:1]:
         assert accounting_adds_up(twice / "data", day) == accounting_adds_up(loop / "data", day)
+
+
+def test_postgres_connections_dropped_during_a_run(
+    runner: KillRunner, tmp_path: Path, postgres_databases: PostgresDatabases
+) -> None:
+    """The run's connections to the instance's PostgreSQL are terminated again and again while it
+    runs (pg_terminate_backend from here; the shared server keeps running): the run either
+    completes or fails with an error that names the lost connection; a re-run completes; no
+    materialization is recorded twice."""
+    import psycopg2
+    from dagster import DagsterInstance
+
+    url = postgres_databases.create()
+    database = url.rsplit("/", 1)[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    env = {"DAGSTER_POSTGRES_URL": url}
+    with mock_env(env):
+        instance = DagsterInstance.from_config(str(home))  # creates the schema
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        instance.dispose()
+
+    terminated = 0
+    stop = threading.Event()
+
+    def drop_connections() -> None:
+        nonlocal terminated
+        admin = psycopg2.connect(PG_ADMIN_URL)
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur, psycopg2.connect(url) as watch:
+                watch.autocommit = True
+                with watch.cursor() as runs:
+                    started = False
+                    while not started and not stop.wait(0.02):  # poll: the run has started
+                        runs.execute("SELECT count(*) FROM runs WHERE status = 'STARTED'")
+                        started = runs.fetchone()[0] > 0
+                rounds = 0
+                while rounds < DROP_ROUNDS and not stop.wait(0.02):  # then drop, again and again
+                    cur.execute(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> %s",
+                        (database, watch.get_backend_pid()),
+                    )
+                    terminated += cur.fetchone()[0]
+                    rounds += 1
+        finally:
+            admin.close()
+
+    dropper = threading.Thread(target=drop_connections)
+    dropper.start()
+    try:
+        first = runner.run(tmp_path / "data", home, "ingest_job", DAYS[0], env=env)
+    finally:
+        stop.set()
+        dropper.join()
+    assert terminated > 0, "no connection of the run was seen to terminate"
+    if not first.succeeded:
+        log = first.tail(20_000)
+        assert "terminat" in log or "connection" in log.lower(), f"unclear failure:\n{log[-3000:]}"
+    again = runner.run(tmp_path / "data", home, "ingest_job", DAYS[0], env=env)
+    assert again.succeeded, again.tail()
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT run_id, asset_key, partition, count(*) FROM event_logs "
+            "WHERE dagster_event_type = 'ASSET_MATERIALIZATION' GROUP BY 1, 2, 3 HAVING count(*) > 1"
+        )
+        assert cur.fetchall() == []  # nothing recorded twice within a run
+        cur.execute("SELECT status, count(*) FROM runs GROUP BY 1")
+        statuses = dict(cur.fetchall())
+    assert statuses.get("SUCCESS", 0) >= 1
+    print(
+        f"\npostgres: {terminated} connections terminated during the first run "
+        f"({'it completed' if first.succeeded else 'it failed clearly'}); runs by status {statuses}"
+    )
