@@ -1,13 +1,17 @@
-"""Faults survived. Kill tests: a run's process is killed with SIGKILL at seeded points inside ingest, the join,
-features, training and the registry update; after each kill no reader sees a partial file and the
-``champion`` alias names only a complete version; the re-run's outputs equal an uninterrupted
-run's (every Parquet table, the quarantine, the landed logs, the model's bytes and metrics).
+"""Faults survived, end to end, on small real runs of the loop's own jobs:
 
-One small loop (4 days, a tiny training) is built up to the faulted steps once; the uninterrupted
-reference finishes it, then the same state is restored at the same path (every path written into the
-data is then the same) and the faulted steps run there, each killed at its points in turn (every
-attempt re-runs from what the killed one left), then run to the end.
-"""
+* kills: a run's process is killed with SIGKILL at seeded points inside ingest, the join,
+  features, training and the registry update; after each kill no reader sees a partial file and
+  the ``champion`` alias names only a complete version; the re-run's outputs equal an
+  uninterrupted run's (every Parquet table, the quarantine, the landed logs, the model's bytes and
+  metrics). One small loop (4 days, a tiny training) is built up to the faulted steps once; the
+  uninterrupted reference finishes it, then the same state is restored at the same path (every
+  path written into the data is then the same) and the faulted steps run there, each killed at
+  its points in turn (every attempt re-runs from what the killed one left), then run to the end;
+* two runs of one partition at once: both succeed, the result is one run's;
+* PostgreSQL connections of a run dropped: a clear error, a re-run completes, nothing twice.
+
+Every run is a child of one warm process (``tests/e2e/kill_runner.py``)."""
 
 from __future__ import annotations
 
