@@ -91,6 +91,8 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "quality_sensor",
         "novelty_sensor",
         "staleness_sensor",
+        "redelivery_sensor",
+        "events_after_redelivery",
     }
     assert set(repo.get_top_level_resources()) == {
         "warehouse",
