@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,10 +35,38 @@ PARQUET_NAME = "part-0.parquet"
 _PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
+#: This machine, in temporary file names (a folder may be shared by several machines).
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
 def atomic_path(target: Path) -> Path:
-    """A temporary sibling of ``target``: same folder, so the final rename is atomic."""
+    """A temporary sibling of ``target``: same folder, so the final rename is atomic. Its name
+    says which machine and process writes it (``.<name>.<host>.<pid>.<uuid>.tmp``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_orphaned_temps(target: Path) -> int:
+    """Remove temporary files of ``target`` left by writers of this machine that died (killed
+    before they could clean up); a live writer's file is left alone. Returns how many."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{re.escape(_HOST)}\.(\d+)\.[0-9a-f]{{32}}\.tmp$")
+    removed = 0
+    for path in target.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 class DiskFullError(OSError):
@@ -64,6 +93,7 @@ def commit(tmp: Path, target: Path) -> Path:
     fault_point("write.before_rename")
     os.replace(tmp, target)
     fault_point("write.after_rename")
+    remove_orphaned_temps(target)
     return target
 
 

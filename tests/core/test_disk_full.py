@@ -14,7 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clickloop.storage import DiskFullError, Warehouse, atomic_copy_query_to_parquet, atomic_write_bytes
+from clickloop.storage import (
+    DiskFullError,
+    Warehouse,
+    atomic_copy_query_to_parquet,
+    atomic_path,
+    atomic_write_bytes,
+)
 
 SIZE = "1m"
 DAY = "2026-10-01"
@@ -68,3 +74,18 @@ def test_a_full_disk_fails_the_write_clearly_and_keeps_the_previous_partition(sm
     leftovers = [p.name for p in small_disk.rglob(".*.tmp")]
     assert leftovers == []  # the abandoned temporary files were removed: the space is free again
     store.write_partition("raw_impressions", DAY, incompressible(10))  # and the disk works again
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    """A writer killed before its rename leaves its temporary file; the next write of the same
+    target removes it (its process is gone), never a live writer's."""
+    store = Warehouse(tmp_path)
+    path = store.write_partition("raw_clicks", DAY, incompressible(3))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id that no longer runs
+    orphan = atomic_path(path).with_name(atomic_path(path).name.replace(f".{os.getpid()}.", f".{dead.pid}."))
+    orphan.write_bytes(b"half a parquet file")
+    live = atomic_path(path)  # this process's: alive
+    live.write_bytes(b"being written")
+    store.write_partition("raw_clicks", DAY, incompressible(3))
+    assert not orphan.exists() and live.exists()
