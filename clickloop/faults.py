@@ -54,7 +54,9 @@ def parse_fault(value: str) -> tuple[str, int]:
     """``"<point>[:<hit>]"`` → (point, hit); a clear error for an unknown point or a bad hit."""
     point, _, hit = value.strip().partition(":")
     if point not in FAULT_POINTS:
-        raise ValueError(f"{FAULT_POINT_ENV}={value!r}: unknown point {point!r}; known: {', '.join(FAULT_POINTS)}")
+        raise ValueError(
+            f"{FAULT_POINT_ENV}={value!r}: unknown point {point!r}; known: {', '.join(FAULT_POINTS)}"
+        )
     try:
         count = int(hit) if hit else 1
     except ValueError:

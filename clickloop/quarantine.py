@@ -49,7 +49,9 @@ def ingest_day(
         warehouse.write_quarantine(table, key, parsed.quarantine)
 
     with warehouse.duckdb() as con:
-        parsed = ingest_to_parquet(con, files, spec, path, day_window(day), TIME, before_commit=write_quarantine)
+        parsed = ingest_to_parquet(
+            con, files, spec, path, day_window(day), TIME, before_commit=write_quarantine
+        )
     return IngestedDay(parsed, path, quarantine_path)
 
 

@@ -35,7 +35,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount)], capture_output=True, text=True
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a size-limited tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+        pytest.skip(
+            f"cannot mount a size-limited tmpfs here ({done.stderr.strip() or done.returncode}): needs root"
+        )
     try:
         yield mount
     finally:
