@@ -13,10 +13,12 @@ from dagster import definitions as lazy_definitions
 from assets import loop_assets
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
+from pipelines.alerts import alert_sensors
 from pipelines.jobs import build_jobs
 from pipelines.schedules import build_schedules
 from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
+from resources.alerts import AlertWebhook
 from resources.contract import LogContractResource
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
@@ -53,6 +55,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_contract": contract,
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
+        "alerts": AlertWebhook(**settings.resource("alerts")),
     }
 
 
@@ -67,7 +70,11 @@ def build_defs(settings: Settings) -> Definitions:
         asset_checks=checks,
         jobs=jobs.all(),
         schedules=build_schedules(jobs),
-        sensors=[*chain_sensors(calendar, jobs), *retraining_sensors(calendar, contract, jobs.training)],
+        sensors=[
+            *chain_sensors(calendar, jobs),
+            *retraining_sensors(calendar, contract, jobs.training),
+            *alert_sensors(),
+        ],
         resources=build_resources(settings),
         # None: Dagster's default executor (multiprocess; run config may still pick in_process)
         executor=in_process_executor if settings.executor == "in_process" else None,
