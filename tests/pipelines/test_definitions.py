@@ -93,6 +93,8 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "staleness_sensor",
         "redelivery_sensor",
         "events_after_redelivery",
+        "failure_alert_sensor",
+        "retraining_alert_sensor",
     }
     assert set(repo.get_top_level_resources()) == {
         "warehouse",
@@ -101,6 +103,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_contract",
         "log_source",
         "retrain_policy",
+        "alerts",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor
