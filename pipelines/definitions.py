@@ -14,12 +14,14 @@ from assets import loop_assets
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
 from pipelines.jobs import build_jobs
+from pipelines.rollout_sensor import rollout_sensor
 from pipelines.schedules import build_schedules
 from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
 from resources.contract import LogContractResource
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
+from resources.rollout import RolloutResource
 from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
 from resources.tracking import ModelRegistry
@@ -45,7 +47,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     warehouse = WarehouseResource(data_dir=data, **settings.resource("warehouse"))
     registry = ModelRegistry(data_dir=data, **settings.resource("model_registry"))
     contract = LogContractResource(path=settings.log_contract)
-    serving = ChampionServing(registry=registry, warehouse=warehouse, log_contract=contract)
+    rollout = RolloutResource(**settings.resource("rollout"))
+    serving = ChampionServing(registry=registry, warehouse=warehouse, log_contract=contract, rollout=rollout)
     return {
         "warehouse": warehouse,
         "model_registry": registry,
@@ -53,6 +56,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_contract": contract,
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
+        "rollout": rollout,
     }
 
 
@@ -67,7 +71,11 @@ def build_defs(settings: Settings) -> Definitions:
         asset_checks=checks,
         jobs=jobs.all(),
         schedules=build_schedules(jobs),
-        sensors=[*chain_sensors(calendar, jobs), *retraining_sensors(calendar, contract, jobs.training)],
+        sensors=[
+            *chain_sensors(calendar, jobs),
+            *retraining_sensors(calendar, contract, jobs.training),
+            rollout_sensor(jobs.rollout),
+        ],
         resources=build_resources(settings),
         # None: Dagster's default executor (multiprocess; run config may still pick in_process)
         executor=in_process_executor if settings.executor == "in_process" else None,

@@ -32,6 +32,7 @@ LOOP_ASSETS = {
     "champion_model",
     "drift_report",
     "online_metrics",
+    "rollout_decision",
 }
 LOOP_EDGES = {
     ("raw_impressions", "ad_events"),
@@ -48,6 +49,8 @@ LOOP_EDGES = {
     ("model_evaluation", "champion_model"),
     ("features", "drift_report"),
     ("features", "online_metrics"),
+    ("champion_model", "rollout_decision"),
+    ("online_metrics", "rollout_decision"),
 }
 
 
@@ -81,6 +84,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "ingest_job",
         "events_job",
         "training_job",
+        "rollout_job",
     }
     assert {s.name for s in repo.schedule_defs} == {"daily_refresh_schedule", "weekly_retraining_schedule"}
     assert {s.name for s in repo.sensor_defs} == {
@@ -91,6 +95,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "quality_sensor",
         "novelty_sensor",
         "staleness_sensor",
+        "rollout_sensor",
     }
     assert set(repo.get_top_level_resources()) == {
         "warehouse",
@@ -99,6 +104,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_contract",
         "log_source",
         "retrain_policy",
+        "rollout",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor

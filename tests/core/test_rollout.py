@@ -1,0 +1,82 @@
+"""The rollout's online comparison and decisions (clickloop.rollout)."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clickloop.rollout import RequestStats, RolloutPolicy, compare_versions, decide, read_request_stats
+
+POLICY = RolloutPolicy(canary_share=0.5, shadow_days=1, min_canary_days=1, max_canary_days=3)
+
+
+def simulated(version: str, n: int, ctr: float, predicted: float, seed: int) -> RequestStats:
+    """n requests of 2 impressions, clicks at ``ctr`` each, price 1, prediction ``predicted``."""
+    rng = np.random.default_rng(seed)
+    clicks = (rng.random((n, 2)) < ctr).astype(np.float64)
+    log_loss = -(clicks * np.log(predicted) + (1 - clicks) * np.log(1 - predicted))
+    return RequestStats(
+        version, np.full(n, 2.0), clicks.sum(axis=1), clicks.sum(axis=1), np.full(n, 2 * predicted), log_loss.sum(axis=1)
+    )
+
+
+def test_a_better_challenger_is_seen_better_beyond_the_interval_and_promoted() -> None:
+    champion = simulated("ctr_model-v1", 4_000, 0.05, 0.05, 1)
+    challenger = simulated("ctr_model-v2", 4_000, 0.08, 0.08, 2)
+    report = compare_versions(champion, challenger, POLICY)
+    diff = report.difference["revenue_per_1000_requests"]
+    assert diff.low > 0 and diff.contains(60.0)
+    assert report.difference["ctr"].contains(0.03)
+    assert report.challenger.metrics["calibration"] == pytest.approx(0.08 / report.challenger.metrics["ctr"])
+    for name in ("normalized_entropy", "calibration"):
+        interval = report.difference[name]
+        assert interval.low <= interval.value <= interval.high
+    decision = decide("canary", 1, 1, report, POLICY)
+    assert decision.action == "promote" and "better beyond the interval" in decision.reason
+    assert report.metadata()["diff_revenue_per_1000_requests_low"] > 0
+
+
+def test_a_worse_challenger_is_rolled_back_and_an_even_one_waits_then_goes() -> None:
+    champion = simulated("v1", 4_000, 0.06, 0.06, 1)
+    worse = compare_versions(champion, simulated("v2", 4_000, 0.03, 0.06, 2), POLICY)
+    assert worse.difference["revenue_per_1000_requests"].high < 0
+    assert worse.difference["calibration"].low > 0  # it over-predicts
+    assert decide("canary", 1, 1, worse, POLICY).action == "rollback"
+    even = compare_versions(champion, simulated("v3", 4_000, 0.06, 0.06, 11), POLICY)
+    assert even.difference["revenue_per_1000_requests"].contains(0.0)
+    assert decide("canary", 1, 2, even, POLICY).action == "wait"
+    assert decide("canary", 1, 3, even, POLICY).action == "rollback"
+
+
+def test_stages_shadow_then_canary_then_evidence() -> None:
+    empty = compare_versions(None, None, POLICY)
+    assert not empty.complete
+    assert decide("shadow", 0, 0, empty, POLICY).action == "wait"
+    assert decide("shadow", 1, 0, empty, POLICY).action == "to_canary"
+    assert decide("canary", 1, 0, empty, POLICY).action == "wait"
+    with pytest.raises(ValueError, match="stage"):
+        decide("live", 1, 0, empty, POLICY)
+    with pytest.raises(ValueError, match="canary_share"):
+        RolloutPolicy(canary_share=1.0)
+
+
+def test_request_stats_from_served_impressions(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "request_id": ["a", "a", "b", "b", "c", "c"],
+            "model_version": ["v1", "v1", "v2", "v2", "explore-uniform", "explore-uniform"],
+            "clicked": [1, 0, 0, 0, 1, 1],
+            "bid_cpc": [2.0, 1.0, 1.0, 3.0, 1.0, 1.0],
+            "predicted_ctr": [0.5, 0.1, 0.2, 0.2, 0.1, 0.1],
+        }
+    )
+    path = tmp_path / "part-0.parquet"
+    pq.write_table(pa.Table.from_pandas(frame), path)
+    stats = read_request_stats([path], ["v1", "v2", "v3"])
+    assert set(stats) == {"v1", "v2"}
+    assert stats["v1"].revenue.tolist() == [2.0] and stats["v1"].predicted.tolist() == pytest.approx([0.6])
+    assert stats["v2"].clicks.tolist() == [0.0]
+    assert stats["v1"].log_loss[0] == pytest.approx(-np.log(0.5) - np.log(0.9))
