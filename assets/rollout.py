@@ -118,10 +118,11 @@ def rollout_decision_asset(contract: LogContract) -> Any:
         stats = read_request_stats([served[d] for d in canary], [champion_name, challenger_name], contract.has_bid)
         report = compare_versions(stats.get(champion_name), stats.get(challenger_name), policy)
         decision = decide(stage, len(shadow), len(canary), report, policy)
+        # the counterfactual estimate is what is known before the challenger takes any traffic
         estimates = {
             name: counterfactual(store, model_registry, log_contract, log_source.landing_dir, v, rollout.offpolicy_days)
             for name, v in (("challenger", version), ("champion", champion))
-            if v
+            if v and stage == "shadow"
         }
         now_serving = _act(decision, model_registry, version, context)
         metadata: dict[str, Any] = {

@@ -94,7 +94,7 @@ class OffPolicyEstimate:
         out: dict[str, Any] = {"policy": self.policy, "requests": self.requests, "matched": self.matched}
         for name in ("ips_revenue_per_1000", "snips_revenue_per_1000", "ips_ctr", "snips_ctr"):
             for part, value in asdict(getattr(self, name)).items():
-                out[f"{name}_{part}" if part != "value" else name] = round(value, 6)
+                out[f"{name}_{part}" if part != "value" else name] = round(float(value), 6)
         return out
 
 

@@ -11,10 +11,10 @@ canary requests with the champion's requests of the same days:
 - normalized entropy and calibration: the difference, with a bootstrap interval over requests
   (Poisson weights, a fixed seed).
 
-:func:`decide` turns a :class:`CanaryReport` into the next step: move from shadow to canary,
-promote when the difference on the decision metric is above zero beyond its interval, roll back
-when it is below zero beyond it (or when the canary ran its longest without proving itself), else
-wait for another day.
+:func:`decide` turns a :class:`CanaryReport` into the next step: move from shadow to canary; roll
+back when the difference on any decision metric (revenue per 1000 requests, CTR) is below zero
+beyond its interval; promote when it is above zero beyond its interval on one of them and below on
+none; roll back a canary that ran its longest without proving itself; else wait for another day.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from clickloop.offpolicy import DEFAULT_CONFIDENCE, Interval, z_value
 from clickloop.storage import parquet_list_sql, parquet_sql
 
 Action = Literal["wait", "to_canary", "promote", "rollback"]
-#: The metrics compared, and the one that decides.
+#: The metrics compared, and those that decide: the business metric and its proxy. Higher is better.
 METRICS: tuple[str, ...] = ("revenue_per_1000_requests", "ctr", "normalized_entropy", "calibration")
-DECISION_METRIC = "revenue_per_1000_requests"
+DECISION_METRICS: tuple[str, ...] = ("revenue_per_1000_requests", "ctr")
 _BOOTSTRAP_SEED = 20261126
 
 
@@ -262,12 +262,15 @@ def decide(stage: str, shadow_days: int, canary_days: int, report: CanaryReport,
         raise ValueError(f"unknown rollout stage {stage!r}")
     if canary_days < policy.min_canary_days or not report.complete:
         return made("wait", f"{canary_days} of at least {policy.min_canary_days} canary day(s) with events")
-    diff = report.difference[DECISION_METRIC]
-    text = f"{DECISION_METRIC} challenger − champion {diff.text()} ({report.confidence:.0%})"
-    if diff.low > 0:
-        return made("promote", f"better beyond the interval: {text}")
-    if diff.high < 0:
-        return made("rollback", f"worse beyond the interval: {text}")
+    diffs = {name: report.difference[name] for name in DECISION_METRICS}
+    text = "; ".join(f"{name} challenger − champion {d.text(4)}" for name, d in diffs.items())
+    text += f" ({report.confidence:.0%})"
+    worse = [name for name, d in diffs.items() if d.high < 0]
+    better = [name for name, d in diffs.items() if d.low > 0]
+    if worse:
+        return made("rollback", f"worse beyond the interval on {', '.join(worse)}: {text}")
+    if better:
+        return made("promote", f"better beyond the interval on {', '.join(better)}: {text}")
     if canary_days >= policy.max_canary_days:
         return made("rollback", f"not better after {canary_days} canary days: {text}")
     return made("wait", f"undecided: {text}")

@@ -35,7 +35,7 @@ def test_a_better_challenger_is_seen_better_beyond_the_interval_and_promoted() -
         interval = report.difference[name]
         assert interval.low <= interval.value <= interval.high
     decision = decide("canary", 1, 1, report, POLICY)
-    assert decision.action == "promote" and "better beyond the interval" in decision.reason
+    assert decision.action == "promote" and "better beyond the interval on revenue" in decision.reason
     assert report.metadata()["diff_revenue_per_1000_requests_low"] > 0
 
 
@@ -46,7 +46,7 @@ def test_a_worse_challenger_is_rolled_back_and_an_even_one_waits_then_goes() -> 
     assert worse.difference["calibration"].low > 0  # it over-predicts
     assert decide("canary", 1, 1, worse, POLICY).action == "rollback"
     even = compare_versions(champion, simulated("v3", 4_000, 0.06, 0.06, 11), POLICY)
-    assert even.difference["revenue_per_1000_requests"].contains(0.0)
+    assert even.difference["revenue_per_1000_requests"].contains(0.0) and even.difference["ctr"].contains(0.0)
     assert decide("canary", 1, 2, even, POLICY).action == "wait"
     assert decide("canary", 1, 3, even, POLICY).action == "rollback"
 
@@ -80,3 +80,20 @@ def test_request_stats_from_served_impressions(tmp_path: Path) -> None:
     assert stats["v1"].revenue.tolist() == [2.0] and stats["v1"].predicted.tolist() == pytest.approx([0.6])
     assert stats["v2"].clicks.tolist() == [0.0]
     assert stats["v1"].log_loss[0] == pytest.approx(-np.log(0.5) - np.log(0.9))
+
+
+def test_worse_on_one_decision_metric_rolls_back_even_when_better_on_the_other() -> None:
+    champion = simulated("v1", 4_000, 0.06, 0.06, 1)
+    clicks_more_earns_less = simulated("v2", 4_000, 0.09, 0.09, 2)
+    cheap = RequestStats(
+        "v2",
+        clicks_more_earns_less.impressions,
+        clicks_more_earns_less.clicks,
+        clicks_more_earns_less.revenue * 0.3,  # its ads pay a third
+        clicks_more_earns_less.predicted,
+        clicks_more_earns_less.log_loss,
+    )
+    report = compare_versions(champion, cheap, POLICY)
+    assert report.difference["ctr"].low > 0 and report.difference["revenue_per_1000_requests"].high < 0
+    decision = decide("canary", 1, 1, report, POLICY)
+    assert decision.action == "rollback" and "worse beyond the interval on revenue_per_1000_requests" in decision.reason
