@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import pytest
 from dagster import RunRequest, SkipReason
 
 from clickloop.online import OnlineMetricsRow
+from pipelines.definitions import build_resources
 from pipelines.rollout_sensor import evaluate_rollout
+from pipelines.settings import Settings
 from resources.monitoring_store import MonitoringStore
 from resources.tracking import ModelRegistry
 from tests.resources.test_tracking import log_and_register
@@ -35,3 +38,22 @@ def test_a_decision_per_challenger_stage_and_newest_monitored_day(tmp_path: Path
     assert evaluate_rollout(registry, store).run_key == f"rollout-v{v2}-canary-2026-10-14"  # type: ignore[union-attr]
     registry.end_challenger("rolled_back")
     assert isinstance(evaluate_rollout(registry, store), SkipReason)
+
+
+def test_the_rollout_settings_come_from_the_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "CLICKLOOP_DATA_DIR": str(tmp_path),
+            "CLICKLOOP_ROLLOUT": "true",
+            "CLICKLOOP_CANARY_SHARE": "0.3",
+            "CLICKLOOP_EXPLORATION_SHARE": "0.05",
+        }
+    )
+    assert settings.resource("rollout") == {"enabled": True, "canary_share": 0.3}
+    assert settings.resource("simulator") == {"exploration_share": 0.05}
+    resources = build_resources(settings)
+    assert resources["rollout"].enabled and resources["log_source"].exploration_share == 0.05
+    assert resources["log_source"].serving.rollout.canary_share == 0.3
+    assert not build_resources(Settings(data_dir=tmp_path))["rollout"].enabled
+    with pytest.raises(ValueError, match="CLICKLOOP_ROLLOUT must be true or false"):
+        Settings.from_env({"CLICKLOOP_ROLLOUT": "maybe"})
