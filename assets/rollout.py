@@ -31,7 +31,7 @@ from clickloop.split import FEATURES
 from clickloop.storage import Warehouse
 from resources.contract import LogContractResource
 from resources.landing import LogSource
-from resources.rollout import RolloutResource
+from resources.rollout import RolloutResource, training_days
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
@@ -47,9 +47,13 @@ def counterfactual(
     days: int,
 ) -> OffPolicyEstimate | None:
     """The off-policy estimate of registered ``version`` from the newest ``days`` days that have
-    both an exploration log and their events; None without any."""
+    both an exploration log and their events, and that the version was not trained on; None
+    without any."""
+    seen = training_days(registry, version)
     keys = [
-        k for k in warehouse.partition_keys(FEATURES) if exploration_path(landing_dir, k).exists()
+        k
+        for k in warehouse.partition_keys(FEATURES)
+        if k not in seen and exploration_path(landing_dir, k).exists()
     ][-days:]
     if not keys:
         return None

@@ -10,6 +10,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from clickloop.rollout import RolloutPolicy
+from resources.tracking import ModelRegistry
 
 _DEFAULTS = RolloutPolicy()
 
@@ -34,3 +35,13 @@ class RolloutResource(ConfigurableResource):
             max_canary_days=self.max_canary_days,
             confidence=self.confidence,
         )
+
+
+def training_days(registry: ModelRegistry, version: str) -> set[str]:
+    """The days a registered version was trained and early-stopped on (its MLflow run's params):
+    an off-policy estimate on them would reward memorised clicks, so it leaves them out."""
+    client = registry.client()
+    run_id = client.get_model_version(registry.registered_model_name, str(version)).run_id
+    params = client.get_run(run_id).data.params
+    days = {*params.get("train_days", "").split(","), params.get("validation_day", "")}
+    return {d for d in days if d}
