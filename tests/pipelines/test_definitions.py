@@ -96,6 +96,8 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "novelty_sensor",
         "staleness_sensor",
         "rollout_sensor",
+        "failure_alert_sensor",
+        "retraining_alert_sensor",
     }
     assert set(repo.get_top_level_resources()) == {
         "warehouse",
@@ -105,6 +107,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_source",
         "retrain_policy",
         "rollout",
+        "alerts",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor
