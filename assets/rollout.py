@@ -25,6 +25,7 @@ from clickloop.rollout import (
     decide,
     read_request_stats,
     rollout_markdown,
+    shadow_metrics,
     stage_days,
 )
 from clickloop.split import FEATURES
@@ -139,6 +140,7 @@ def rollout_decision_asset(contract: LogContract) -> Any:
             "canary_days": MetadataValue.text(", ".join(canary) or "none"),
             "canary_share": policy.canary_share,
             **report.metadata(),
+            **{k: round(float(v), 6) for k, v in shadow_metrics([served[d] for d in shadow], challenger_name).items()},
         }
         for name, estimate in estimates.items():
             if estimate is not None:

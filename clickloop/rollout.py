@@ -27,7 +27,15 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 
-from clickloop.contract import BID, LABEL, MODEL_VERSION, PREDICTED_CTR, REQUEST_ID, SHADOW_VERSION
+from clickloop.contract import (
+    BID,
+    LABEL,
+    MODEL_VERSION,
+    PREDICTED_CTR,
+    REQUEST_ID,
+    SHADOW_CTR,
+    SHADOW_VERSION,
+)
 from clickloop.metrics import (
     calibration_from_totals,
     ctr,
@@ -127,6 +135,30 @@ def stage_days(paths_by_day: dict[str, Path], served: str) -> tuple[list[str], l
     )
     rows = duckdb.sql(union).fetchall()
     return [d for d, shadow, _ in rows if shadow], [d for d, _, canary in rows if canary]
+
+
+def shadow_metrics(paths: Sequence[Path], served: str) -> dict[str, float]:
+    """On the shadow days' impressions (``paths``) where ``served`` scored in shadow: NE and
+    calibration of its shadow scores next to those of the serving model's own predictions on the
+    same impressions (which the serving model chose: its own scores there are the optimistic ones)."""
+    if not paths:
+        return {}
+    name = served.replace("'", "''")
+    rows, clicks, shadow_ll, served_ll, shadow_sum, served_sum = duckdb.sql(
+        f"""SELECT count(*), coalesce(sum({LABEL}), 0), sum({log_loss_sql(LABEL, SHADOW_CTR)}),
+                   sum({log_loss_sql(LABEL, PREDICTED_CTR)}), sum({SHADOW_CTR}), sum({PREDICTED_CTR})
+            FROM {parquet_list_sql(paths)}
+            WHERE {SHADOW_VERSION} = '{name}' AND {SHADOW_CTR} IS NOT NULL AND {PREDICTED_CTR} IS NOT NULL"""
+    ).fetchall()[0]
+    if not rows:
+        return {}
+    return {
+        "shadow_impressions": int(rows),
+        "shadow_challenger_normalized_entropy": normalized_entropy_from_totals(shadow_ll, rows, clicks),
+        "shadow_champion_normalized_entropy": normalized_entropy_from_totals(served_ll, rows, clicks),
+        "shadow_challenger_calibration": calibration_from_totals(shadow_sum, clicks),
+        "shadow_champion_calibration": calibration_from_totals(served_sum, clicks),
+    }
 
 
 def _metrics(requests: float, impressions: float, clicks: float, revenue: float, predicted: float, log_loss: float) -> dict[str, float]:

@@ -8,7 +8,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clickloop.rollout import RequestStats, RolloutPolicy, compare_versions, decide, read_request_stats
+from clickloop.rollout import (
+    RequestStats,
+    RolloutPolicy,
+    compare_versions,
+    decide,
+    read_request_stats,
+    shadow_metrics,
+    stage_days,
+)
 
 POLICY = RolloutPolicy(canary_share=0.5, shadow_days=1, min_canary_days=1, max_canary_days=3)
 
@@ -97,3 +105,31 @@ def test_worse_on_one_decision_metric_rolls_back_even_when_better_on_the_other()
     assert report.difference["ctr"].low > 0 and report.difference["revenue_per_1000_requests"].high < 0
     decision = decide("canary", 1, 1, report, POLICY)
     assert decision.action == "rollback" and "worse beyond the interval on revenue_per_1000_requests" in decision.reason
+
+
+def test_stage_days_and_shadow_metrics_from_the_logged_columns(tmp_path: Path) -> None:
+    def day(name: str, version: str, shadow: str | None) -> Path:
+        frame = pd.DataFrame(
+            {
+                "request_id": ["a", "a", "b", "b"],
+                "model_version": [version] * 4,
+                "shadow_version": [shadow] * 4,
+                "clicked": [1, 0, 0, 0],
+                "predicted_ctr": [0.5, 0.5, 0.5, 0.5],
+                "shadow_ctr": [0.9, 0.1, 0.1, 0.1] if shadow else [None] * 4,
+                "bid_cpc": [1.0] * 4,
+            }
+        )
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame), path)
+        return path
+
+    paths = {"d1": day("d1", "v1", "v2"), "d2": day("d2", "v2", None), "d3": day("d3", "v1", None)}
+    assert stage_days(paths, "v2") == (["d1"], ["d2"])
+    shadow = shadow_metrics([paths["d1"]], "v2")
+    assert shadow["shadow_impressions"] == 4
+    # the shadow scores fit the clicks better than the flat 0.5 the serving model gave
+    assert shadow["shadow_challenger_normalized_entropy"] < shadow["shadow_champion_normalized_entropy"]
+    assert shadow["shadow_challenger_calibration"] == pytest.approx(1.2)
+    assert shadow["shadow_champion_calibration"] == pytest.approx(2.0)
+    assert shadow_metrics([paths["d3"]], "v2") == {}
