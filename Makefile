@@ -41,9 +41,13 @@ ui: $(STAMP)
 rollback: $(STAMP)
 	$(PY) -m pipelines.cli.rollback
 
-# make scenario name=device_shift [SCENARIO_ARGS="--days 20"]
+# make scenario name=device_shift [SCENARIO_ARGS="--days 20"]; name=rollout: shadow, canary, promotion, rollback
 scenario: $(STAMP)
+ifeq ($(name),rollout)
+	$(PY) -m pipelines.cli.rollout $(SCENARIO_ARGS)
+else
 	$(PY) -m pipelines.cli.scenario $(name) $(SCENARIO_ARGS)
+endif
 
 # the benchmark lives outside the installed package: bench/
 bench: $(STAMP)

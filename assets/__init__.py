@@ -14,6 +14,7 @@ from assets.model import ctr_model_asset, training_and_test_sets
 from assets.monitoring import drift_report_asset, online_metrics_asset
 from assets.partitions import Calendar
 from assets.raw_logs import raw_log_assets
+from assets.rollout import rollout_decision_asset
 from clickloop.contract import LogContract
 
 
@@ -33,6 +34,7 @@ def loop_assets(
         champion_model,
         drift_report_asset(calendar, contract),
         online_metrics_asset(calendar, contract),
+        rollout_decision_asset(contract),
     ]
     checks = [
         *raw_checks,

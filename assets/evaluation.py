@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -27,6 +28,7 @@ from clickloop.presentation import png_markdown
 from clickloop.promotion import GatePolicy, gate_decision
 from clickloop.split import FEATURES, TEST_SET, TRAINING_SET, TimeSplit, read_split_manifest
 from resources.landing import LogSource
+from resources.rollout import RolloutResource
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
@@ -148,10 +150,12 @@ def champion_model(
     config: PromotionConfig,
     warehouse: WarehouseResource,
     model_registry: ModelRegistry,
+    rollout: RolloutResource,
 ) -> MaterializeResult:
     """The promotion gate: the evaluated version becomes the registry's champion only if every
     upstream blocking check passed and it beats the champion and the baselines, overall and on
-    every important slice."""
+    every important slice. With the rollout on (and a champion to compare with) it becomes the
+    challenger instead, and earns its traffic in shadow and canary (``rollout_decision``)."""
     evaluation = read_evaluation(warehouse.get())
     current = model_registry.champion_version()
     if current == evaluation.version:
@@ -167,6 +171,22 @@ def champion_model(
         TimeSplit.from_dict(evaluation.split).keys,
     )
     decision = gate_decision(evaluation, checks, current, config.policy())
+    if decision.promote and rollout.enabled and current is not None:
+        model_registry.set_challenger(evaluation.version, "shadow", pd.Timestamp.now(tz="UTC").isoformat())
+        context.log.info(f"v{evaluation.version} passed the gate: challenger in shadow (champion v{current})")
+        return MaterializeResult(
+            metadata={
+                "decision": "challenger",
+                "promoted": False,
+                "candidate_version": evaluation.version,
+                "challenger_version": evaluation.version,
+                "champion_version": current,
+                "previous_champion_version": current,
+                "failed_criteria": 0,
+                "upstream_checks_verified": checks.verified,
+                "criteria": MetadataValue.md(decision.markdown()),
+            }
+        )
     if decision.promote:
         model_registry.promote(evaluation.version, reason=f"gate passed on {evaluation.test_day}")
         champion = evaluation.version

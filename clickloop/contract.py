@@ -39,6 +39,11 @@ POSITION = "position"
 BID = "bid_cpc"
 MODEL_VERSION = "model_version"
 PREDICTED_CTR = "predicted_ctr"
+#: Rollout columns (optional): the probability the serving policy had of showing this ad in this
+#: slot for this request (exploration traffic: 1/candidates), and a shadow model's score of the ad.
+PROPENSITY = "propensity"
+SHADOW_VERSION = "shadow_version"
+SHADOW_CTR = "shadow_ctr"
 CLICK_ID = "click_id"
 LABEL = "clicked"
 #: Where a typed row came from (added by ingest to every valid row and quarantined line).
@@ -49,6 +54,7 @@ LINE_NUMBER = "line_number"
 #: (a model fed its predecessor's prediction or its price learns the policy, not the user).
 NEVER_FEATURES: frozenset[str] = frozenset(
     {IMPRESSION_ID, REQUEST_ID, USER_ID, AD_ID, CLICK_ID, BID, MODEL_VERSION, PREDICTED_CTR, LABEL, TIME}
+    | {PROPENSITY, SHADOW_VERSION, SHADOW_CTR}
 )
 
 #: Timestamp formats: ISO-8601 text, numbers of seconds or milliseconds since the epoch, or a

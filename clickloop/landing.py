@@ -4,6 +4,10 @@
 
     <landing_dir>/impressions/date=YYYY-MM-DD/*.jsonl[.gz] | *.csv[.gz] | *.parquet
     <landing_dir>/clicks/date=YYYY-MM-DD/...
+    <landing_dir>/exploration/date=YYYY-MM-DD/candidates-YYYY-MM-DD.parquet   (optional)
+
+The exploration log holds every candidate of the requests the ad server ranked uniformly at random
+(``request_id`` and the candidate's columns): what an off-policy estimate needs.
 
 A day's files are read in name order; the format of each file comes from its extension. A day's
 :func:`fingerprint` (names, sizes, modification times) tells when logs are delivered again after
@@ -89,3 +93,8 @@ def files_markdown(files: Sequence[Path]) -> str:
         modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds")
         rows.append(f"| {path.name} | {stat.st_size:,} | {modified} |")
     return "\n".join(rows)
+
+
+def exploration_path(landing_dir: str | Path, day: date | str) -> Path:
+    """Where the candidate sets of ``day``'s explored requests land."""
+    return Path(landing_dir) / "exploration" / f"date={day}" / f"candidates-{day}.parquet"

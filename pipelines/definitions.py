@@ -16,6 +16,7 @@ from clickloop.contract_file import load_contract
 from pipelines.alerts import alert_sensors
 from pipelines.jobs import build_jobs
 from pipelines.redelivery import redelivery_sensors
+from pipelines.rollout_sensor import rollout_sensor
 from pipelines.schedules import build_schedules
 from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
@@ -23,6 +24,7 @@ from resources.alerts import AlertWebhook
 from resources.contract import LogContractResource
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
+from resources.rollout import RolloutResource
 from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
 from resources.tracking import ModelRegistry
@@ -48,7 +50,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     warehouse = WarehouseResource(data_dir=data, **settings.resource("warehouse"))
     registry = ModelRegistry(data_dir=data, **settings.resource("model_registry"))
     contract = LogContractResource(path=settings.log_contract)
-    serving = ChampionServing(registry=registry, warehouse=warehouse, log_contract=contract)
+    rollout = RolloutResource(**settings.resource("rollout"))
+    serving = ChampionServing(registry=registry, warehouse=warehouse, log_contract=contract, rollout=rollout)
     return {
         "warehouse": warehouse,
         "model_registry": registry,
@@ -56,6 +59,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_contract": contract,
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
+        "rollout": rollout,
         "alerts": AlertWebhook(**settings.resource("alerts")),
     }
 
@@ -75,6 +79,7 @@ def build_defs(settings: Settings) -> Definitions:
             *chain_sensors(calendar, jobs),
             *retraining_sensors(calendar, contract, jobs.training),
             *redelivery_sensors(calendar, contract, jobs),
+            rollout_sensor(jobs.rollout),
             *alert_sensors(),
         ],
         resources=build_resources(settings),

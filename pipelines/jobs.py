@@ -10,6 +10,7 @@ from assets.events import AD_EVENTS
 from assets.monitoring import DRIFT_REPORT, ONLINE_METRICS
 from assets.partitions import Calendar
 from assets.raw_logs import RAW_TABLES
+from assets.rollout import ROLLOUT_DECISION
 from clickloop.contract import LogContract
 from clickloop.evaluation import MODEL_EVALUATION
 from clickloop.model import CTR_MODEL
@@ -26,9 +27,10 @@ class LoopJobs:
     events: UnresolvedAssetJobDefinition
     feature_stats: UnresolvedAssetJobDefinition
     training: UnresolvedAssetJobDefinition
+    rollout: UnresolvedAssetJobDefinition
 
     def all(self) -> list[UnresolvedAssetJobDefinition]:
-        return [self.feature_stats, self.ingest, self.events, self.training]
+        return [self.feature_stats, self.ingest, self.events, self.training, self.rollout]
 
     def by_name(self) -> dict[str, UnresolvedAssetJobDefinition]:
         return {job.name: job for job in self.all()}
@@ -67,5 +69,11 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
             description="Split the latest features by time, train and track a model, evaluate it "
             "against the champion, baselines and the ground truth, and promote it only if it earns it.",
             tags=TRAINING_TAGS,
+        ),
+        rollout=define_asset_job(
+            "rollout_job",
+            selection=AssetSelection.assets(ROLLOUT_DECISION),
+            description="Decide the challenger's next step (canary, promotion, rollback or wait) from "
+            "its counterfactual estimate and its shadow and canary evidence.",
         ),
     )

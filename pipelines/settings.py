@@ -35,6 +35,9 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_REQUESTS_PER_DAY": ("simulator", "requests_per_day", int),
     "CLICKLOOP_SCENARIO": ("simulator", "scenario", str),
     "CLICKLOOP_SCENARIO_START": ("simulator", "scenario_start", str),
+    "CLICKLOOP_EXPLORATION_SHARE": ("simulator", "exploration_share", float),
+    "CLICKLOOP_ROLLOUT": ("rollout", "enabled", bool),
+    "CLICKLOOP_CANARY_SHARE": ("rollout", "canary_share", float),
     "CLICKLOOP_DUCKDB_THREADS": ("warehouse", "duckdb_threads", int),
     "CLICKLOOP_DUCKDB_MEMORY_LIMIT": ("warehouse", "duckdb_memory_limit", str),
     "MLFLOW_TRACKING_URI": ("model_registry", "tracking_uri", str),
@@ -52,6 +55,11 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
 def _env_var(name: str, kind: type, env: Mapping[str, str]) -> Any:
     if kind is int:
         return EnvVar.int(name)
+    if kind is bool:  # nor a bool EnvVar: a value
+        value = env[name].strip().lower()
+        if value not in ("1", "true", "yes", "0", "false", "no"):
+            raise ValueError(f"{name} must be true or false, not {env[name]!r}")
+        return value in ("1", "true", "yes")
     if kind is float:  # Dagster has no float EnvVar (and a float field refuses a str one): a value
         try:
             return float(env[name])

@@ -10,7 +10,9 @@ from datetime import date
 from dagster import ConfigurableResource
 
 from clickloop.ranking import STATS_TABLE, ChampionPolicy, serving_stats_key
+from clickloop.simulator.allocation import ServingPlan
 from resources.contract import LogContractResource
+from resources.rollout import RolloutResource
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
@@ -21,9 +23,12 @@ class ChampionServing(ConfigurableResource):
     registry: ModelRegistry
     warehouse: WarehouseResource
     log_contract: LogContractResource
+    #: the canary's share of the requests when a challenger is on (None: the rollout's default)
+    rollout: RolloutResource | None = None
 
-    def policy_for(self, day: date | str) -> ChampionPolicy | None:
-        """The champion's policy for ``day``, or None while no model has been promoted.
+    def policy_for(self, day: date | str) -> ChampionPolicy | ServingPlan | None:
+        """The champion's policy for ``day``, or None while no model has been promoted; with a
+        challenger in the registry, a :class:`ServingPlan` of both (shadow or canary).
 
         The statistics are ``feature_stats`` of ``day`` when materialized (the loop builds them
         before serving a day), else the newest earlier partition: an ad server serves with the
@@ -39,7 +44,13 @@ class ChampionServing(ConfigurableResource):
             raise FileNotFoundError(
                 f"the champion cannot serve {key}: no {STATS_TABLE} partition on or before it"
             )
+        stats_path = warehouse.partition_path(STATS_TABLE, stats_key)
+        spec = self.log_contract.features()
         version, booster = champion
-        return ChampionPolicy(
-            version, booster, warehouse.partition_path(STATS_TABLE, stats_key), self.log_contract.features()
-        )
+        policy = ChampionPolicy(version, booster, stats_path, spec)
+        challenger = self.registry.challenger()
+        if challenger is None:
+            return policy
+        rival = ChampionPolicy(challenger["version"], self.registry.load_version(challenger["version"]), stats_path, spec)
+        share = (self.rollout or RolloutResource()).canary_share
+        return ServingPlan(champion=policy, challenger=rival, stage=challenger["stage"], canary_share=share)

@@ -75,6 +75,8 @@ class AdServerSimulator(LogSource):
     malformed_line_rate: float = _FAULTS.malformed_line
     wrong_type_rate: float = _FAULTS.wrong_type
     null_field_rate: float = _FAULTS.null_field
+    #: the share of requests ranked uniformly at random with their propensity and candidates logged
+    exploration_share: float = _DEFAULTS.exploration_share
     #: where the champion comes from; None serves with the random policy forever
     serving: ChampionServing | None = None
 

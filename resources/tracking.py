@@ -41,6 +41,10 @@ from clickloop.faults import fault_point
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
 HISTORY_TAG = "champion_history"
+#: A model that passed the offline gate while a rollout is on: it serves in shadow, then as canary.
+CHALLENGER_ALIAS = "challenger"
+#: The challenger's rollout state on the registered model (JSON: version, stage, since per stage).
+ROLLOUT_TAG = "rollout"
 #: how many promotions the undo stack remembers.
 HISTORY_LIMIT = 100
 #: the artifact folder of a run that holds the MLflow model (xgboost flavor).
@@ -439,6 +443,49 @@ class ModelRegistry(ConfigurableResource):
         stamp = pd.Timestamp.now(tz="UTC").isoformat()
         client.set_model_version_tag(self.registered_model_name, current, "rolled_back_at", stamp)
         return Rollback(from_version=current, to_version=target, previous_champion=previous)
+
+
+    # --- the challenger of a rollout ------------------------------------------------------------
+
+    def challenger(self) -> dict[str, Any] | None:
+        """The challenger's rollout state (``version``, ``stage``, ``since``: the first day of each
+        stage), or None when no challenger is on."""
+        client = self.client()
+        version = self._alias(client, CHALLENGER_ALIAS)
+        if version is None:
+            return None
+        state = json.loads(client.get_registered_model(self.registered_model_name).tags.get(ROLLOUT_TAG, "{}"))
+        if state.get("version") != version:
+            raise ValueError(f"the {ROLLOUT_TAG} tag {state} does not describe the challenger v{version}")
+        return state
+
+    def set_challenger(self, version: str, stage: str, day: str) -> dict[str, Any]:
+        """Point the ``challenger`` alias at ``version`` in ``stage`` from ``day`` on (a new
+        challenger replaces the old one; the same one moves to the next stage)."""
+        client, name, version = self.client(), self.registered_model_name, str(version)
+        client.get_model_version(name, version)  # fails if unknown
+        current = self.challenger()
+        since = dict(current["since"]) if current and current["version"] == version else {}
+        since.setdefault(stage, day)
+        state = {"version": version, "stage": stage, "since": since}
+        client.set_registered_model_tag(name, ROLLOUT_TAG, json.dumps(state))
+        client.set_registered_model_alias(name, CHALLENGER_ALIAS, version)
+        client.set_model_version_tag(name, version, "rollout_stage", stage)
+        return state
+
+    def end_challenger(self, outcome: str, reason: str = "") -> str | None:
+        """Remove the challenger (after its promotion or its rollback); the champion is untouched.
+        Returns the version it was, None when there was none."""
+        client, name = self.client(), self.registered_model_name
+        version = self._alias(client, CHALLENGER_ALIAS)
+        if version is None:
+            return None
+        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+        client.set_registered_model_tag(name, ROLLOUT_TAG, "{}")
+        client.set_model_version_tag(name, version, "rollout_stage", outcome)
+        if reason:
+            client.set_model_version_tag(name, version, "rollout_reason", reason[:5000])
+        return version
 
 
 def relocate_mlflow_store(db: Path, old_root: Path, new_root: Path) -> int:

@@ -4,6 +4,8 @@
 - ``landing/clicks/date=D/clicks-from-D.jsonl.gz`` and ``landing/clicks/date=D+1/clicks-from-D.jsonl.gz``:
   the clicks on day ``D``'s impressions, partitioned by the click's own timestamp, so the clicks
   folder of ``D`` is complete once days ``D-1`` and ``D`` have been simulated;
+- ``landing/exploration/date=D/candidates-D.parquet``: on days the ad server explored, every
+  candidate of every request it ranked uniformly at random (what an off-policy estimate needs);
 - ``landing/_simulator/D.json``: the manifest, with the day's true counts and the exact number of
   every injected fault, written last (its presence means the day is complete).
 
@@ -21,7 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from clickloop.landing import exploration_path
 from clickloop.simulator.clock import MS_PER_DAY, day_start_ms, epoch_ms, iso_ms
 from clickloop.simulator.faults import (
     ClickFile,
@@ -78,6 +83,20 @@ def impressions_path(landing_dir: str | Path, day: date) -> Path:
 def clicks_path(landing_dir: str | Path, landing_day: date, source_day: date) -> Path:
     """Where the clicks that happened on ``landing_day`` on impressions of ``source_day`` land."""
     return Path(landing_dir) / "clicks" / f"date={landing_day}" / f"clicks-from-{source_day}.jsonl.gz"
+
+
+def _write_exploration(traffic: DayTraffic, landing_dir: Path) -> dict:
+    """Write the day's exploration log (Parquet, atomically); its manifest entry."""
+    frame = traffic.exploration
+    assert frame is not None
+    path = exploration_path(landing_dir, traffic.day)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
+    return {
+        "path": path.relative_to(landing_dir).as_posix(),
+        "requests": int(frame["request_id"].nunique()),
+        "candidates": len(frame),
+    }
 
 
 def manifest_path(landing_dir: str | Path, day: date) -> Path:
@@ -175,6 +194,8 @@ def write_day(
         files[path.relative_to(landing_dir).as_posix()] = entry
 
     manifest = _manifest(traffic, faults, files, settings)
+    if traffic.exploration is not None:
+        manifest["exploration"] = _write_exploration(traffic, landing_dir)
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     atomic_write(manifest_path(landing_dir, traffic.day), lambda handle: handle.write(text.encode()))
     return manifest

@@ -8,6 +8,7 @@ manifest is written last), and later asked-for files are served from the folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import json
@@ -21,6 +22,7 @@ import pandas as pd
 
 from clickloop.contract import LOG_KINDS, LogKind
 from clickloop.landing import list_log_files
+from clickloop.simulator.allocation import ServingPlan
 from clickloop.simulator.clock import as_date
 from clickloop.simulator.faults import FaultRates
 from clickloop.simulator.logs import manifest_path, read_manifest, write_day
@@ -67,12 +69,17 @@ class SimulatorConfig:
     #: the first day with traffic
     start_date: str = "2026-10-01"
     faults: FaultRates = FaultRates()
+    #: the share of requests ranked uniformly at random, with their propensity and candidates
+    #: logged (0 = no exploration; :mod:`clickloop.simulator.allocation`)
+    exploration_share: float = 0.0
 
     def __post_init__(self) -> None:
         check_scenario(self.scenario)
         if self.scenario_start is not None:
             object.__setattr__(self, "scenario_start", check_date(self.scenario_start, "scenario_start"))
         object.__setattr__(self, "start_date", check_date(self.start_date, "start_date"))
+        if not 0.0 <= self.exploration_share <= 1.0:
+            raise ValueError(f"exploration_share={self.exploration_share} must lie in [0, 1]")
         if not isinstance(self.faults, FaultRates):
             raise ValueError(f"faults: expected FaultRates, got {type(self.faults).__name__}")
 
@@ -148,12 +155,18 @@ class AdServer:
         return settings
 
     def policy(self, day: date | str) -> RankingPolicy:
-        """The ranking policy serving ``day``: ``policy_for(day)``, else the random policy."""
-        if self._policy_for is not None:
-            chosen = self._policy_for(as_date(day))
-            if chosen is not None:
-                return chosen
-        return RandomPolicy(prior_ctr=self.world().average_ctr)
+        """The ranking policy serving ``day``: ``policy_for(day)`` (a policy or a
+        :class:`ServingPlan` with a challenger), else the random policy; with the configured
+        exploration share when there is one."""
+        chosen = self._policy_for(as_date(day)) if self._policy_for is not None else None
+        if chosen is None:
+            chosen = RandomPolicy(prior_ctr=self.world().average_ctr)
+        share = self.config.exploration_share
+        if share > 0 and isinstance(chosen, ServingPlan):
+            return dataclasses.replace(chosen, exploration_share=share)
+        if share > 0:
+            return ServingPlan(champion=chosen, exploration_share=share)
+        return chosen
 
     def _check_served(self, day: date) -> None:
         if day < as_date(self.config.start_date):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from clickloop.contract import ContractError
 from clickloop.contract_file import load_contract
+from clickloop.simulator.allocation import Served, ServingPlan, exploration_stream, serve_plan
 from clickloop.simulator.clock import to_datetime
 from clickloop.simulator.vocabulary import (
     LONG_DELAY_PROB,
@@ -136,6 +137,9 @@ class DayTraffic:
     #: expected revenue of the oracle policy on the same requests and candidates (see
     #: :func:`oracle_expected_revenue`); None for traffic built without it
     oracle_expected_revenue: float | None = None
+    #: the candidate sets of the requests ranked uniformly at random, one row per (request,
+    #: candidate) with ``request_id`` and ``CANDIDATE_FIELDS``; None when the day did not explore
+    exploration: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
     def scenario_active(self) -> bool:
@@ -311,12 +315,11 @@ def _impression_frame(
     world: World,
     traffic_day: date,
     context: RequestContext,
-    winners: np.ndarray,
-    predictions: np.ndarray,
-    policy_version: str,
+    served: Served,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Logged impressions (2 per request, position 1 first) and their hidden true prices."""
     n = len(context.ts_ms)
+    winners, predictions = served.winners, served.predictions
     rows = np.repeat(np.arange(n), 2)
     ads = winners.ravel()
     user, site, device = context.user[rows], context.site[rows], context.device[rows]
@@ -330,7 +333,7 @@ def _impression_frame(
         {
             "impression_id": id_strings(f"i-{stamp}-", 1, 2 * n, 7),
             "ts": to_datetime(context.ts_ms[rows]),
-            "request_id": id_strings(f"r-{stamp}-", 1, n, 7)[rows],
+            "request_id": request_id_strings(traffic_day, n)[rows],
             "user_id": categorical(user, dt["user_id"]),
             "user_segment": categorical(world.user_segment[user], dt["user_segment"]),
             "ad_id": categorical(ads, dt["ad_id"]),
@@ -344,14 +347,74 @@ def _impression_frame(
             "country": categorical(world.user_country[user], dt["country"]),
             "position": np.tile(np.array([1, 2], dtype=np.int8), n),
             "bid_cpc": np.round(logged_bid, 2),
-            "model_version": pd.Categorical.from_codes(
-                np.zeros(2 * n, dtype=np.int8), categories=[policy_version]
-            ),
+            "model_version": pd.Categorical(served.versions[rows]),
             "predicted_ctr": predictions.ravel(),
+            "propensity": served.propensity.ravel(),
+            "shadow_version": pd.Categorical(
+                np.full(2 * n, served.shadow_version, dtype=object)
+                if served.shadow_version
+                else np.full(2 * n, None, dtype=object)
+            ),
+            "shadow_ctr": served.shadow_ctr.ravel() if served.shadow_ctr is not None else np.full(2 * n, np.nan),
         }
     )
     require_fields(frame, IMPRESSION_FIELDS, "impression")
     return frame, true_bid
+
+
+def request_id_strings(day: date, n: int) -> np.ndarray:
+    """The ids of a day's ``n`` requests, in time order."""
+    return id_strings(f"r-{day:%Y%m%d}-", 1, n, 7)
+
+
+def _serve(
+    world: World,
+    day: date,
+    context: RequestContext,
+    candidates: np.ndarray,
+    policy: RankingPolicy,
+    rng: np.random.Generator,
+    chunk_requests: int,
+) -> Served:
+    """Rank the day's requests: one policy as always, or a :class:`ServingPlan` that explores,
+    shadows or splits the traffic with a challenger."""
+    n, k = candidates.shape
+    if isinstance(policy, ServingPlan) and not policy.plain:
+
+        def predict(scorer: object, rows: np.ndarray, ads: np.ndarray) -> np.ndarray:
+            return _checked_predictions(scorer, candidate_frame(world, day, context, rows, ads))  # type: ignore[arg-type]
+
+        return serve_plan(
+            world,
+            candidates,
+            policy,
+            request_id_strings(day, n),
+            rng,
+            exploration_stream(world.seed, day),
+            predict,
+            chunk_requests,
+        )
+    if isinstance(policy, ServingPlan):
+        policy = policy.champion  # type: ignore[assignment]
+    winners, predictions = rank_top_two(world, day, context, candidates, policy, rng, chunk_requests)
+    uniform = bool(getattr(policy, "rank_uniformly", False))
+    return Served(
+        winners=winners,
+        predictions=predictions,
+        versions=np.full(n, policy.version, dtype=object),
+        propensity=np.full((n, 2), 1.0 / k if uniform else 1.0),
+        explored=np.full(n, uniform),
+    )
+
+
+def exploration_candidates(
+    world: World, day: date, context: RequestContext, candidates: np.ndarray, explored: np.ndarray
+) -> pd.DataFrame:
+    """The exploration log: every candidate of every explored request, with its request id."""
+    rows = np.repeat(np.flatnonzero(explored), candidates.shape[1])
+    frame = candidate_frame(world, day, context, rows, candidates[explored].ravel())
+    frame.insert(0, "request_id", request_id_strings(day, len(context.ts_ms))[rows])
+    return frame
 
 
 def simulate_day(
@@ -370,8 +433,10 @@ def simulate_day(
     traffic_rng, click_rng, _ = day_streams(world.seed, day)
     context = draw_context(world, world.scenario, day, requests_per_day, traffic_rng)
     candidates = draw_candidates(world, day, requests_per_day, candidates_per_request, traffic_rng)
-    winners, predictions = rank_top_two(world, day, context, candidates, policy, traffic_rng, chunk_requests)
-    impressions, true_bid = _impression_frame(world, day, context, winners, predictions, policy.version)
+    served = _serve(world, day, context, candidates, policy, traffic_rng, chunk_requests)
+    winners = served.winners
+    impressions, true_bid = _impression_frame(world, day, context, served)
+    explores = isinstance(policy, ServingPlan) and policy.exploration_share > 0
 
     rows = np.repeat(np.arange(requests_per_day), 2)
     ads = winners.ravel()
@@ -413,4 +478,5 @@ def simulate_day(
         clicked=clicked,
         click_impression_row=clicked_rows,
         oracle_expected_revenue=oracle,
+        exploration=exploration_candidates(world, day, context, candidates, served.explored) if explores else None,
     )

@@ -38,7 +38,9 @@ from clickloop.simulator import (
 DAY = date(2026, 10, 1)
 SHIFT = date(2026, 10, 3)
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-STRING_FIELDS = [f for f in IMPRESSION_FIELDS if f not in ("position", "bid_cpc", "predicted_ctr")]
+#: the rollout's optional fields: a propensity on every line, a shadow score only while one runs
+ROLLOUT_FIELDS = ("propensity", "shadow_version", "shadow_ctr")
+STRING_FIELDS = [f for f in IMPRESSION_FIELDS if f not in ("position", "bid_cpc", "predicted_ctr", *ROLLOUT_FIELDS)]
 NOISY = FaultRates(
     duplicate_impression=0.02,
     duplicate_click=0.05,
@@ -80,6 +82,8 @@ def impression_types_ok(rec: dict) -> bool:
         and rec["bid_cpc"] > 0
         and is_number(rec["predicted_ctr"])
         and 0 <= rec["predicted_ctr"] <= 1
+        and is_number(rec["propensity"])
+        and 0 < rec["propensity"] <= 1
     )
 
 
@@ -94,7 +98,7 @@ def classify_impressions(lines: list[str]) -> tuple[Counter, set[str]]:
             continue
         if set(rec) != set(IMPRESSION_FIELDS):
             counts["wrong_fields"] += 1
-        elif any(rec[f] is None for f in IMPRESSION_FIELDS):
+        elif any(rec[f] is None for f in IMPRESSION_FIELDS if f not in ROLLOUT_FIELDS[1:]):
             counts["null_field"] += 1
         elif not impression_types_ok(rec):
             counts["wrong_type"] += 1

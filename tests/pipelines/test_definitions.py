@@ -32,6 +32,7 @@ LOOP_ASSETS = {
     "champion_model",
     "drift_report",
     "online_metrics",
+    "rollout_decision",
 }
 LOOP_EDGES = {
     ("raw_impressions", "ad_events"),
@@ -48,6 +49,8 @@ LOOP_EDGES = {
     ("model_evaluation", "champion_model"),
     ("features", "drift_report"),
     ("features", "online_metrics"),
+    ("champion_model", "rollout_decision"),
+    ("online_metrics", "rollout_decision"),
 }
 
 
@@ -81,6 +84,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "ingest_job",
         "events_job",
         "training_job",
+        "rollout_job",
     }
     assert {s.name for s in repo.schedule_defs} == {"daily_refresh_schedule", "weekly_retraining_schedule"}
     assert {s.name for s in repo.sensor_defs} == {
@@ -93,6 +97,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "staleness_sensor",
         "redelivery_sensor",
         "events_after_redelivery",
+        "rollout_sensor",
         "failure_alert_sensor",
         "retraining_alert_sensor",
     }
@@ -103,6 +108,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_contract",
         "log_source",
         "retrain_policy",
+        "rollout",
         "alerts",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
