@@ -36,17 +36,22 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from clickloop.champion_stack import (
+    HISTORY_TAG,
+    NoPreviousChampionError,
+    parse_history,
+    popped,
+    previous_in,
+    pushed,
+)
 from clickloop.faults import fault_point
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
-HISTORY_TAG = "champion_history"
 #: A model that passed the offline gate while a rollout is on: it serves in shadow, then as canary.
 CHALLENGER_ALIAS = "challenger"
 #: The challenger's rollout state on the registered model (JSON: version, stage, since per stage).
 ROLLOUT_TAG = "rollout"
-#: how many promotions the undo stack remembers.
-HISTORY_LIMIT = 100
 #: the artifact folder of a run that holds the MLflow model (xgboost flavor).
 MODEL_ARTIFACT_PATH = "model"
 MODEL_FORMAT = "ubj"
@@ -77,10 +82,6 @@ def _create_sqlite_store(db: Path, client: MlflowClient) -> None:
             client.search_experiments(max_results=1)  # opens the store: creates the schema
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-class NoPreviousChampionError(RuntimeError):
-    """A rollback was asked for, but no earlier champion is recorded."""
 
 
 @dataclass(frozen=True)
@@ -117,57 +118,6 @@ class TrackedRun:
 def _is(exc: MlflowException, code: int) -> bool:
     """Whether an MLflow error carries the given protobuf error code."""
     return exc.error_code == ErrorCode.Name(code)
-
-
-def parse_history(value: str | None) -> list[str]:
-    """The champion undo stack stored in the registered model's tag (oldest first)."""
-    if not value:
-        return []
-    history = json.loads(value)
-    if not isinstance(history, list):
-        raise ValueError(f"{HISTORY_TAG} tag is not a JSON list: {value!r}")
-    return [str(v) for v in history]
-
-
-def pushed(history: Sequence[str], current: str | None, version: str) -> list[str]:
-    """The undo stack after promoting ``version`` while ``current`` is champion.
-
-    If the stack lost track of the current champion (an alias set by hand), it is pushed first so
-    that a rollback still returns to it. A stack that already ends with ``current``, ``version``
-    is one a promotion wrote before it died (the alias is written last): it is kept as it is.
-    """
-    stack = list(history)
-    if stack and stack[-1] == version and current != version:
-        earlier = stack[-2] if len(stack) > 1 else None
-        if earlier == current:  # a promotion of ``version`` died after writing the stack: finish it
-            return stack[-HISTORY_LIMIT:]
-    if current is not None and (not stack or stack[-1] != current):
-        stack.append(current)
-    if not stack or stack[-1] != version:
-        stack.append(version)
-    return stack[-HISTORY_LIMIT:]
-
-
-def popped(history: Sequence[str], current: str) -> tuple[str, list[str]]:
-    """The version a rollback restores, and the stack after it.
-
-    Every trailing entry equal to the current champion is dropped; the new top is the target.
-    """
-    stack = list(history)
-    while stack and stack[-1] == current:
-        stack.pop()
-    if not stack:
-        raise NoPreviousChampionError(
-            f"no champion before version {current} is recorded: nothing to roll back to"
-        )
-    return stack[-1], stack
-
-
-def previous_in(stack: Sequence[str]) -> str | None:
-    """The version a rollback from the top of ``stack`` would restore."""
-    top = stack[-1] if stack else None
-    earlier = [v for v in stack if v != top]
-    return earlier[-1] if earlier else None
 
 
 def metric_entities(
@@ -444,7 +394,6 @@ class ModelRegistry(ConfigurableResource):
         client.set_model_version_tag(self.registered_model_name, current, "rolled_back_at", stamp)
         return Rollback(from_version=current, to_version=target, previous_champion=previous)
 
-
     # --- the challenger of a rollout ------------------------------------------------------------
 
     def challenger(self) -> dict[str, Any] | None:
@@ -454,7 +403,9 @@ class ModelRegistry(ConfigurableResource):
         version = self._alias(client, CHALLENGER_ALIAS)
         if version is None:
             return None
-        state = json.loads(client.get_registered_model(self.registered_model_name).tags.get(ROLLOUT_TAG, "{}"))
+        state = json.loads(
+            client.get_registered_model(self.registered_model_name).tags.get(ROLLOUT_TAG, "{}")
+        )
         if state.get("version") != version:
             raise ValueError(f"the {ROLLOUT_TAG} tag {state} does not describe the challenger v{version}")
         return state

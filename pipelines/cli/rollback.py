@@ -8,10 +8,11 @@ serves. Uses the deployment's settings (``MLFLOW_TRACKING_URI``, ``CLICKLOOP_DAT
 import sys
 
 from clickloop.alerts import rollback_alert
+from clickloop.champion_stack import NoPreviousChampionError
 from pipelines.definitions import build_resources
 from pipelines.settings import Settings
 from resources.alerts import AlertDeliveryError, AlertWebhook
-from resources.tracking import ModelRegistry, NoPreviousChampionError
+from resources.tracking import ModelRegistry
 
 
 def rollback(registry: ModelRegistry, alerts: AlertWebhook | None = None) -> str:

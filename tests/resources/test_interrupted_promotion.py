@@ -1,7 +1,7 @@
 """The champion's undo stack after a promotion that died half-way (the alias is written last; the
 kill tests in tests/e2e/test_faults.py kill a real promotion at each step)."""
 
-from resources.tracking import pushed
+from clickloop.champion_stack import pushed
 
 
 def test_a_promotion_that_died_after_writing_its_stack_is_finished_not_pushed_twice() -> None:

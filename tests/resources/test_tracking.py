@@ -11,19 +11,17 @@ import pytest
 import xgboost as xgb
 from mlflow import MlflowClient
 
-from clickloop.model import DOWNSAMPLING_ATTR, model_categories, predict_ctr
-from clickloop.training import TrainingParams, fit_ctr_model
-from resources.tracking import (
+from clickloop.champion_stack import (
     HISTORY_TAG,
-    ModelRegistry,
     NoPreviousChampionError,
-    metric_entities,
     parse_history,
     popped,
     previous_in,
     pushed,
-    relocate_mlflow_store,
 )
+from clickloop.model import DOWNSAMPLING_ATTR, model_categories, predict_ctr
+from clickloop.training import TrainingParams, fit_ctr_model
+from resources.tracking import ModelRegistry, metric_entities, relocate_mlflow_store
 from tests.core.synthetic import KEYS, SPEC, features_day
 from tests.resources.conftest import tiny_booster
 
