@@ -14,6 +14,12 @@ from assets.model import ctr_model_asset, training_and_test_sets
 from assets.monitoring import drift_report_asset, online_metrics_asset
 from assets.partitions import Calendar
 from assets.raw_logs import raw_log_assets
+from assets.serving import (
+    ad_catalog_asset,
+    online_features_asset,
+    online_features_check,
+    serving_skew_check,
+)
 from clickloop.contract import LogContract
 
 
@@ -33,10 +39,14 @@ def loop_assets(
         champion_model,
         drift_report_asset(calendar, contract),
         online_metrics_asset(calendar, contract),
+        ad_catalog_asset(calendar, contract),
+        online_features_asset(calendar, contract),
     ]
     checks = [
         *raw_checks,
         ad_events_check(calendar, contract),
         features_check(calendar, contract),
+        serving_skew_check(calendar, contract),
+        online_features_check(calendar, contract),
     ]
     return assets, checks

@@ -90,17 +90,7 @@ class StatsLookup:
         """The spec's feature columns of candidate rows, scored at slot ``position`` (None: at the
         rows' own position column)."""
         spec = self.spec
-        require_columns(list(candidates.columns), spec.input_columns, "the candidate frame")
-        out: dict[str, np.ndarray | pd.Series] = {c: candidates[c] for c in spec.categorical}
-        ts = pd.to_datetime(candidates[TIME], utc=True)
-        out["hour"] = ts.dt.hour.to_numpy(np.int32)
-        out["weekday"] = ts.dt.weekday.to_numpy(np.int32)
-        if spec.has_position:
-            out[POSITION] = (
-                candidates[POSITION].to_numpy(np.int32)
-                if position is None
-                else np.full(len(candidates), position, dtype=np.int32)
-            )
+        out = row_features(spec, candidates, position)
         for entity in spec.entities:
             table = self.tables[entity.name]
             found = _find(table, [candidates[c] for c in entity.columns])
@@ -110,6 +100,26 @@ class StatsLookup:
             table = self.tables[USER_KEY_TYPE]
             out[USER_ACTIVITY] = _take(table.impressions, _find(table, [candidates[USER_ID]]), 0)
         return out
+
+
+def row_features(
+    spec: FeatureSpec, candidates: pd.DataFrame, position: int | None
+) -> dict[str, np.ndarray | pd.Series]:
+    """The features a row carries itself (no history): its categorical columns, the hour and
+    weekday of its time (UTC) and its slot (``position``; None: the rows' own column). Every
+    lookup of history (Parquet here, the online store) starts from these."""
+    require_columns(list(candidates.columns), spec.input_columns, "the candidate frame")
+    out: dict[str, np.ndarray | pd.Series] = {c: candidates[c] for c in spec.categorical}
+    ts = pd.to_datetime(candidates[TIME], utc=True)
+    out["hour"] = ts.dt.hour.to_numpy(np.int32)
+    out["weekday"] = ts.dt.weekday.to_numpy(np.int32)
+    if spec.has_position:
+        out[POSITION] = (
+            candidates[POSITION].to_numpy(np.int32)
+            if position is None
+            else np.full(len(candidates), position, dtype=np.int32)
+        )
+    return out
 
 
 def _take(values: np.ndarray, found: np.ndarray, default: float) -> np.ndarray:

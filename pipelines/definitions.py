@@ -20,6 +20,7 @@ from pipelines.settings import Settings
 from resources.contract import LogContractResource
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
+from resources.online_store import OnlineFeatureStore
 from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
 from resources.tracking import ModelRegistry
@@ -45,7 +46,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     warehouse = WarehouseResource(data_dir=data, **settings.resource("warehouse"))
     registry = ModelRegistry(data_dir=data, **settings.resource("model_registry"))
     contract = LogContractResource(path=settings.log_contract)
-    serving = ChampionServing(registry=registry, warehouse=warehouse, log_contract=contract)
+    serving = ChampionServing(
+        registry=registry, warehouse=warehouse, log_contract=contract, **settings.resource("serving")
+    )
     return {
         "warehouse": warehouse,
         "model_registry": registry,
@@ -53,6 +56,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_contract": contract,
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
+        "online_store": OnlineFeatureStore(**settings.resource("online_store")),
     }
 
 

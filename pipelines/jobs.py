@@ -10,10 +10,12 @@ from assets.events import AD_EVENTS
 from assets.monitoring import DRIFT_REPORT, ONLINE_METRICS
 from assets.partitions import Calendar
 from assets.raw_logs import RAW_TABLES
+from assets.serving import ONLINE_FEATURES
 from clickloop.contract import LogContract
 from clickloop.evaluation import MODEL_EVALUATION
 from clickloop.model import CTR_MODEL
 from clickloop.ranking import STATS_TABLE
+from clickloop.service.catalog import AD_CATALOG
 from clickloop.split import FEATURES, TEST_SET, TRAINING_SET
 
 #: Training runs carry this tag: the instance lets one run at a time (dagster.yaml).
@@ -26,9 +28,11 @@ class LoopJobs:
     events: UnresolvedAssetJobDefinition
     feature_stats: UnresolvedAssetJobDefinition
     training: UnresolvedAssetJobDefinition
+    online_features: UnresolvedAssetJobDefinition | None = None
 
     def all(self) -> list[UnresolvedAssetJobDefinition]:
-        return [self.feature_stats, self.ingest, self.events, self.training]
+        jobs = [self.feature_stats, self.ingest, self.events, self.training]
+        return jobs + ([self.online_features] if self.online_features is not None else [])
 
     def by_name(self) -> dict[str, UnresolvedAssetJobDefinition]:
         return {job.name: job for job in self.all()}
@@ -67,5 +71,12 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
             description="Split the latest features by time, train and track a model, evaluate it "
             "against the champion, baselines and the ground truth, and promote it only if it earns it.",
             tags=TRAINING_TAGS,
+        ),
+        online_features=define_asset_job(
+            "online_features_job",
+            selection=AssetSelection.assets(AD_CATALOG, ONLINE_FEATURES),
+            partitions_def=partitions,
+            description="Day D's ad catalog and statistics into the online store (Redis) the ranking "
+            "service reads; run after feature_stats_job of D.",
         ),
     )

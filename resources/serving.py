@@ -10,6 +10,7 @@ from datetime import date
 from dagster import ConfigurableResource
 
 from clickloop.ranking import STATS_TABLE, ChampionPolicy, serving_stats_key
+from clickloop.service.client import HttpRankingPolicy
 from resources.contract import LogContractResource
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
@@ -21,14 +22,21 @@ class ChampionServing(ConfigurableResource):
     registry: ModelRegistry
     warehouse: WarehouseResource
     log_contract: LogContractResource
+    #: the ranking service's base URL (``CLICKLOOP_RANKER_URL``); empty: the champion ranks in-process
+    ranker_url: str = ""
 
-    def policy_for(self, day: date | str) -> ChampionPolicy | None:
+    def policy_for(self, day: date | str) -> ChampionPolicy | HttpRankingPolicy | None:
         """The champion's policy for ``day``, or None while no model has been promoted.
 
         The statistics are ``feature_stats`` of ``day`` when materialized (the loop builds them
         before serving a day), else the newest earlier partition: an ad server serves with the
-        freshest snapshot it has.
+        freshest snapshot it has. With ``ranker_url`` set, the ranking service scores the
+        candidates over HTTP with its own champion and statistics.
         """
+        if self.ranker_url:
+            if self.registry.champion_version() is None:
+                return None
+            return HttpRankingPolicy(self.ranker_url, self.log_contract.get().candidate_columns)
         champion = self.registry.champion()
         if champion is None:
             return None

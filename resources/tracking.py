@@ -38,6 +38,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
+#: a version under trial next to the champion (the ranking service serves it too when set)
+CHALLENGER_ALIAS = "challenger"
 HISTORY_TAG = "champion_history"
 #: how many promotions the undo stack remembers.
 HISTORY_LIMIT = 100
@@ -358,6 +360,10 @@ class ModelRegistry(ConfigurableResource):
             raise
         version = aliases.get(alias)
         return None if version is None else str(version)
+
+    def alias_version(self, alias: str) -> str | None:
+        """The version any alias points at, or None (one registry read: the ranking service polls it)."""
+        return self._alias(self.client(), alias)
 
     def champion_version(self) -> str | None:
         """The version the alias ``champion`` points at, or None before the first promotion."""
