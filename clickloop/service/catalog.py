@@ -45,4 +45,4 @@ def build_ad_catalog(
 ) -> int:
     """Write the catalog of the ``events`` files to ``target`` (atomically); returns its ads."""
     atomic_copy_query_to_parquet(con, catalog_sql(contract, events), target)
-    return int(con.sql(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0])
+    return int(con.execute(f"SELECT count(*) FROM read_parquet('{target}')").fetchone()[0])
