@@ -32,6 +32,8 @@ LOOP_ASSETS = {
     "champion_model",
     "drift_report",
     "online_metrics",
+    "ad_catalog",
+    "online_features",
 }
 LOOP_EDGES = {
     ("raw_impressions", "ad_events"),
@@ -48,6 +50,9 @@ LOOP_EDGES = {
     ("model_evaluation", "champion_model"),
     ("features", "drift_report"),
     ("features", "online_metrics"),
+    ("ad_events", "ad_catalog"),
+    ("feature_stats", "online_features"),
+    ("ad_catalog", "online_features"),
 }
 
 
@@ -75,12 +80,13 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
     assert asset_edges(defs) == LOOP_EDGES
     assert check_names(defs) == {
         f"{a}_expectations" for a in ("raw_impressions", "raw_clicks", "ad_events", "features")
-    }
+    } | {"served_scores_match_model", "online_matches_offline"}
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == {
         "feature_stats_job",
         "ingest_job",
         "events_job",
         "training_job",
+        "online_features_job",
     }
     assert {s.name for s in repo.schedule_defs} == {"daily_refresh_schedule", "weekly_retraining_schedule"}
     assert {s.name for s in repo.sensor_defs} == {
@@ -99,6 +105,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_contract",
         "log_source",
         "retrain_policy",
+        "online_store",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor
@@ -264,7 +271,9 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     defs = build_defs(settings)
     assert asset_names(defs) == LOOP_ASSETS - {"raw_clicks"}  # no click log
     assert ("raw_clicks", "ad_events") not in asset_edges(defs)
-    assert check_names(defs) == {f"{a}_expectations" for a in ("raw_impressions", "ad_events", "features")}
+    assert check_names(defs) == {f"{a}_expectations" for a in ("raw_impressions", "ad_events", "features")} | {
+        "online_matches_offline"  # no served predictions logged: no skew check
+    }
 
     keys = ["2026-10-01", "2026-10-02", "2026-10-03"]
     expected = {}
