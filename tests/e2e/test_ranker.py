@@ -214,3 +214,18 @@ def test_a_moved_alias_is_served_without_a_restart(ranker: Ranker) -> None:
         "the rollback to reach the service",
         interval_s=TTL_S,
     )
+
+
+def test_compose_runs_the_ranker_next_to_redis() -> None:
+    """The compose file's ``ranker`` runs this command with the online store of its ``redis``."""
+    from urllib.parse import urlsplit
+
+    from tests.e2e.test_deployment import compose, option, service_running
+
+    service = service_running("clickloop-ranker")
+    argv = service.argv or []
+    assert option(argv, "--features") == "redis" and option(argv, "--host") == "0.0.0.0"
+    redis_host = urlsplit(service.environment["CLICKLOOP_REDIS_URL"]).hostname
+    assert redis_host in compose()["services"] and "healthcheck" in compose()["services"][redis_host]
+    assert service.spec["depends_on"][redis_host]["condition"] == "service_healthy"
+    assert any(str(p).startswith("127.0.0.1:") for p in service.spec["ports"])
