@@ -152,3 +152,12 @@ def test_the_skew_check_catches_a_skewed_feature(history: History, tmp_path: Pat
     assert result.worst_difference > 100 * SKEW_TOLERANCE
     assert result.worst_impression in set(table["impression_id"])
     assert isinstance(pd.Series(result.by_version).sum(), np.integer | int)
+
+
+def test_the_evaluation_shows_a_shap_summary(history: History) -> None:
+    """Mean |SHAP| per feature, inline as a PNG and as a table, largest first."""
+    meta = history.training.metadata["model_evaluation"]
+    assert str(meta["shap_summary"]).startswith("![mean |SHAP value| per feature](data:image/png;base64,")
+    rows = [line.split("|") for line in str(meta["shap_values"]).splitlines()[2:]]
+    values = [float(r[2]) for r in rows]
+    assert len(rows) == len(SPEC.columns) and values == sorted(values, reverse=True) and values[0] > 0
