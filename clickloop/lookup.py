@@ -74,10 +74,7 @@ class StatsLookup:
     def __init__(self, path: Path, spec: FeatureSpec) -> None:
         table = pq.read_table(path).to_pandas()
         self.spec = spec
-        prior = table.loc[table["key_type"] == GLOBAL_KEY_TYPE, "ctr"]
-        if len(prior) != 1 or pd.isna(prior.iloc[0]):
-            raise ValueError(f"{path}: expected one '{GLOBAL_KEY_TYPE}' row with a prior CTR")
-        self.prior = float(prior.iloc[0])
+        self.prior = self.prior_of(table, path)
         self.tables: dict[str, _KeyTable] = {}
         for name, width in [(e.name, len(e.columns)) for e in spec.entities] + [(USER_KEY_TYPE, 1)]:
             rows = table[table["key_type"] == name]
@@ -85,6 +82,14 @@ class StatsLookup:
             self.tables[name] = _KeyTable(
                 keys, rows["impressions"].to_numpy(np.int64), rows["ctr"].to_numpy(np.float64)
             )
+
+    @staticmethod
+    def prior_of(table: pd.DataFrame, path: Path) -> float:
+        """The prior CTR of a ``feature_stats`` table (its one global row)."""
+        prior = table.loc[table["key_type"] == GLOBAL_KEY_TYPE, "ctr"]
+        if len(prior) != 1 or pd.isna(prior.iloc[0]):
+            raise ValueError(f"{path}: expected one '{GLOBAL_KEY_TYPE}' row with a prior CTR")
+        return float(prior.iloc[0])
 
     def features(self, candidates: pd.DataFrame, position: int | None) -> dict[str, np.ndarray | pd.Series]:
         """The spec's feature columns of candidate rows, scored at slot ``position`` (None: at the

@@ -24,7 +24,7 @@ from clickloop.features import FeatureSpec
 from clickloop.lookup import StatsLookup
 from clickloop.ranking import STATS_TABLE
 from clickloop.service.catalog import AD_CATALOG
-from clickloop.service.store import RedisSnapshot, current_snapshot
+from clickloop.service.store import RedisSnapshot, current_snapshot, encode_keys, key_widths, keyed_features
 from clickloop.storage import Warehouse
 
 #: How long a source trusts its snapshot before looking for a newer one.
@@ -45,19 +45,43 @@ class FeatureSnapshot(Protocol):
 
 
 class ParquetSnapshot:
-    """A ``feature_stats`` partition read into a :class:`StatsLookup`, and its day's ad catalog."""
+    """A ``feature_stats`` partition read into per-key dictionaries (a request's few candidates are
+    looked up key by key, as in the online store), and its day's ad catalog."""
 
     def __init__(self, spec: FeatureSpec, version: str, stats_path: Path, catalog_path: Path | None) -> None:
-        self.version = version
-        self.lookup = StatsLookup(stats_path, spec)
+        self.version, self.spec = version, spec
+        stats = pq.read_table(stats_path).to_pandas()
+        self.prior = StatsLookup.prior_of(stats, stats_path)
+        self.tables: dict[str, dict[str, tuple[int, float]]] = {}
+        for key_type, width in key_widths(spec).items():
+            rows = stats[stats["key_type"] == key_type]
+            keys = encode_keys([rows[f"key{k + 1}"].astype(object).to_numpy() for k in range(width)])
+            values = zip(
+                rows["impressions"].to_numpy(np.int64).tolist(),
+                rows["ctr"].to_numpy(np.float64).tolist(),
+                strict=True,
+            )
+            self.tables[key_type] = dict(zip(keys, values, strict=True))
         self.catalog: dict[str, dict[str, Any]] = {}
         if catalog_path is not None and catalog_path.exists():
             frame = pq.read_table(catalog_path).to_pandas().drop(columns=["last_seen"], errors="ignore")
             frame = frame.astype(object).where(frame.notna(), None)
             self.catalog = {str(r.pop(AD_ID)): r for r in frame.to_dict("records")}
 
+    def _fetch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for key_type, columns in requests:
+            table = self.tables[key_type]
+            found = [table.get(k) for k in encode_keys(columns)]
+            impressions = np.array([0 if f is None else f[0] for f in found], dtype=np.int64)
+            ctr = np.array(
+                [self.prior if f is None or np.isnan(f[1]) else f[1] for f in found], dtype=np.float64
+            )
+            out.append((impressions, ctr))
+        return out
+
     def features(self, candidates: pd.DataFrame, position: int | None) -> dict[str, np.ndarray | pd.Series]:
-        return self.lookup.features(candidates, position)
+        return keyed_features(self.spec, candidates, position, self._fetch)
 
     def ad_attributes(self, ad_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         return [self.catalog.get(a) for a in ad_ids]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +181,27 @@ def current_snapshot(client: redis.Redis) -> str | None:
     return value.decode() if value else None
 
 
+Fetch = Callable[[Sequence[tuple[str, Sequence[Iterable[Any]]]]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+def keyed_features(
+    spec: FeatureSpec, candidates: pd.DataFrame, position: int | None, fetch: Fetch
+) -> dict[str, np.ndarray | pd.Series]:
+    """The spec's feature columns of candidate rows from a key-value store of the statistics:
+    ``fetch`` answers (impressions, ctr) for the keys of several key types at once."""
+    out = row_features(spec, candidates, position)
+    requests = [(e.name, [candidates[c].to_numpy(object) for c in e.columns]) for e in spec.entities]
+    if spec.user_activity:
+        requests.append((USER_KEY_TYPE, [candidates[USER_ID].to_numpy(object)]))
+    found = fetch(requests)
+    for entity, (impressions, ctr) in zip(spec.entities, found, strict=False):
+        out[impressions_feature(entity)] = impressions
+        out[ctr_feature(entity)] = ctr
+    if spec.user_activity:
+        out[USER_ACTIVITY] = found[-1][0]
+    return out
+
+
 class RedisSnapshot:
     """One snapshot of the online store, ready to describe candidates like a
     :class:`clickloop.lookup.StatsLookup` (tested to give the same features)."""
@@ -220,18 +241,7 @@ class RedisSnapshot:
     def features(self, candidates: pd.DataFrame, position: int | None) -> dict[str, np.ndarray | pd.Series]:
         """The spec's feature columns of candidate rows, as :meth:`StatsLookup.features` gives them;
         one round trip to Redis for every key type."""
-        spec = self.spec
-        out = row_features(spec, candidates, position)
-        requests = [(e.name, [candidates[c].to_numpy(object) for c in e.columns]) for e in spec.entities]
-        if spec.user_activity:
-            requests.append((USER_KEY_TYPE, [candidates[USER_ID].to_numpy(object)]))
-        found = self._fetch(requests)
-        for entity, (impressions, ctr) in zip(spec.entities, found, strict=False):
-            out[impressions_feature(entity)] = impressions
-            out[ctr_feature(entity)] = ctr
-        if spec.user_activity:
-            out[USER_ACTIVITY] = found[-1][0]
-        return out
+        return keyed_features(self.spec, candidates, position, self._fetch)
 
     def ad_attributes(self, ad_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Each ad's catalog columns, None for an ad the catalog does not hold."""

@@ -20,6 +20,7 @@ from clickloop.lookup import StatsLookup
 from clickloop.ranking import STATS_TABLE
 from clickloop.service.catalog import AD_CATALOG
 from clickloop.service.consistency import SKEW_TOLERANCE, compare_online, serving_skew
+from clickloop.service.features import ParquetSnapshot
 from clickloop.service.store import (
     POINTER,
     PREFIX,
@@ -84,9 +85,12 @@ def test_online_features_equal_the_parquet_lookup(served: History) -> None:
     candidates = served.warehouse.read_partition("ad_events", served.event_days[-1]).to_pandas().head(800)
     offline = StatsLookup(served.warehouse.partition_path(STATS_TABLE, day), SPEC).features(candidates, 1)
     online = snapshot.features(candidates, 1)
-    assert list(online) == list(offline)
-    for name in offline:
-        np.testing.assert_array_equal(np.asarray(online[name]), np.asarray(offline[name]), err_msg=name)
+    # the service's warehouse snapshot (per-key dictionaries) gives the same numbers too
+    parquet = ParquetSnapshot(SPEC, day, served.warehouse.partition_path(STATS_TABLE, day), None)
+    for looked_up in (online, parquet.features(candidates, 1)):
+        assert list(looked_up) == list(offline)
+        for name in offline:
+            np.testing.assert_array_equal(np.asarray(looked_up[name]), np.asarray(offline[name]), err_msg=name)
     # the catalog holds each ad of the window with its columns
     catalog = pq.read_table(served.warehouse.partition_path(AD_CATALOG, day)).to_pandas()
     (first,) = snapshot.ad_attributes([catalog["ad_id"].iloc[0]])
