@@ -1,6 +1,7 @@
 """The ranking service under load: ``POST /rank`` with 32 candidates over loopback HTTP at a fixed
 rate (200 requests a second for 30 seconds; ``CLICKLOOP_BENCH_RANKER_SECONDS`` shortens it), p50,
 p99 and throughput, against the same ranking called in-process (no HTTP, no JSON).
+``CLICKLOOP_BENCH_RANKER_RATE`` changes the rate.
 
 Only the standard library at module level (the parent imports this module).
 """
@@ -21,7 +22,7 @@ from bench.harness import ROOT, SEED, Ctx
 from bench.steps_model import FEATURE_STATS, model_path
 
 RANKER_CANDIDATES = 32
-RANKER_RATE = 200.0
+RANKER_RATE = float(os.environ.get("CLICKLOOP_BENCH_RANKER_RATE", "200"))
 RANKER_SECONDS = float(os.environ.get("CLICKLOOP_BENCH_RANKER_SECONDS", "30"))
 #: distinct requests, sent round robin
 RANKER_REQUESTS = 200

@@ -115,9 +115,11 @@ def row_features(
     lookup of history (Parquet here, the online store) starts from these."""
     require_columns(list(candidates.columns), spec.input_columns, "the candidate frame")
     out: dict[str, np.ndarray | pd.Series] = {c: candidates[c] for c in spec.categorical}
-    ts = pd.to_datetime(candidates[TIME], utc=True)
-    out["hour"] = ts.dt.hour.to_numpy(np.int32)
-    out["weekday"] = ts.dt.weekday.to_numpy(np.int32)
+    # hour and weekday (Monday = 0) of the UTC time from its nanoseconds since the epoch (a Thursday)
+    nanos = pd.to_datetime(candidates[TIME], utc=True).to_numpy("datetime64[ns]").astype(np.int64)
+    hours = nanos // 3_600_000_000_000
+    out["hour"] = (hours % 24).astype(np.int32)
+    out["weekday"] = ((hours // 24 + 3) % 7).astype(np.int32)
     if spec.has_position:
         out[POSITION] = (
             candidates[POSITION].to_numpy(np.int32)

@@ -79,6 +79,33 @@ class ServiceMetrics:
         )
 
 
+class MeasuringMiddleware:
+    """Counts and times every HTTP request by path and status (a plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` costs a task and a stream per request)."""
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope["path"]
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(path, str(status["code"])).inc()
+
+
 def create_app(engine: RankingEngine) -> FastAPI:
     """The service over one engine."""
     schemas = build_schemas(engine.contract)
@@ -90,14 +117,7 @@ def create_app(engine: RankingEngine) -> FastAPI:
     )
     app.state.engine, app.state.metrics = engine, metrics
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        return response
+    app.add_middleware(MeasuringMiddleware, metrics=metrics)
 
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -127,7 +147,7 @@ def create_app(engine: RankingEngine) -> FastAPI:
         return body if body["status"] == "ok" else JSONResponse(status_code=503, content=body)
 
     @app.post("/rank", response_model=RankResponse)
-    def rank(body: RankRequest) -> RankResponse:  # type: ignore[valid-type]
+    async def rank(body: RankRequest) -> RankResponse:  # type: ignore[valid-type]
         """The top ``k`` candidates by predicted CTR x bid."""
         ranked = engine.rank(
             body.context.model_dump(), [c.model_dump() for c in body.candidates], body.k, body.model_alias

@@ -105,8 +105,12 @@ class RankingEngine:
                         f"{snapshot.version}; send its {', '.join(missing)} with it",
                         "unknown_ad",
                     )
-            rows.append({**dict(context), **{c: None for c in self.ad_columns}, **(known or {}), **own})
-        frame = pd.DataFrame(rows)
+            rows.append({**{c: None for c in self.ad_columns}, **(known or {}), **own})
+        n = len(rows)
+        columns: dict[str, Any] = {name: [row.get(name) for row in rows] for name in (AD_ID, *self.ad_columns)}
+        for name, value in context.items():
+            columns[name] = [value] * n if name != TIME else pd.DatetimeIndex([pd.Timestamp(value)] * n)
+        frame = pd.DataFrame(columns)
         frame[TIME] = pd.to_datetime(frame[TIME], utc=True)
         return frame
 
