@@ -147,7 +147,7 @@ def create_app(engine: RankingEngine) -> FastAPI:
         return body if body["status"] == "ok" else JSONResponse(status_code=503, content=body)
 
     @app.post("/rank", response_model=RankResponse)
-    async def rank(body: RankRequest) -> RankResponse:  # type: ignore[valid-type]
+    def rank(body: RankRequest) -> RankResponse:  # type: ignore[valid-type]
         """The top ``k`` candidates by predicted CTR x bid."""
         ranked = engine.rank(
             body.context.model_dump(), [c.model_dump() for c in body.candidates], body.k, body.model_alias
