@@ -229,3 +229,39 @@ def test_compose_runs_the_ranker_next_to_redis() -> None:
     assert redis_host in compose()["services"] and "healthcheck" in compose()["services"][redis_host]
     assert service.spec["depends_on"][redis_host]["condition"] == "service_healthy"
     assert any(str(p).startswith("127.0.0.1:") for p in service.spec["ports"])
+
+
+def test_the_service_reads_the_online_store_when_configured(ranker: Ranker) -> None:
+    """Started with a Redis URL, the service ranks from the store's snapshot: the same answer as
+    from the warehouse's Parquet."""
+    import redis
+
+    from clickloop.service.store import write_snapshot
+
+    url = "redis://127.0.0.1:6379/12"  # a database of the local Redis that only this test uses
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    warehouse = ranker.history.warehouse
+    stats = pq.read_table(warehouse.partition_path(STATS_TABLE, ranker.day)).to_pandas()
+    catalog = pq.read_table(warehouse.partition_path(AD_CATALOG, ranker.day)).to_pandas()
+    spec = ranker.history.resources["log_contract"].features()
+    write_snapshot(client, spec, ranker.day, stats, catalog)
+    port = free_port()
+    env = process_env(CLICKLOOP_DATA_DIR=str(ranker.history.settings.data_dir), CLICKLOOP_REDIS_URL=url)
+    argv = [str(VENV_BIN / "clickloop-ranker"), "--port", str(port)]  # --features auto: Redis
+    process = ManagedProcess.start("ranker-redis", argv, env, ranker.history.root / "logs")
+    try:
+        online = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: requests.get(f"{online}/healthz", timeout=5).status_code == 200,
+            90,
+            "the ranker",
+            alive=[process],
+        )
+        body = {**_request(ranker), "k": 32}
+        answer = requests.post(f"{online}/rank", json=body, timeout=30).json()
+        assert answer["features_version"] == ranker.day
+        assert answer["ranked"] == ranker.post("/rank", body).json()["ranked"]
+    finally:
+        process.stop()
+        client.flushdb()
