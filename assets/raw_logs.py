@@ -10,6 +10,7 @@ from dagster import (
     AssetChecksDefinition,
     AssetExecutionContext,
     AssetsDefinition,
+    DataVersion,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -22,12 +23,15 @@ from assets.partitions import Calendar
 from clickloop.checks import raw_log_rules
 from clickloop.contract import LogContract, LogKind
 from clickloop.expectations import Rule
+from clickloop.landing import files_markdown, fingerprint
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts, reasons_markdown, sample_markdown
 from clickloop.storage import Warehouse, one_row
 from resources.landing import LogSource
 from resources.warehouse import WarehouseResource
 
 RAW_TABLES: dict[LogKind, str] = {"impressions": "raw_impressions", "clicks": "raw_clicks"}
+#: the metadata key of a day's delivery fingerprint (also the raw asset's data version)
+LANDING_FINGERPRINT = "landing_fingerprint"
 _DESCRIPTIONS = {
     "impressions": "Typed ad impressions of one UTC day, exactly as the ad server logged them "
     "(duplicates included); every line that breaks the log contract is in the quarantine with "
@@ -53,6 +57,7 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
     ) -> MaterializeResult:
         day = context.partition_time_window.start.date()
         files = log_source.partition_files(kind, day)
+        delivered = fingerprint(files)  # before reading: a file replaced meanwhile changes it
         done = ingest_day(warehouse.get(), files, spec, name, day)
         parsed = done.parsed
         context.log.info(
@@ -60,7 +65,12 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
             f"{parsed.quarantine.num_rows:,} quarantined {parsed.quarantined_by_reason}"
         )
         return MaterializeResult(
+            # the delivery is the data version: logs delivered again make everything built on
+            # this day stale, and redelivery_sensor re-ingests it
+            data_version=DataVersion(delivered),
             metadata={
+                LANDING_FINGERPRINT: delivered,
+                "landing_files": MetadataValue.md(files_markdown(files)),
                 "dagster/row_count": parsed.valid_rows,
                 "lines_read": parsed.lines_read,
                 "valid_rows": parsed.valid_rows,
@@ -73,7 +83,7 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
                 "path": MetadataValue.path(str(done.path)),
                 "log_source": log_source.describe(),
                 "log_contract": contract.describe(),
-            }
+            },
         )
 
     return _materialize

@@ -29,7 +29,8 @@ DEFAULT_SIZES: tuple[int, ...] = (1_000_000, 5_000_000)
 QUICK_SIZE = 100_000
 #: Both sides of every comparison use the warehouse's DuckDB settings (clickloop.storage.DuckDBSettings).
 DUCKDB_THREADS = 2
-DUCKDB_MEMORY_LIMIT = "4GB"
+#: 2GB so that the whole refresh (DuckDB and the Python around it) can stay within 3 GiB.
+DUCKDB_MEMORY_LIMIT = "2GB"
 SEED = 7
 #: The measured day D; D-1 and D+1 are simulated for the join, D-7 .. D-1 label the window.
 DAY = date(2026, 10, 8)

@@ -22,6 +22,8 @@ Only the standard library at module level: the benchmark's parent process import
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +48,7 @@ from bench.steps_model import (
     features_floor_sql,
     stats_floor_sql,
 )
+from bench.tiling import TILE_BASE, tile_files
 
 #: Impressions per day of the history older than D-1 (only the feature window reads it).
 HISTORY_SIZE = 100_000
@@ -53,20 +56,25 @@ HISTORY_SIZE = 100_000
 #: (under 1M a day) keeps two, the least the refresh reads.
 HISTORY_DAYS = 9
 SMOKE_HISTORY_DAYS = 2
-#: The largest day the refresh is measured at, besides the run's sizes.
-LARGEST = 10_000_000
+#: The large days the refresh is also measured at when the run is at full scale (days over
+#: :data:`bench.tiling.TILE_BASE` impressions are tiled from a simulated day of that size).
+LARGE_POINTS = (10_000_000, 50_000_000)
 #: The drift report's reference without a trained model: the features of up to 7 days before D.
 DRIFT_REFERENCE_DAYS = 7
 DRIFT_SAMPLE_ROWS = 20_000
 
 
 def refresh_points(size: int, sizes: Sequence[int]) -> tuple[int, ...]:
-    """At the run's first size: every size of the run, and 10M when the run is at full scale."""
+    """At the run's first size: every size of the run, and 10M and 50M when the run is at full
+    scale (``CLICKLOOP_BENCH_REFRESH_POINTS``, comma-separated impressions, overrides them)."""
     if size != sizes[0]:
         return ()
     points = set(sizes)
     if min(sizes) >= 1_000_000:
-        points.add(LARGEST)
+        points.update(LARGE_POINTS)
+    override = os.getenv("CLICKLOOP_BENCH_REFRESH_POINTS")
+    if override:
+        points = {int(value) for value in override.split(",") if value.strip()}
     return tuple(sorted(points))
 
 
@@ -124,11 +132,20 @@ def refresh_prepare(ctx: Ctx) -> None:
     landing = _dir(ctx) / "landing"
     world = World(SEED)
     first = -_history_days(ctx)
+    copies, rest = divmod(ctx.rows, TILE_BASE)
+    if ctx.rows > TILE_BASE and rest:
+        raise ValueError(f"a refresh day over {TILE_BASE:,} impressions must be a multiple of it")
     for offset in range(first, 2):
         size = ctx.rows if offset >= -1 else min(HISTORY_SIZE, ctx.rows)
-        traffic = simulate_day(world, ctx.day(offset), requests_per_day=max(1, size // 2))
-        write_day(traffic, landing, FaultRates(), settings={**bench_settings(ctx), "impressions": size})
+        tile = offset >= -1 and ctx.rows > TILE_BASE
+        target = _dir(ctx) / "tile-base" if tile else landing
+        simulated = TILE_BASE if tile else size
+        traffic = simulate_day(world, ctx.day(offset), requests_per_day=max(1, simulated // 2))
+        write_day(traffic, target, FaultRates(), settings={**bench_settings(ctx), "impressions": simulated})
         del traffic
+        if tile:
+            tile_files(target, landing, copies)
+            shutil.rmtree(target)
     runner = _runner(ctx)
     for offset in range(first, 1):
         _execute(runner, "feature_stats_job", ctx.key(offset))

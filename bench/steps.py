@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from bench.harness import DUCKDB_MEMORY_LIMIT, DUCKDB_THREADS, HISTORY_DAYS, Step, size_label
 from bench.refresh import (
     HISTORY_SIZE,
-    LARGEST,
+    LARGE_POINTS,
     refresh_detail,
     refresh_floor,
     refresh_ours,
@@ -61,6 +61,7 @@ from bench.steps_serving import (
     scoring_ours,
     scoring_points,
 )
+from bench.tiling import TILE_BASE
 
 STEPS: list[Step] = [
     Step("simulate", "simulate day", simulate_ours, None, "none (no bare equivalent)"),
@@ -225,7 +226,9 @@ NOTES: tuple[str, ...] = (
     "D+1, events_job of D (join, features, GX checks, Evidently drift report, online metrics), "
     "feature_stats_job of D+2. D-1, D and D+1 have the size; the older history "
     f"{size_label(HISTORY_SIZE)} impressions a day (prepared through the same jobs, untimed). "
-    f"Measured at every size of the run and at {size_label(LARGEST)}. The floor: the bare "
+    f"Measured at every size of the run and at {' and '.join(map(size_label, LARGE_POINTS))}; days "
+    f"over {size_label(TILE_BASE)} are copies of a simulated {size_label(TILE_BASE)} day with ids made "
+    "unique per copy (bench/tiling.py). The floor: the bare "
     "libraries doing the same work one after the other on the same files (see bench/refresh.py); "
     "no checks, quarantine, accounting or run bookkeeping.",
 )

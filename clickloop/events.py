@@ -194,8 +194,9 @@ def join_events(
         FROM clk WHERE click_pk = '{day}' AND outcome NOT LIKE 'attributed%'
         ORDER BY reason, {SOURCE_FILE}, {LINE_NUMBER}
     """
-    atomic_copy_query_to_parquet(con, events_sql, events_path)
+    # the quarantine first: the events partition is the commit marker of the day
     atomic_copy_query_to_parquet(con, quarantine_sql, quarantine_path)
+    atomic_copy_query_to_parquet(con, events_sql, events_path)
     outcomes = dict(
         con.execute(f"SELECT outcome, count(*) FROM clk WHERE click_pk = '{day}' GROUP BY outcome").fetchall()
     )
@@ -221,10 +222,10 @@ def label_events(
         FROM imp_all i WHERE i.pk = '{day}' AND i.rn = 1
         ORDER BY i.{TIME}, i.{IMPRESSION_ID}
     """
-    atomic_copy_query_to_parquet(con, events_sql, events_path)
     atomic_copy_query_to_parquet(
         con, f"{_duplicates_sql(day)} ORDER BY reason, {SOURCE_FILE}, {LINE_NUMBER}", quarantine_path
     )
+    atomic_copy_query_to_parquet(con, events_sql, events_path)
     kept, duplicated = one_row(
         con,
         f"SELECT coalesce(sum({LABEL}) FILTER (rn = 1), 0), coalesce(sum({LABEL}) FILTER (rn > 1), 0) "

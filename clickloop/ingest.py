@@ -25,8 +25,7 @@ lines, so memory is bounded by the chunk, not the day.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,8 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
+from clickloop.faults import fault_point
 from clickloop.readers import CHUNK_BYTES, FieldChunk, empty_fields_table, field_chunks, strip_terminators
-from clickloop.storage import atomic_path
+from clickloop.storage import commit, writing
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -335,35 +335,39 @@ def ingest_to_parquet(
     window: TimeWindow | None = None,
     time_column: str = "ts",
     chunk_bytes: int = CHUNK_BYTES,
+    before_commit: Callable[[ParsedLogs], None] | None = None,
 ) -> ParsedLogs:
     """Type one partition's files and stream its valid rows to ``target`` (a row group per chunk,
     written to a temporary file renamed into place), holding one chunk at a time; returns the
-    counts and the quarantine."""
+    counts and the quarantine. ``before_commit`` runs once every line is accounted for, before
+    the rename (the ingest writes the quarantine there, so a partition never exists without it)."""
     quarantine: list[pa.Table] = []
     lines = headers = valid_rows = 0
-    tmp = atomic_path(target)
     writer: pq.ParquetWriter | None = None
-    try:
-        for chunk, good, bad in _typed_parts(con, files, spec, window, time_column, chunk_bytes):
+    with writing(target) as tmp:
+        try:
+            for chunk, good, bad in _typed_parts(con, files, spec, window, time_column, chunk_bytes):
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, good.schema, compression="zstd")
+                writer.write_table(good)
+                fault_point("ingest.chunk")
+                quarantine.append(bad)
+                lines, headers, valid_rows = (
+                    lines + chunk.lines,
+                    headers + chunk.header_lines,
+                    valid_rows + good.num_rows,
+                )
             if writer is None:
-                writer = pq.ParquetWriter(tmp, good.schema, compression="zstd")
-            writer.write_table(good)
-            quarantine.append(bad)
-            lines, headers, valid_rows = (
-                lines + chunk.lines,
-                headers + chunk.header_lines,
-                valid_rows + good.num_rows,
-            )
-        if writer is None:
-            writer = pq.ParquetWriter(
-                tmp, _empty_valid(con, spec, window, time_column).schema, compression="zstd"
-            )
-        writer.close()
-        writer = None
-        parsed = _parsed(files, valid_rows, quarantine, lines, headers, spec.kind)
-        os.replace(tmp, target)
-        return parsed
-    finally:
-        if writer is not None:
+                writer = pq.ParquetWriter(
+                    tmp, _empty_valid(con, spec, window, time_column).schema, compression="zstd"
+                )
             writer.close()
-        tmp.unlink(missing_ok=True)
+            writer = None
+        finally:
+            if writer is not None:
+                writer.close()
+        parsed = _parsed(files, valid_rows, quarantine, lines, headers, spec.kind)
+        if before_commit is not None:
+            before_commit(parsed)
+        commit(tmp, target)
+        return parsed

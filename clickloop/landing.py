@@ -5,12 +5,16 @@
     <landing_dir>/impressions/date=YYYY-MM-DD/*.jsonl[.gz] | *.csv[.gz] | *.parquet
     <landing_dir>/clicks/date=YYYY-MM-DD/...
 
-A day's files are read in name order; the format of each file comes from its extension.
+A day's files are read in name order; the format of each file comes from its extension. A day's
+:func:`fingerprint` (names, sizes, modification times) tells when logs are delivered again after
+the day was ingested.
 """
 
 from __future__ import annotations
 
-from datetime import date
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -64,3 +68,24 @@ def list_log_files(landing_dir: str | Path, kind: LogKind, day: date) -> list[Pa
             f"no {kind} logs for {day.isoformat()}: folder {folder} holds no {'/'.join(LOG_SUFFIXES)} file"
         )
     return files
+
+
+def fingerprint(files: Sequence[Path]) -> str:
+    """What a day's delivery looks like, cheaply: a SHA-256 over each file's name, size and
+    modification time (nanoseconds), in name order. A file added, removed, replaced or rewritten
+    changes it; reading the files is not needed (a day may be gigabytes)."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        stat = path.stat()
+        digest.update(f"{path.name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def files_markdown(files: Sequence[Path]) -> str:
+    """The delivered files of a day: name, size, modification time (UTC)."""
+    rows = ["| file | bytes | modified (UTC) |", "|---|---:|---|"]
+    for path in sorted(files, key=lambda p: p.name):
+        stat = path.stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds")
+        rows.append(f"| {path.name} | {stat.st_size:,} | {modified} |")
+    return "\n".join(rows)

@@ -39,12 +39,19 @@ class IngestedDay:
 def ingest_day(
     warehouse: Warehouse, files: Sequence[Path], spec: LogSpec, table: str, day: date
 ) -> IngestedDay:
-    """Parse one day of one log; write its typed rows and its quarantine atomically."""
+    """Parse one day of one log; write its quarantine, then its typed rows, each atomically (a
+    partition that exists always has its quarantine beside it)."""
     key = day.isoformat()
     path = warehouse.partition_path(table, key)
+    quarantine_path = warehouse.quarantine_path(table, key)
+
+    def write_quarantine(parsed: ParsedLogs) -> None:  # first: the partition is the commit marker
+        warehouse.write_quarantine(table, key, parsed.quarantine)
+
     with warehouse.duckdb() as con:
-        parsed = ingest_to_parquet(con, files, spec, path, day_window(day), TIME)
-    quarantine_path = warehouse.write_quarantine(table, key, parsed.quarantine)
+        parsed = ingest_to_parquet(
+            con, files, spec, path, day_window(day), TIME, before_commit=write_quarantine
+        )
     return IngestedDay(parsed, path, quarantine_path)
 
 

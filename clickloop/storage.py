@@ -8,13 +8,16 @@ Layout under the data directory::
 
 Every write goes to a temporary file in the target folder and is renamed into place, so a killed
 run leaves either the old file or the new one, never half a file, and a reader never sees a partial
-file.
+file. A write that runs out of disk space raises :class:`DiskFullError` naming the target; the
+previous version of the file stays in place.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,28 +29,97 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clickloop.faults import fault_point
+
 PARQUET_NAME = "part-0.parquet"
 _PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
+#: This machine, in temporary file names (a folder may be shared by several machines).
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
 def atomic_path(target: Path) -> Path:
-    """A temporary sibling of ``target``: same folder, so the final rename is atomic."""
+    """A temporary sibling of ``target``: same folder, so the final rename is atomic. Its name
+    says which machine and process writes it (``.<name>.<host>.<pid>.<uuid>.tmp``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_orphaned_temps(target: Path) -> int:
+    """Remove temporary files of ``target`` left by writers of this machine that died (killed
+    before they could clean up); a live writer's file is left alone. Returns how many."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{re.escape(_HOST)}\.(\d+)\.[0-9a-f]{{32}}\.tmp$")
+    removed = 0
+    for path in target.parent.iterdir():
+        match = pattern.match(path.name)
+        if match and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class DiskFullError(OSError):
+    """The disk filled up while a file was written; the previous version of the file is intact."""
+
+    def __init__(self, target: Path, cause: BaseException) -> None:
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on device while writing {target}: the write was abandoned and the "
+            f"previous version of {target.name} (if any) is intact ({type(cause).__name__}: "
+            f"{str(cause).strip().splitlines()[0] if str(cause).strip() else 'ENOSPC'})",
+            str(target),
+        )
+        self.target = target
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error from the OS, Arrow or DuckDB says the disk is full."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
+
+
+def commit(tmp: Path, target: Path) -> Path:
+    """Rename a complete temporary file into place: the one moment a reader's view changes."""
+    fault_point("write.before_rename")
+    os.replace(tmp, target)
+    fault_point("write.after_rename")
+    remove_orphaned_temps(target)
+    return target
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[Path]:
+    """A temporary sibling of ``target`` to write; removed afterwards (renamed or not). A full disk
+    becomes a :class:`DiskFullError` naming ``target``."""
+    tmp = atomic_path(target)
+    try:
+        yield tmp
+    except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(target, exc) from exc
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write`` on a temporary file next to ``target``, fsync it, then rename it into place."""
-    tmp = atomic_path(target)
-    try:
+    with writing(target) as tmp:
         with open(tmp, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        return commit(tmp, target)
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> Path:
@@ -61,24 +133,16 @@ def atomic_write_text(target: Path, text: str) -> Path:
 
 def atomic_write_parquet(target: Path, table: pa.Table) -> Path:
     """Write an Arrow table as one Parquet file, atomically."""
-    tmp = atomic_path(target)
-    try:
+    with writing(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        return commit(tmp, target)
 
 
 def atomic_copy_query_to_parquet(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> Path:
     """Let DuckDB write the result of ``sql`` straight to Parquet, then rename it into place."""
-    tmp = atomic_path(target)
-    try:
+    with writing(target) as tmp:
         con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        return commit(tmp, target)
 
 
 def parquet_sql(path: Path) -> str:

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import xgboost as xgb
 
 from clickloop.contract import LABEL
+from clickloop.faults import fault_point
 from clickloop.features import FeatureSpec
 from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
@@ -197,6 +198,7 @@ def train_booster(
         verbose_eval=False,
     )
     seconds = time.perf_counter() - start
+    require_finite(booster, matrices, evals_result)
     booster.set_attr(**{DOWNSAMPLING_ATTR: repr(float(matrices.rate))})
     if matrices.categories:  # the cut at the best iteration lost XGBoost's own copy
         booster.set_attr(**{CATEGORIES_ATTR: json.dumps(matrices.categories)})
@@ -209,6 +211,31 @@ def train_booster(
         curves={f"{name}_logloss": list(map(float, d["logloss"])) for name, d in evals_result.items()},
         seconds=seconds,
     )
+
+
+class NonFiniteModelError(ArithmeticError):
+    """Training gave a non-finite loss or non-finite predictions: the model must not be saved."""
+
+
+def require_finite(
+    booster: xgb.Booster, matrices: Matrices, evals_result: Mapping[str, Mapping[str, list[float]]]
+) -> None:
+    """Fail on a non-finite loss in any round or a non-finite validation prediction (a diverging
+    learning rate, an overflowing feature), naming the set and the round."""
+    for name, metrics in evals_result.items():
+        for metric, values in metrics.items():
+            bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+            if bad:
+                raise NonFiniteModelError(
+                    f"training diverged: {name} {metric} is {values[bad[0]]} from round {bad[0]} "
+                    f"({len(bad)} of {len(values)} rounds non-finite)"
+                )
+    margins = booster.predict(matrices.valid, output_margin=True)
+    bad_predictions = int(np.count_nonzero(~np.isfinite(margins)))
+    if bad_predictions:
+        raise NonFiniteModelError(
+            f"training diverged: {bad_predictions:,} of {margins.size:,} validation predictions are not finite"
+        )
 
 
 @dataclass(frozen=True)
@@ -241,7 +268,10 @@ def search_params(
 
     def objective(trial: optuna.Trial) -> float:
         params = {**start, **suggest_params(trial)}
-        fitted = train_booster(matrices, params, num_boost_round, early_stopping_rounds)
+        try:
+            fitted = train_booster(matrices, params, num_boost_round, early_stopping_rounds)
+        except NonFiniteModelError as diverged:  # a diverging trial is skipped, not the search
+            raise optuna.TrialPruned(str(diverged)) from diverged
         results.append(
             TrialResult(trial.number, params, fitted.valid_logloss, fitted.best_iteration, fitted.seconds)
         )
@@ -333,4 +363,5 @@ def fit_ctr_model(
         )
     search_seconds = time.perf_counter() - start
     final = train_booster(matrices, best, params.num_boost_round, params.early_stopping_rounds)
+    fault_point("training.fitted")
     return FitResult(final, trials, search_seconds, train_data.rows, valid_data.rows)

@@ -13,10 +13,13 @@ from dagster import definitions as lazy_definitions
 from assets import loop_assets
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
+from pipelines.alerts import alert_sensors
 from pipelines.jobs import build_jobs
+from pipelines.redelivery import redelivery_sensors
 from pipelines.schedules import build_schedules
 from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
+from resources.alerts import AlertWebhook
 from resources.contract import LogContractResource
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
@@ -57,6 +60,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
         "online_store": OnlineFeatureStore(**settings.resource("online_store")),
+        "alerts": AlertWebhook(**settings.resource("alerts")),
     }
 
 
@@ -71,7 +75,12 @@ def build_defs(settings: Settings) -> Definitions:
         asset_checks=checks,
         jobs=jobs.all(),
         schedules=build_schedules(jobs),
-        sensors=[*chain_sensors(calendar, jobs), *retraining_sensors(calendar, contract, jobs.training)],
+        sensors=[
+            *chain_sensors(calendar, jobs),
+            *retraining_sensors(calendar, contract, jobs.training),
+            *redelivery_sensors(calendar, contract, jobs),
+            *alert_sensors(),
+        ],
         resources=build_resources(settings),
         # None: Dagster's default executor (multiprocess; run config may still pick in_process)
         executor=in_process_executor if settings.executor == "in_process" else None,

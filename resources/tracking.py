@@ -36,6 +36,8 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from clickloop.faults import fault_point
+
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
 #: a version under trial next to the champion (the ranking service serves it too when set)
@@ -129,9 +131,14 @@ def pushed(history: Sequence[str], current: str | None, version: str) -> list[st
     """The undo stack after promoting ``version`` while ``current`` is champion.
 
     If the stack lost track of the current champion (an alias set by hand), it is pushed first so
-    that a rollback still returns to it.
+    that a rollback still returns to it. A stack that already ends with ``current``, ``version``
+    is one a promotion wrote before it died (the alias is written last): it is kept as it is.
     """
     stack = list(history)
+    if stack and stack[-1] == version and current != version:
+        earlier = stack[-2] if len(stack) > 1 else None
+        if earlier == current:  # a promotion of ``version`` died after writing the stack: finish it
+            return stack[-HISTORY_LIMIT:]
     if current is not None and (not stack or stack[-1] != current):
         stack.append(current)
     if not stack or stack[-1] != version:
@@ -273,6 +280,7 @@ class ModelRegistry(ConfigurableResource):
         client = self.client()
         run = client.create_run(self.experiment_id(client), run_name=run_name, tags=dict(tags or {}))
         run_id = run.info.run_id
+        fault_point("registry.run_created")
         try:
             now = int(time.time() * 1000)
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
@@ -284,6 +292,7 @@ class ModelRegistry(ConfigurableResource):
             for name, text in (artifacts or {}).items():
                 client.log_text(run_id, text, name)
             self._log_model(client, run_id, booster)
+            fault_point("registry.model_logged")
         except BaseException:
             client.set_terminated(run_id, "FAILED")
             raise
@@ -339,6 +348,7 @@ class ModelRegistry(ConfigurableResource):
             description=description or None,
             run_link=self.run_url(run.run_id),
         )
+        fault_point("registry.version_created")
         return str(version.version)
 
     def versions(self) -> list[str]:
@@ -390,16 +400,19 @@ class ModelRegistry(ConfigurableResource):
         return parse_history(model.tags.get(HISTORY_TAG))
 
     def _write_stack(self, client: MlflowClient, stack: Sequence[str]) -> str | None:
-        """Store the undo stack and point the aliases at its top and the rollback target."""
+        """Store the undo stack and point the aliases at the rollback target and its top. The
+        ``champion`` alias is written last: a process that dies before it leaves the champion as
+        it was, and the undo stack it wrote is recognised by :func:`pushed` on the next try."""
         name = self.registered_model_name
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(list(stack)))
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, stack[-1])
+        fault_point("registry.promote.history")
         previous = previous_in(stack)
         if previous is None:
             if self._alias(client, PREVIOUS_CHAMPION_ALIAS) is not None:
                 client.delete_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS)
         else:
             client.set_registered_model_alias(name, PREVIOUS_CHAMPION_ALIAS, previous)
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, stack[-1])
         return previous
 
     def promote(self, version: str, reason: str = "") -> Promotion:
@@ -408,12 +421,14 @@ class ModelRegistry(ConfigurableResource):
         version = str(version)
         client.get_model_version(self.registered_model_name, version)  # fails if unknown
         current = self._alias(client, CHAMPION_ALIAS)
-        stack = pushed(self._history(client), current, version)
-        self._write_stack(client, stack)
         stamp = pd.Timestamp.now(tz="UTC").isoformat()
         client.set_model_version_tag(self.registered_model_name, version, "promoted_at", stamp)
         if reason:
             client.set_model_version_tag(self.registered_model_name, version, "promotion_reason", reason)
+        fault_point("registry.promote.tags")
+        stack = pushed(self._history(client), current, version)
+        self._write_stack(client, stack)  # moves the champion alias last
+        fault_point("registry.promote.done")
         return Promotion(version=version, previous_champion=current)
 
     def rollback(self) -> Rollback:

@@ -7,22 +7,33 @@ serves. Uses the deployment's settings (``MLFLOW_TRACKING_URI``, ``CLICKLOOP_DAT
 
 import sys
 
+from clickloop.alerts import rollback_alert
 from pipelines.definitions import build_resources
 from pipelines.settings import Settings
+from resources.alerts import AlertDeliveryError, AlertWebhook
 from resources.tracking import ModelRegistry, NoPreviousChampionError
 
 
-def rollback(registry: ModelRegistry) -> str:
-    """Restore the previous champion; a sentence saying what changed."""
+def rollback(registry: ModelRegistry, alerts: AlertWebhook | None = None) -> str:
+    """Restore the previous champion (and post the alert); a sentence saying what changed."""
     result = registry.rollback()
-    return f"champion rolled back from v{result.from_version} to v{result.to_version}"
+    said = f"champion rolled back from v{result.from_version} to v{result.to_version}"
+    if alerts is not None:
+        try:
+            if alerts.send(rollback_alert(result.from_version, result.to_version, "make rollback")):
+                said += " (alert sent)"
+        except AlertDeliveryError as exc:
+            said += f" (alert not delivered: {exc})"
+    return said
 
 
 def main() -> int:
     # outside a run, EnvVar settings are resolved here
-    registry = build_resources(Settings.from_env())["model_registry"].process_config_and_initialize()
+    resources = build_resources(Settings.from_env())
+    registry = resources["model_registry"].process_config_and_initialize()
+    alerts = resources["alerts"].process_config_and_initialize()
     try:
-        print(rollback(registry))
+        print(rollback(registry, alerts))
     except NoPreviousChampionError as exc:
         print(f"nothing to roll back to: {exc}", file=sys.stderr)
         return 1

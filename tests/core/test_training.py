@@ -17,6 +17,7 @@ from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION, TimeSplit, build_tr
 from clickloop.storage import Warehouse
 from clickloop.training import (
     TUNED,
+    NonFiniteModelError,
     TrainingParams,
     base_params,
     build_matrices,
@@ -150,3 +151,23 @@ def test_sampling_and_empty_sets() -> None:
     empty = features_day(KEYS[1], 10).slice(0, 0)
     with pytest.raises(ValueError, match="must not be empty"):
         fit_ctr_model(SPEC, features_day(KEYS[0], 100), empty, TrainingParams(n_trials=0), rate=1.0)
+
+
+def test_training_twice_gives_identical_model_bytes(frames: tuple[pa.Table, pa.Table, pa.Table]) -> None:
+    """Same data, same parameters (threads included): the saved UBJSON is the same, byte for byte."""
+    train, valid, _ = frames
+    params = TrainingParams(n_trials=1, search_num_boost_round=20, num_boost_round=30, nthread=2)
+    first, second = (fit_ctr_model(SPEC, train, valid, params, rate=0.5) for _ in range(2))
+    raw = [bytes(fit.final.booster.save_raw("ubj")) for fit in (first, second)]
+    assert raw[0] == raw[1]
+    changed = fit_ctr_model(SPEC, train, valid, TrainingParams(**{**params.__dict__, "seed": 8}), rate=0.5)
+    assert bytes(changed.final.booster.save_raw("ubj")) != raw[0]  # the comparison can fail
+
+
+def test_training_fails_on_a_diverging_loss(frames: tuple[pa.Table, pa.Table, pa.Table]) -> None:
+    train, valid, _ = frames
+    train_data, valid_data = training_frames(SPEC, train, valid)
+    matrices = build_matrices(train_data, valid_data, max_bin=64, rate=1.0)
+    diverging = {**base_params(TrainingParams(nthread=1, max_bin=64)), "learning_rate": float("inf")}
+    with pytest.raises(NonFiniteModelError, match=r"training diverged: \w+ logloss is nan from round \d"):
+        train_booster(matrices, diverging, num_boost_round=5, early_stopping_rounds=5)

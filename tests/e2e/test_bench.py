@@ -63,3 +63,34 @@ def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
     markdown = (tmp_path / "bench" / "results.md").read_text()
     assert "| size | step |" in markdown and "p99" in markdown
     assert not (tmp_path / "bench" / "work").exists()
+
+
+def test_a_tiled_day_is_copies_of_the_simulated_day_with_unique_ids(tmp_path: Path) -> None:
+    import duckdb
+
+    from bench.tiling import tile_files
+    from clickloop.simulator import FaultRates, World, simulate_day, write_day
+
+    day = __import__("datetime").date(2026, 10, 8)
+    write_day(simulate_day(World(3), day, requests_per_day=500), tmp_path / "base", FaultRates())
+    written = tile_files(tmp_path / "base", tmp_path / "landing", copies=3)
+    base = sorted((tmp_path / "base").rglob("*.jsonl.gz"))
+    assert len(written) == 3 * len(base)
+
+    def ids(files: str) -> tuple[int, int]:
+        return duckdb.execute(
+            f"SELECT count(*), count(DISTINCT impression_id) FROM read_json('{files}', "
+            "format = 'newline_delimited', ignore_errors = true, columns = {'impression_id': 'VARCHAR'})"
+        ).fetchone()
+
+    base_rows, base_ids = ids(f"{tmp_path}/base/impressions/*/*.jsonl.gz")
+    rows, unique = ids(f"{tmp_path}/landing/impressions/*/*.jsonl.gz")
+    assert (rows, unique) == (3 * base_rows, 3 * base_ids)
+    click_rows, _ = ids(f"{tmp_path}/landing/clicks/*/*.jsonl.gz")
+    joined = duckdb.execute(
+        f"SELECT count(*) FROM read_json('{tmp_path}/landing/clicks/*/*.jsonl.gz', format = "
+        "'newline_delimited', ignore_errors = true, columns = {'impression_id': 'VARCHAR'}) c "
+        f"JOIN read_json('{tmp_path}/landing/impressions/*/*.jsonl.gz', format = 'newline_delimited', "
+        "ignore_errors = true, columns = {'impression_id': 'VARCHAR'}) i USING (impression_id)"
+    ).fetchone()[0]
+    assert 0 < joined <= click_rows  # clicks point at impressions of their own copy

@@ -97,6 +97,10 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "quality_sensor",
         "novelty_sensor",
         "staleness_sensor",
+        "redelivery_sensor",
+        "events_after_redelivery",
+        "failure_alert_sensor",
+        "retraining_alert_sensor",
     }
     assert set(repo.get_top_level_resources()) == {
         "warehouse",
@@ -106,6 +110,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_source",
         "retrain_policy",
         "online_store",
+        "alerts",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor

@@ -1,0 +1,105 @@
+"""Logs delivered again, on a copy of the shared history: a file added to a day already ingested
+changes its delivery fingerprint; ``redelivery_sensor`` re-ingests that day (and only it); the new
+data version makes the events built on it stale, as the UI shows them; ``events_after_redelivery``
+asks for the events of D-1, D and D+1; once rebuilt they are fresh and nothing fires again."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from dagster import AssetKey, RunRequest, build_run_status_sensor_context, build_sensor_context
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
+
+from assets.raw_logs import LANDING_FINGERPRINT
+from pipelines.cli.runner import QUIET
+from pipelines.redelivery import REDELIVERY_TAG
+from tests.assets.history import History, metadata_of
+
+LATE_LINES = 5
+
+
+def tick(loop: History, name: str) -> tuple[list[RunRequest], str | None]:
+    """One tick of a sensor on the loop's instance and resources, as the daemon would run it."""
+    repo = loop.defs.get_repository_def()
+    with build_sensor_context(
+        instance=loop.instance,
+        repository_def=repo,
+        resources=repo.get_top_level_resources(),
+        sensor_name=name,
+    ) as context:
+        evaluation = repo.get_sensor_def(name).evaluate_tick(context)
+    return list(evaluation.run_requests or []), evaluation.skip_message
+
+
+def stale(loop: History, asset: str, day: str) -> StaleStatus:
+    resolver = CachingStaleStatusResolver(
+        loop.instance, loop.defs.resolve_asset_graph(), LoadingContextForTest(loop.instance)
+    )
+    return resolver.get_status(AssetKey(asset), day)
+
+
+def test_a_day_delivered_again_is_reingested_and_its_events_rebuilt(history: History, tmp_path: Path) -> None:
+    loop = history.copy(tmp_path / "loop")
+    day = loop.keys[4]
+    requests, skipped = tick(loop, "redelivery_sensor")
+    assert requests == [] and "unchanged" in (skipped or "")
+    before = metadata_of(loop.instance, "raw_impressions", day)
+    assert stale(loop, "ad_events", day) == StaleStatus.FRESH
+
+    # the ad server delivers a late file for the day (five of its impressions, sent twice)
+    folder = loop.root / "data" / "landing" / "impressions" / f"date={day}"
+    original = sorted(folder.glob("*.jsonl.gz"))[0]
+    lines = gzip.decompress(original.read_bytes()).splitlines()[:LATE_LINES]
+    (folder / "late-delivery.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+    (request,), _ = tick(loop, "redelivery_sensor")
+    assert request.partition_key == day and request.tags[REDELIVERY_TAG] == "raw_impressions"
+    assert request.run_key.startswith(f"redelivery:{day}:")
+    ingest = loop.defs.resolve_job_def("ingest_job").execute_in_process(
+        instance=loop.instance, partition_key=day, tags=request.tags, run_config=QUIET
+    )
+    assert ingest.success
+    after = metadata_of(loop.instance, "raw_impressions", day)
+    assert after["lines_read"] == before["lines_read"] + LATE_LINES
+    assert after[LANDING_FINGERPRINT] != before[LANDING_FINGERPRINT]
+    assert "late-delivery.jsonl" in after["landing_files"]
+    # the new delivery is a new data version: what was built on the day is stale
+    assert stale(loop, "ad_events", day) == StaleStatus.STALE
+    assert stale(loop, "raw_impressions", day) == StaleStatus.FRESH
+    assert tick(loop, "redelivery_sensor")[0] == []  # the re-ingested day is up to date
+
+    context = build_run_status_sensor_context(
+        sensor_name="events_after_redelivery",
+        dagster_event=ingest.get_run_success_event(),
+        dagster_instance=loop.instance,
+        dagster_run=ingest.dagster_run,
+    )
+    rebuilds = loop.defs.get_repository_def().get_sensor_def("events_after_redelivery")(context)
+    keys = loop.keys
+    assert [r.partition_key for r in rebuilds] == keys[3:6]  # D-1 (late clicks), D, D+1
+    events_before = metadata_of(loop.instance, "ad_events", day)
+    rebuilt = loop.defs.resolve_job_def("events_job").execute_in_process(
+        instance=loop.instance,
+        partition_key=day,
+        asset_selection=[AssetKey("ad_events"), AssetKey("features")],
+        run_config=QUIET,
+    )
+    assert rebuilt.success
+    events_after = metadata_of(loop.instance, "ad_events", day)
+    # the late copies are duplicates of impressions already logged: quarantined, not new events
+    assert events_after["duplicate_impressions"] == events_before["duplicate_impressions"] + LATE_LINES
+    assert events_after["dagster/row_count"] == events_before["dagster/row_count"]
+    assert stale(loop, "ad_events", day) == StaleStatus.FRESH
+
+    # a run without the redelivery tag rebuilds nothing through this sensor
+    plain = build_run_status_sensor_context(
+        sensor_name="events_after_redelivery",
+        dagster_event=rebuilt.get_run_success_event(),
+        dagster_instance=loop.instance,
+        dagster_run=rebuilt.dagster_run,
+    )
+    assert not isinstance(
+        loop.defs.get_repository_def().get_sensor_def("events_after_redelivery")(plain), list
+    )
