@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export CLICKLOOP_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
-.PHONY: install run real test test-fast ui bench rollback scenario lint clean
+.PHONY: install run real test test-fast ui bench rollback scenario lint clean serve
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: $(STAMP)
 ui: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -h $${HOST:-127.0.0.1} -p $${PORT:-3000} -w workspace.yaml
+
+# the ranking service on http://127.0.0.1:8000 (CLICKLOOP_SERVICE_HOST, CLICKLOOP_SERVICE_PORT; features
+# from Redis when CLICKLOOP_REDIS_URL is set, else from the warehouse in $(CLICKLOOP_DATA_DIR))
+serve: $(STAMP)
+	$(VENV)/bin/clickloop-ranker
 
 rollback: $(STAMP)
 	$(PY) -m pipelines.cli.rollback

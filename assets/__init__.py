@@ -15,6 +15,12 @@ from assets.monitoring import drift_report_asset, online_metrics_asset
 from assets.partitions import Calendar
 from assets.raw_logs import raw_log_assets
 from assets.rollout import rollout_decision_asset
+from assets.serving import (
+    ad_catalog_asset,
+    online_features_asset,
+    online_features_check,
+    serving_skew_check,
+)
 from clickloop.contract import LogContract
 
 
@@ -35,10 +41,15 @@ def loop_assets(
         drift_report_asset(calendar, contract),
         online_metrics_asset(calendar, contract),
         rollout_decision_asset(contract),
+        ad_catalog_asset(calendar, contract),
+        online_features_asset(calendar, contract),
     ]
     checks = [
         *raw_checks,
         ad_events_check(calendar, contract),
         features_check(calendar, contract),
+        online_features_check(calendar, contract),
     ]
+    if contract.has_served_predictions:  # the logs say which version served and what it predicted
+        checks.append(serving_skew_check(calendar, contract))
     return assets, checks

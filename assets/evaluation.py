@@ -3,6 +3,7 @@
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -22,11 +23,12 @@ from clickloop.evaluation import (
     read_evaluation,
     slices_markdown,
 )
+from clickloop.explanations import mean_abs_contributions, shap_markdown, shap_summary_png
 from clickloop.features import FeatureSpec
-from clickloop.model import CTR_MODEL, read_model_manifest
+from clickloop.model import CTR_MODEL, load_booster, model_file, read_model_manifest
 from clickloop.presentation import png_markdown
 from clickloop.promotion import GatePolicy, gate_decision
-from clickloop.split import FEATURES, TEST_SET, TRAINING_SET, TimeSplit, read_split_manifest
+from clickloop.split import FEATURES, TEST_SET, TRAINING_SET, TimeSplit, read_split_manifest, set_path
 from resources.landing import LogSource
 from resources.rollout import RolloutResource
 from resources.tracking import ModelRegistry
@@ -139,7 +141,18 @@ def model_evaluation_asset(contract: LogContract):
             f"model_evaluation v{evaluation.version} on {evaluation.test_day}: "
             + ", ".join(f"{n} NE {m.normalized_entropy:.4f}" for n, m in evaluation.metrics.items())
         )
-        return MaterializeResult(metadata=evaluation_metadata(outcome))
+        importance = mean_abs_contributions(
+            load_booster(model_file(store, read_model_manifest(store))),
+            pq.read_table(set_path(store, TEST_SET)),
+        )
+        png = shap_summary_png(importance, f"Mean |SHAP| of v{evaluation.version} on {evaluation.test_day}")
+        return MaterializeResult(
+            metadata={
+                **evaluation_metadata(outcome),
+                "shap_summary": MetadataValue.md(png_markdown(png, "mean |SHAP value| per feature")),
+                "shap_values": MetadataValue.md(shap_markdown(importance)),
+            }
+        )
 
     return _model_evaluation
 

@@ -39,6 +39,14 @@ from bench.steps_model import (
     training_floor,
     training_ours,
 )
+from bench.steps_ranker import (
+    RANKER_CANDIDATES,
+    RANKER_RATE,
+    ranker_detail,
+    ranker_floor,
+    ranker_ours,
+    ranker_points,
+)
 from bench.steps_serving import (
     DRIFT_SCALE,
     SCORING_CANDIDATES,
@@ -132,6 +140,17 @@ STEPS: list[Step] = [
         detail=scoring_detail,
     ),
     Step(
+        "ranker",
+        f"/rank over HTTP, {RANKER_CANDIDATES} candidates (p50)",
+        ranker_ours,
+        ranker_floor,
+        "RankingEngine.rank in-process on the same requests (no HTTP, JSON or validation), "
+        "one call after another",
+        needs=("training",),
+        points=ranker_points,
+        detail=ranker_detail,
+    ),
+    Step(
         "drift",
         "drift report",
         drift_ours,
@@ -192,6 +211,10 @@ NOTES: tuple[str, ...] = (
     "file. ChampionPolicy.predict_ctr opens its own DuckDB connection per call with "
     "clickloop.storage's default settings (2 threads, 4GB). The size and s columns are the "
     "candidates and the median latency; ratio = ratio of medians.",
+    f"ranker: the service (clickloop/service, uvicorn, one process) on the training step's model "
+    f"and the feature stats step's file, loaded at {RANKER_RATE:.0f} requests/s open loop over "
+    "loopback (latency from each request's due time) by 8 client threads in the measuring child, "
+    "on the same 2 cores; size = candidates per request.",
     f"drift report: measured once (first size) at the day's rows and {DRIFT_SCALE}x as many; the "
     f"bigger file is day D's features repeated {DRIFT_SCALE} times with new impression_ids, the "
     "reference is day D's features once more with other ids (one file, where the asset reads "

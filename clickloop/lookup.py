@@ -74,10 +74,7 @@ class StatsLookup:
     def __init__(self, path: Path, spec: FeatureSpec) -> None:
         table = pq.read_table(path).to_pandas()
         self.spec = spec
-        prior = table.loc[table["key_type"] == GLOBAL_KEY_TYPE, "ctr"]
-        if len(prior) != 1 or pd.isna(prior.iloc[0]):
-            raise ValueError(f"{path}: expected one '{GLOBAL_KEY_TYPE}' row with a prior CTR")
-        self.prior = float(prior.iloc[0])
+        self.prior = self.prior_of(table, path)
         self.tables: dict[str, _KeyTable] = {}
         for name, width in [(e.name, len(e.columns)) for e in spec.entities] + [(USER_KEY_TYPE, 1)]:
             rows = table[table["key_type"] == name]
@@ -86,21 +83,19 @@ class StatsLookup:
                 keys, rows["impressions"].to_numpy(np.int64), rows["ctr"].to_numpy(np.float64)
             )
 
+    @staticmethod
+    def prior_of(table: pd.DataFrame, path: Path) -> float:
+        """The prior CTR of a ``feature_stats`` table (its one global row)."""
+        prior = table.loc[table["key_type"] == GLOBAL_KEY_TYPE, "ctr"]
+        if len(prior) != 1 or pd.isna(prior.iloc[0]):
+            raise ValueError(f"{path}: expected one '{GLOBAL_KEY_TYPE}' row with a prior CTR")
+        return float(prior.iloc[0])
+
     def features(self, candidates: pd.DataFrame, position: int | None) -> dict[str, np.ndarray | pd.Series]:
         """The spec's feature columns of candidate rows, scored at slot ``position`` (None: at the
         rows' own position column)."""
         spec = self.spec
-        require_columns(list(candidates.columns), spec.input_columns, "the candidate frame")
-        out: dict[str, np.ndarray | pd.Series] = {c: candidates[c] for c in spec.categorical}
-        ts = pd.to_datetime(candidates[TIME], utc=True)
-        out["hour"] = ts.dt.hour.to_numpy(np.int32)
-        out["weekday"] = ts.dt.weekday.to_numpy(np.int32)
-        if spec.has_position:
-            out[POSITION] = (
-                candidates[POSITION].to_numpy(np.int32)
-                if position is None
-                else np.full(len(candidates), position, dtype=np.int32)
-            )
+        out = row_features(spec, candidates, position)
         for entity in spec.entities:
             table = self.tables[entity.name]
             found = _find(table, [candidates[c] for c in entity.columns])
@@ -110,6 +105,28 @@ class StatsLookup:
             table = self.tables[USER_KEY_TYPE]
             out[USER_ACTIVITY] = _take(table.impressions, _find(table, [candidates[USER_ID]]), 0)
         return out
+
+
+def row_features(
+    spec: FeatureSpec, candidates: pd.DataFrame, position: int | None
+) -> dict[str, np.ndarray | pd.Series]:
+    """The features a row carries itself (no history): its categorical columns, the hour and
+    weekday of its time (UTC) and its slot (``position``; None: the rows' own column). Every
+    lookup of history (Parquet here, the online store) starts from these."""
+    require_columns(list(candidates.columns), spec.input_columns, "the candidate frame")
+    out: dict[str, np.ndarray | pd.Series] = {c: candidates[c] for c in spec.categorical}
+    # hour and weekday (Monday = 0) of the UTC time from its nanoseconds since the epoch (a Thursday)
+    nanos = pd.to_datetime(candidates[TIME], utc=True).to_numpy("datetime64[ns]").astype(np.int64)
+    hours = nanos // 3_600_000_000_000
+    out["hour"] = (hours % 24).astype(np.int32)
+    out["weekday"] = ((hours // 24 + 3) % 7).astype(np.int32)
+    if spec.has_position:
+        out[POSITION] = (
+            candidates[POSITION].to_numpy(np.int32)
+            if position is None
+            else np.full(len(candidates), position, dtype=np.int32)
+        )
+    return out
 
 
 def _take(values: np.ndarray, found: np.ndarray, default: float) -> np.ndarray:

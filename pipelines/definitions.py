@@ -24,6 +24,7 @@ from resources.alerts import AlertWebhook
 from resources.contract import LogContractResource
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
+from resources.online_store import OnlineFeatureStore
 from resources.rollout import RolloutResource
 from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
@@ -51,7 +52,13 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     registry = ModelRegistry(data_dir=data, **settings.resource("model_registry"))
     contract = LogContractResource(path=settings.log_contract)
     rollout = RolloutResource(**settings.resource("rollout"))
-    serving = ChampionServing(registry=registry, warehouse=warehouse, log_contract=contract, rollout=rollout)
+    serving = ChampionServing(
+        registry=registry,
+        warehouse=warehouse,
+        log_contract=contract,
+        rollout=rollout,
+        **settings.resource("serving"),
+    )
     return {
         "warehouse": warehouse,
         "model_registry": registry,
@@ -60,6 +67,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
         "rollout": rollout,
+        "online_store": OnlineFeatureStore(**settings.resource("online_store")),
         "alerts": AlertWebhook(**settings.resource("alerts")),
     }
 

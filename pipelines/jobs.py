@@ -11,10 +11,12 @@ from assets.monitoring import DRIFT_REPORT, ONLINE_METRICS
 from assets.partitions import Calendar
 from assets.raw_logs import RAW_TABLES
 from assets.rollout import ROLLOUT_DECISION
+from assets.serving import ONLINE_FEATURES
 from clickloop.contract import LogContract
 from clickloop.evaluation import MODEL_EVALUATION
 from clickloop.model import CTR_MODEL
 from clickloop.ranking import STATS_TABLE
+from clickloop.service.catalog import AD_CATALOG
 from clickloop.split import FEATURES, TEST_SET, TRAINING_SET
 
 #: Training runs carry this tag: the instance lets one run at a time (dagster.yaml).
@@ -28,9 +30,11 @@ class LoopJobs:
     feature_stats: UnresolvedAssetJobDefinition
     training: UnresolvedAssetJobDefinition
     rollout: UnresolvedAssetJobDefinition
+    online_features: UnresolvedAssetJobDefinition | None = None
 
     def all(self) -> list[UnresolvedAssetJobDefinition]:
-        return [self.feature_stats, self.ingest, self.events, self.training, self.rollout]
+        jobs = [self.feature_stats, self.ingest, self.events, self.training, self.rollout]
+        return jobs + ([self.online_features] if self.online_features is not None else [])
 
     def by_name(self) -> dict[str, UnresolvedAssetJobDefinition]:
         return {job.name: job for job in self.all()}
@@ -75,5 +79,12 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
             selection=AssetSelection.assets(ROLLOUT_DECISION),
             description="Decide the challenger's next step (canary, promotion, rollback or wait) from "
             "its counterfactual estimate and its shadow and canary evidence.",
+        ),
+        online_features=define_asset_job(
+            "online_features_job",
+            selection=AssetSelection.assets(AD_CATALOG, ONLINE_FEATURES),
+            partitions_def=partitions,
+            description="Day D's ad catalog and statistics into the online store (Redis) the ranking "
+            "service reads; run after feature_stats_job of D.",
         ),
     )

@@ -43,6 +43,8 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "MLFLOW_TRACKING_URI": ("model_registry", "tracking_uri", str),
     "MLFLOW_UI_URL": ("model_registry", "ui_url", str),
     "CLICKLOOP_MONITORING_DB_URL": ("monitoring_store", "url", str),
+    "CLICKLOOP_REDIS_URL": ("online_store", "url", str),
+    "CLICKLOOP_RANKER_URL": ("serving", "ranker_url", str),
     "CLICKLOOP_DRIFT_SHARE_THRESHOLD": ("retrain_policy", "drift_share_threshold", float),
     "CLICKLOOP_CALIBRATION_TOLERANCE": ("retrain_policy", "calibration_tolerance", float),
     "CLICKLOOP_NE_TOLERANCE": ("retrain_policy", "normalized_entropy_tolerance", float),

@@ -10,6 +10,7 @@ from datetime import date
 from dagster import ConfigurableResource
 
 from clickloop.ranking import STATS_TABLE, ChampionPolicy, serving_stats_key
+from clickloop.service.client import HttpRankingPolicy
 from clickloop.simulator.allocation import ServingPlan
 from resources.contract import LogContractResource
 from resources.rollout import RolloutResource
@@ -25,15 +26,23 @@ class ChampionServing(ConfigurableResource):
     log_contract: LogContractResource
     #: the canary's share of the requests when a challenger is on (None: the rollout's default)
     rollout: RolloutResource | None = None
+    #: the ranking service's base URL (``CLICKLOOP_RANKER_URL``); empty: the champion ranks in-process
+    ranker_url: str = ""
 
-    def policy_for(self, day: date | str) -> ChampionPolicy | ServingPlan | None:
+    def policy_for(self, day: date | str) -> ChampionPolicy | HttpRankingPolicy | ServingPlan | None:
         """The champion's policy for ``day``, or None while no model has been promoted; with a
-        challenger in the registry, a :class:`ServingPlan` of both (shadow or canary).
+        challenger in the registry, a :class:`ServingPlan` of both (shadow or canary); with a
+        ranking service configured, the champion ranks through it.
 
         The statistics are ``feature_stats`` of ``day`` when materialized (the loop builds them
         before serving a day), else the newest earlier partition: an ad server serves with the
-        freshest snapshot it has.
+        freshest snapshot it has. With ``ranker_url`` set, the ranking service scores the
+        candidates over HTTP with its own champion and statistics.
         """
+        if self.ranker_url:
+            if self.registry.champion_version() is None:
+                return None
+            return HttpRankingPolicy(self.ranker_url, self.log_contract.get().candidate_columns)
         champion = self.registry.champion()
         if champion is None:
             return None
@@ -51,6 +60,8 @@ class ChampionServing(ConfigurableResource):
         challenger = self.registry.challenger()
         if challenger is None:
             return policy
-        rival = ChampionPolicy(challenger["version"], self.registry.load_version(challenger["version"]), stats_path, spec)
+        rival = ChampionPolicy(
+            challenger["version"], self.registry.load_version(challenger["version"]), stats_path, spec
+        )
         share = (self.rollout or RolloutResource()).canary_share
         return ServingPlan(champion=policy, challenger=rival, stage=challenger["stage"], canary_share=share)

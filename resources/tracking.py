@@ -323,6 +323,10 @@ class ModelRegistry(ConfigurableResource):
         version = aliases.get(alias)
         return None if version is None else str(version)
 
+    def alias_version(self, alias: str) -> str | None:
+        """The version any alias points at, or None (one registry read: the ranking service polls it)."""
+        return self._alias(self.client(), alias)
+
     def champion_version(self) -> str | None:
         """The version the alias ``champion`` points at, or None before the first promotion."""
         return self._alias(self.client(), CHAMPION_ALIAS)

@@ -19,7 +19,8 @@ SIZE = 5_000
 
 
 def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
-    env = {**os.environ, "CLICKLOOP_DATA_DIR": str(tmp_path)}
+    # the ranker's load: 2 s at its rate instead of 30
+    env = {**os.environ, "CLICKLOOP_DATA_DIR": str(tmp_path), "CLICKLOOP_BENCH_RANKER_SECONDS": "2"}
     subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--sizes", str(SIZE)],
         cwd=ROOT,
@@ -53,6 +54,10 @@ def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
         assert info["median_s"] == scoring[side]["seconds"] <= info["p99_s"]
     means = [scoring[side]["info"]["mean_prediction"] for side in ("ours", "floor")]
     assert abs(means[0] - means[1]) < 1e-6  # same model, same candidates, same predictions
+    (ranker,) = rows["ranker"]
+    ours = ranker["ours"]["info"]
+    assert ours["errors"] == 0 and ours["requests"] == 2 * ours["rate"]
+    assert 0 < ours["p50_ms"] <= ours["p99_ms"] and ranker["floor"]["info"]["requests"] > 0
     (training,) = rows["training"]
     assert training["ours"]["info"]["rounds"] == training["floor"]["info"]["rounds"] == 100
     markdown = (tmp_path / "bench" / "results.md").read_text()

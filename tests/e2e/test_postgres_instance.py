@@ -72,7 +72,8 @@ def test_materialization_with_the_instance_on_postgres(
         )
         assert cur.fetchone()[0] == 1
         cur.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'")
-        assert cur.fetchone()[0] == 6  # 2 raw checks x 2 days + ad_events' + features' check
+        # 2 raw checks x 2 days + ad_events' + features' two (expectations, served scores)
+        assert cur.fetchone()[0] == 7
 
 
 def test_deployment_creates_mlflows_database_once() -> None:

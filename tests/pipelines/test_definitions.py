@@ -33,6 +33,8 @@ LOOP_ASSETS = {
     "drift_report",
     "online_metrics",
     "rollout_decision",
+    "ad_catalog",
+    "online_features",
 }
 LOOP_EDGES = {
     ("raw_impressions", "ad_events"),
@@ -51,6 +53,9 @@ LOOP_EDGES = {
     ("features", "online_metrics"),
     ("champion_model", "rollout_decision"),
     ("online_metrics", "rollout_decision"),
+    ("ad_events", "ad_catalog"),
+    ("feature_stats", "online_features"),
+    ("ad_catalog", "online_features"),
 }
 
 
@@ -78,13 +83,14 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
     assert asset_edges(defs) == LOOP_EDGES
     assert check_names(defs) == {
         f"{a}_expectations" for a in ("raw_impressions", "raw_clicks", "ad_events", "features")
-    }
+    } | {"served_scores_match_model", "online_matches_offline"}
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == {
         "feature_stats_job",
         "ingest_job",
         "events_job",
         "training_job",
         "rollout_job",
+        "online_features_job",
     }
     assert {s.name for s in repo.schedule_defs} == {"daily_refresh_schedule", "weekly_retraining_schedule"}
     assert {s.name for s in repo.sensor_defs} == {
@@ -109,6 +115,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "log_source",
         "retrain_policy",
         "rollout",
+        "online_store",
         "alerts",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
@@ -275,7 +282,11 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     defs = build_defs(settings)
     assert asset_names(defs) == LOOP_ASSETS - {"raw_clicks"}  # no click log
     assert ("raw_clicks", "ad_events") not in asset_edges(defs)
-    assert check_names(defs) == {f"{a}_expectations" for a in ("raw_impressions", "ad_events", "features")}
+    assert check_names(defs) == {
+        f"{a}_expectations" for a in ("raw_impressions", "ad_events", "features")
+    } | {
+        "online_matches_offline"  # no served predictions logged: no skew check
+    }
 
     keys = ["2026-10-01", "2026-10-02", "2026-10-03"]
     expected = {}

@@ -1,0 +1,144 @@
+"""Two checks that what is served equals what was computed offline.
+
+* :func:`compare_online`: a sample of the statistics and of the ad catalog read back from the online
+  store equals the Parquet partition it was written from (exactly: numbers round-trip bit for bit).
+* :func:`serving_skew`: a sample of served impressions re-scored from their logged features with the
+  version that served them (at the reference position, as ranking does) gives the logged predicted
+  CTR within :data:`SKEW_TOLERANCE`: training/serving skew shows as a difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import xgboost as xgb
+
+from clickloop.contract import AD_ID, IMPRESSION_ID, MODEL_VERSION, POSITION, PREDICTED_CTR
+from clickloop.features import USER_KEY_TYPE, FeatureSpec
+from clickloop.model import model_frame_for, predict_frame, served_version
+from clickloop.service.store import RedisSnapshot, key_widths
+
+#: The largest |served - re-scored| predicted CTR the skew check accepts.
+SKEW_TOLERANCE = 1e-6
+DEFAULT_SAMPLE_ROWS = 2_000
+
+
+def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    return frame if len(frame) <= rows else frame.sample(n=rows, random_state=seed)
+
+
+@dataclass(frozen=True)
+class OnlineComparison:
+    sampled: int
+    mismatches: int
+    worst_difference: float
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatches == 0
+
+
+def compare_online(
+    snapshot: RedisSnapshot,
+    spec: FeatureSpec,
+    stats: pd.DataFrame,
+    catalog: pd.DataFrame,
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
+    seed: int = 0,
+) -> OnlineComparison:
+    """Read a sample of each key type's statistics and of the catalog back from the store."""
+    sampled = mismatches = 0
+    worst = 0.0
+    examples: list[str] = []
+    for key_type, width in key_widths(spec).items():
+        rows = _sample(stats[stats["key_type"] == key_type], sample_rows, seed)
+        if rows.empty:
+            continue
+        columns = [rows[f"key{k + 1}"].astype(object).to_numpy() for k in range(width)]
+        impressions, ctr = snapshot.lookup(key_type, columns)
+        offline_imp = rows["impressions"].to_numpy(np.int64)
+        bad = impressions != offline_imp
+        if key_type != USER_KEY_TYPE:
+            offline_ctr = rows["ctr"].to_numpy(np.float64)
+            diff = np.abs(ctr - offline_ctr)
+            worst = max(worst, float(diff.max()))
+            bad |= diff > 0
+        sampled += len(rows)
+        mismatches += int(bad.sum())
+        for i in np.flatnonzero(bad)[:3]:
+            examples.append(f"{key_type} {[c[i] for c in columns]}: online {impressions[i]}/{ctr[i]!r}")
+    ads = _sample(catalog, sample_rows, seed)
+    if not ads.empty:
+        online = snapshot.ad_attributes(ads[AD_ID].astype(str).tolist())
+        for (_, row), got in zip(ads.iterrows(), online, strict=True):
+            sampled += 1
+            expected = {
+                k: (None if pd.isna(v) else v) for k, v in row.items() if k not in (AD_ID, "last_seen")
+            }
+            if got != expected:
+                mismatches += 1
+                if len(examples) < 6:
+                    examples.append(f"ad {row[AD_ID]}: online {got}, offline {expected}")
+    return OnlineComparison(sampled, mismatches, worst, examples)
+
+
+@dataclass(frozen=True)
+class SkewResult:
+    """The re-scored sample: how many rows per served version and the worst difference."""
+
+    served_rows: int
+    sampled: int
+    by_version: dict[str, int]
+    worst_difference: float
+    worst_impression: str | None
+    tolerance: float = SKEW_TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return self.worst_difference <= self.tolerance
+
+
+def registered_version(served: str) -> str | None:
+    """The registry version behind a logged ``model_version`` (None for other policies)."""
+    prefix = served_version("")
+    return served[len(prefix) :] if served.startswith(prefix) and served[len(prefix) :].isdigit() else None
+
+
+def serving_skew(
+    features_path: Path,
+    spec: FeatureSpec,
+    load_version: Callable[[str], xgb.Booster],
+    sample_rows: int = DEFAULT_SAMPLE_ROWS,
+    seed: int = 0,
+    tolerance: float = SKEW_TOLERANCE,
+) -> SkewResult:
+    """Re-score a sample of the impressions a registered model served on one day of ``features``
+    from their logged features, with the version that served them, at the reference position."""
+    wanted: Sequence[str] = [IMPRESSION_ID, MODEL_VERSION, PREDICTED_CTR, *spec.columns]
+    table = pq.read_table(features_path, columns=[c for c in dict.fromkeys(wanted)]).to_pandas()
+    table[MODEL_VERSION] = table[MODEL_VERSION].astype(object)
+    versions = {v: registered_version(str(v)) for v in table[MODEL_VERSION].dropna().unique()}
+    served = table[
+        table[MODEL_VERSION].map(lambda v: versions.get(v) is not None) & table[PREDICTED_CTR].notna()
+    ]
+    sample = _sample(served, sample_rows, seed)
+    by_version: dict[str, int] = {}
+    worst, worst_id = 0.0, None
+    for logged, rows in sample.groupby(MODEL_VERSION, observed=True):
+        booster = load_version(str(versions[logged]))
+        features = {c: rows[c] for c in spec.columns}
+        if spec.has_position and spec.reference_position is not None:
+            features[POSITION] = np.full(len(rows), spec.reference_position, dtype=np.int32)
+        rescored = predict_frame(booster, model_frame_for(booster, features))
+        diff = np.abs(rescored - rows[PREDICTED_CTR].to_numpy(np.float64))
+        by_version[str(logged)] = len(rows)
+        if len(diff) and float(diff.max()) > worst:
+            worst = float(diff.max())
+            worst_id = str(rows[IMPRESSION_ID].iloc[int(diff.argmax())])
+    return SkewResult(len(served), len(sample), by_version, worst, worst_id, tolerance)
