@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,9 +183,7 @@ def train_booster(
     if matrices.base_score is not None:
         full["base_score"] = matrices.base_score
     evals_result: dict[str, dict[str, list[float]]] = {}
-    stopper = xgb.callback.EarlyStopping(
-        rounds=early_stopping_rounds, metric_name="logloss", data_name=VALIDATION, save_best=True
-    )
+    stopper = early_stopping(early_stopping_rounds)
     start = time.perf_counter()
     booster = xgb.train(
         full,
@@ -197,13 +195,31 @@ def train_booster(
         verbose_eval=False,
     )
     seconds = time.perf_counter() - start
-    booster.set_attr(**{DOWNSAMPLING_ATTR: repr(float(matrices.rate))})
-    if matrices.categories:  # the cut at the best iteration lost XGBoost's own copy
-        booster.set_attr(**{CATEGORIES_ATTR: json.dumps(matrices.categories)})
+    return finish_booster(booster, full, evals_result, matrices.rate, matrices.categories, seconds)
+
+
+def early_stopping(rounds: int) -> xgb.callback.EarlyStopping:
+    """Stop when the validation log loss has not improved for ``rounds`` rounds; keep the best."""
+    return xgb.callback.EarlyStopping(rounds=rounds, metric_name="logloss", data_name=VALIDATION, save_best=True)
+
+
+def finish_booster(
+    booster: xgb.Booster,
+    params: dict[str, Any],
+    evals_result: Mapping[str, Mapping[str, Sequence[float]]],
+    rate: float,
+    categories: Mapping[str, list[str]],
+    seconds: float,
+) -> TrainedBooster:
+    """A booster cut at its best iteration (by :func:`early_stopping`), with the downsampling rate
+    and the training categories stored in it, and its learning curves."""
+    booster.set_attr(**{DOWNSAMPLING_ATTR: repr(float(rate))})
+    if categories:  # the cut at the best iteration lost XGBoost's own copy
+        booster.set_attr(**{CATEGORIES_ATTR: json.dumps(dict(categories))})
     best = int(booster.best_iteration)
     return TrainedBooster(
         booster=booster,
-        params=full,
+        params=params,
         best_iteration=best,
         valid_logloss=float(evals_result[VALIDATION]["logloss"][best]),
         curves={f"{name}_logloss": list(map(float, d["logloss"])) for name, d in evals_result.items()},
@@ -232,6 +248,24 @@ def search_params(
 
     Returns the best parameters (``start`` when ``n_trials`` is 0) and every trial.
     """
+    return search_with(
+        lambda params, rounds: train_booster(matrices, params, rounds, early_stopping_rounds),
+        start,
+        n_trials,
+        num_boost_round,
+        seed,
+    )
+
+
+def search_with(
+    fit: Callable[[dict[str, Any], int], TrainedBooster],
+    start: Mapping[str, Any],
+    n_trials: int,
+    num_boost_round: int,
+    seed: int,
+) -> tuple[dict[str, Any], list[TrialResult]]:
+    """:func:`search_params` with any trainer: ``fit(params, num_boost_round)`` (one machine, or a
+    Dask cluster, see :mod:`clickloop.dask_training`)."""
     if n_trials == 0:
         return dict(start), []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -241,7 +275,7 @@ def search_params(
 
     def objective(trial: optuna.Trial) -> float:
         params = {**start, **suggest_params(trial)}
-        fitted = train_booster(matrices, params, num_boost_round, early_stopping_rounds)
+        fitted = fit(params, num_boost_round)
         results.append(
             TrialResult(trial.number, params, fitted.valid_logloss, fitted.best_iteration, fitted.seconds)
         )

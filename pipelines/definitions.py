@@ -18,6 +18,7 @@ from pipelines.schedules import build_schedules
 from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
 from resources.contract import LogContractResource
+from resources.dask_cluster import DaskCluster
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
 from resources.serving import ChampionServing
@@ -53,6 +54,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "log_contract": contract,
         "log_source": build_log_source(settings, serving),
         "retrain_policy": RetrainPolicy(**settings.resource("retrain_policy")),
+        "dask_cluster": DaskCluster(**settings.resource("dask_cluster")),
     }
 
 

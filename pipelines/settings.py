@@ -45,6 +45,7 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_NE_TOLERANCE": ("retrain_policy", "normalized_entropy_tolerance", float),
     "CLICKLOOP_COLD_START_TOLERANCE": ("retrain_policy", "cold_start_tolerance", float),
     "CLICKLOOP_MAX_CHAMPION_AGE_DAYS": ("retrain_policy", "max_champion_age_days", int),
+    "CLICKLOOP_DASK_SCHEDULER": ("dask_cluster", "scheduler_address", str),
 }
 
 
