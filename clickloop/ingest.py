@@ -25,7 +25,6 @@ lines, so memory is bounded by the chunk, not the day.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +37,7 @@ import pyarrow.parquet as pq
 
 from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
 from clickloop.readers import CHUNK_BYTES, FieldChunk, empty_fields_table, field_chunks, strip_terminators
-from clickloop.storage import atomic_path
+from clickloop.storage import atomic_path, publish
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -361,7 +360,7 @@ def ingest_to_parquet(
         writer.close()
         writer = None
         parsed = _parsed(files, valid_rows, quarantine, lines, headers, spec.kind)
-        os.replace(tmp, target)
+        publish(tmp, target)
         return parsed
     finally:
         if writer is not None:

@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,13 +22,13 @@ import optuna
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xgboost as xgb
 
 from clickloop.contract import LABEL
 from clickloop.features import FeatureSpec
 from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
+from clickloop.storage import StoragePath, read_parquet
 
 _PROBABILITY_EPS = 1e-7
 
@@ -77,9 +76,9 @@ def model_data(spec: FeatureSpec, table: pa.Table) -> ModelData:
     return ModelData(frame, table.column(LABEL).to_numpy().astype(np.float32))
 
 
-def read_training_data(path: Path) -> tuple[pa.Table, pa.Table]:
+def read_training_data(path: StoragePath) -> tuple[pa.Table, pa.Table]:
     """The training and validation rows of a ``training_set`` file."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     part = table.column(SPLIT_COLUMN)
     return table.filter(pc.equal(part, TRAIN)), table.filter(pc.equal(part, VALIDATION))
 

@@ -46,6 +46,8 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_COLD_START_TOLERANCE": ("retrain_policy", "cold_start_tolerance", float),
     "CLICKLOOP_MAX_CHAMPION_AGE_DAYS": ("retrain_policy", "max_champion_age_days", int),
     "CLICKLOOP_DASK_SCHEDULER": ("dask_cluster", "scheduler_address", str),
+    "CLICKLOOP_WAREHOUSE_URL": ("warehouse", "url", str),
+    "CLICKLOOP_MLFLOW_ARTIFACTS": ("model_registry", "artifact_location", str),
 }
 
 
