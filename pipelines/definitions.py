@@ -7,7 +7,7 @@ environment (:meth:`Settings.from_env`) when Dagster loads it, not when this mod
 
 from typing import Any
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, ExecutorDefinition, in_process_executor
 from dagster import definitions as lazy_definitions
 
 from assets import loop_assets
@@ -25,6 +25,9 @@ from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
+
+#: The Celery executor's config; ``deploy/celery/worker.yaml`` gives the workers the same.
+CELERY_EXECUTOR_CONFIG = {"broker": {"env": "CLICKLOOP_CELERY_BROKER"}, "backend": "rpc://"}
 
 
 def build_log_source(settings: Settings, serving: ChampionServing) -> LogSource:
@@ -71,9 +74,19 @@ def build_defs(settings: Settings) -> Definitions:
         schedules=build_schedules(jobs),
         sensors=[*chain_sensors(calendar, jobs), *retraining_sensors(calendar, contract, jobs.training)],
         resources=build_resources(settings),
-        # None: Dagster's default executor (multiprocess; run config may still pick in_process)
-        executor=in_process_executor if settings.executor == "in_process" else None,
+        executor=build_executor(settings.executor),
     )
+
+
+def build_executor(name: str) -> ExecutorDefinition | None:
+    """None: Dagster's default executor (multiprocess; run config may still pick in_process)."""
+    if name == "in_process":
+        return in_process_executor
+    if name == "celery":  # the workers: `dagster-celery worker start -y deploy/celery/worker.yaml`
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(CELERY_EXECUTOR_CONFIG, name="celery")
+    return None
 
 
 @lazy_definitions
