@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.compute import k8s_op_tags
 from assets.guards import require_upstream_checks_passed
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
@@ -130,6 +131,7 @@ class CtrModelConfig(Config):
         ),
     ],
     can_subset=False,
+    op_tags=k8s_op_tags(TRAINING_SET),
 )
 def training_and_test_sets(
     context: AssetExecutionContext, config: TimeSplitConfig, warehouse: WarehouseResource
@@ -177,6 +179,7 @@ def ctr_model_asset(contract: LogContract):
         group_name="model",
         kinds={"xgboost", "mlflow"},
         tags={"clickloop/kind": "training"},
+        op_tags=k8s_op_tags(CTR_MODEL),
         description="XGBoost CTR model: a small Optuna search, then the final model with early "
         "stopping on the validation day; saved in XGBoost's own format, tracked in MLflow and "
         "registered as a new version.",

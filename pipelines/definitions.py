@@ -86,6 +86,10 @@ def build_executor(name: str) -> ExecutorDefinition | None:
         from dagster_celery import celery_executor
 
         return celery_executor.configured(CELERY_EXECUTOR_CONFIG, name="celery")
+    if name == "k8s":  # each step a Kubernetes Job sized by its asset's op tags (assets/compute.py)
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
     return None
 
 

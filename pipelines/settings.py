@@ -26,7 +26,7 @@ from clickloop.simulator import SimulatorConfig
 #: The first daily partition by default: the embedded simulator's first day.
 DEFAULT_START_DATE = SimulatorConfig().start_date
 LOG_SOURCES = ("simulator", "landing")
-EXECUTORS = ("multiprocess", "in_process", "celery")
+EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
 #: Resource fields the environment may set: variable -> (resource, field, type).
 ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
@@ -83,7 +83,8 @@ class Settings:
     #: ``simulator`` (the embedded default) or ``landing`` (real logs in a landing folder)
     log_source: str = "simulator"
     #: ``multiprocess`` (Dagster's default, a process per step), ``in_process`` (one process per run)
-    #: or ``celery`` (each step a task on Celery workers; broker: ``CLICKLOOP_CELERY_BROKER``)
+    #: ``celery`` (each step a task on Celery workers; broker: ``CLICKLOOP_CELERY_BROKER``) or ``k8s``
+    #: (each step a Kubernetes Job sized by its op tags, see ``deploy/k8s/dagster.yaml``)
     executor: str = "multiprocess"
     #: resource fields by resource name (values or ``EnvVar``s); anything unset keeps its default
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
