@@ -86,7 +86,9 @@ class DaskModelData:
 def spread(client: Client, frame: dd.DataFrame) -> dd.DataFrame:
     """``frame`` computed on the cluster, its partitions placed on the workers in turn (so every
     worker trains on rows, whatever the layout of the files it was read from)."""
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    workers = sorted(client.nthreads())  # asks the scheduler (scheduler_info() may be stale)
+    if not workers:
+        raise RuntimeError(f"the Dask cluster at {client.scheduler.address} has no worker")
     parts = frame.to_delayed()
     futures = [
         client.compute(part, workers=[workers[i % len(workers)]], allow_other_workers=False)
@@ -206,7 +208,7 @@ def fit_ctr_model_dask(
     file (path or URL): the search on a sample of the training rows, then the final model on
     every training row, both with early stopping on the validation day."""
     columns = [*spec.columns, LABEL]
-    workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    workers = max(1, len(client.nthreads()))
     train_rows = read_set(training_set, columns, TRAIN, storage_options, workers)
     valid_rows = read_set(training_set, columns, VALIDATION, storage_options, workers)
     categories, ctr, n_train = training_categories(spec, train_rows)
