@@ -16,6 +16,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.checks import partition_check
+from assets.compute import k8s_op_tags
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import CLICKS_FOR_EVENTS, IMPRESSIONS_FOR_EVENTS, Calendar
 from assets.raw_logs import RAW_TABLES
@@ -45,6 +46,7 @@ def ad_events_asset(calendar: Calendar, contract: LogContract) -> AssetsDefiniti
 
     @asset(
         name=AD_EVENTS,
+        op_tags=k8s_op_tags(AD_EVENTS),
         partitions_def=calendar.partitions,
         deps=deps,
         group_name="events",

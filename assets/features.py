@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from assets.checks import partition_check
+from assets.compute import k8s_op_tags
 from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
@@ -37,6 +38,7 @@ def feature_stats_asset(calendar: Calendar, contract: LogContract) -> AssetsDefi
 
     @asset(
         name=STATS_TABLE,
+        op_tags=k8s_op_tags(STATS_TABLE),
         partitions_def=calendar.partitions,
         deps=[AssetDep(AD_EVENTS, partition_mapping=calendar.history_window)],
         group_name="features",
@@ -81,6 +83,7 @@ def features_asset(calendar: Calendar, contract: LogContract) -> AssetsDefinitio
 
     @asset(
         name=FEATURES,
+        op_tags=k8s_op_tags(FEATURES),
         partitions_def=calendar.partitions,
         deps=[AD_EVENTS, STATS_TABLE],
         group_name="features",

@@ -18,6 +18,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.compute import k8s_op_tags
 from assets.guards import require_upstream_checks_passed
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
@@ -51,6 +52,7 @@ from clickloop.training import (
     read_training_data,
     trials_markdown,
 )
+from resources.dask_cluster import DaskCluster
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
@@ -129,6 +131,7 @@ class CtrModelConfig(Config):
         ),
     ],
     can_subset=False,
+    op_tags=k8s_op_tags(TRAINING_SET),
 )
 def training_and_test_sets(
     context: AssetExecutionContext, config: TimeSplitConfig, warehouse: WarehouseResource
@@ -176,6 +179,7 @@ def ctr_model_asset(contract: LogContract):
         group_name="model",
         kinds={"xgboost", "mlflow"},
         tags={"clickloop/kind": "training"},
+        op_tags=k8s_op_tags(CTR_MODEL),
         description="XGBoost CTR model: a small Optuna search, then the final model with early "
         "stopping on the validation day; saved in XGBoost's own format, tracked in MLflow and "
         "registered as a new version.",
@@ -185,12 +189,21 @@ def ctr_model_asset(contract: LogContract):
         config: CtrModelConfig,
         warehouse: WarehouseResource,
         model_registry: ModelRegistry,
+        dask_cluster: DaskCluster,
     ) -> MaterializeResult:
         store = warehouse.get()
         params = config.params()
         split = read_split_manifest(store)
-        train, valid = read_training_data(set_path(store, TRAINING_SET))
-        fit = fit_ctr_model(spec, train, valid, params, split.negative_downsampling_rate)
+        rate = split.negative_downsampling_rate
+        if dask_cluster.enabled:
+            from clickloop.dask_training import fit_ctr_model_dask  # dask's import only where it trains
+
+            with dask_cluster.client() as client:
+                context.log.info(f"training on the Dask cluster at {dask_cluster.scheduler_address}")
+                fit = fit_ctr_model_dask(client, spec, str(set_path(store, TRAINING_SET)), params, rate)
+        else:
+            train, valid = read_training_data(set_path(store, TRAINING_SET))
+            fit = fit_ctr_model(spec, train, valid, params, rate)
         final = fit.final
         model_path = save_booster(final.booster, model_dir(store) / "model.ubj")
         importance = feature_importance(final.booster)
@@ -249,6 +262,7 @@ def ctr_model_asset(contract: LogContract):
                 "valid_logloss": round(final.valid_logloss, 5),
                 "train_rows": fit.train_rows,
                 "train_seconds": round(final.seconds, 1),
+                "trained_on": dask_cluster.scheduler_address or "this machine",
                 "search_seconds": round(fit.search_seconds, 1),
                 "negative_downsampling_rate": split.negative_downsampling_rate,
                 "feature_importance": MetadataValue.md(importance_markdown(importance)),

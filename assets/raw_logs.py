@@ -19,6 +19,7 @@ from dagster import (
 from duckdb import DuckDBPyConnection
 
 from assets.checks import partition_check
+from assets.compute import k8s_op_tags
 from assets.partitions import Calendar
 from clickloop.checks import raw_log_rules
 from clickloop.contract import LogContract, LogKind
@@ -51,6 +52,7 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         group_name="ingest",
         kinds={"parquet", "duckdb"},
         description=_DESCRIPTIONS[kind],
+        op_tags=k8s_op_tags(name),
     )
     def _materialize(
         context: AssetExecutionContext, log_source: LogSource, warehouse: WarehouseResource

@@ -14,6 +14,7 @@ from bench.refresh import (
     refresh_points,
     refresh_prepare,
 )
+from bench.steps_dask import dask1_ours, dask2_ours, dask_detail, dask_floor, dask_prepare
 from bench.steps_logs import (
     ingest_clean_floor,
     ingest_clean_ours,
@@ -127,6 +128,26 @@ STEPS: list[Step] = [
         "training with train/validation log loss each round)",
         needs=("features",),
         detail=training_detail,
+    ),
+    Step(
+        "training_dask1",
+        f"training on Dask, 1 worker ({TRAIN_ROUNDS} rounds)",
+        dask1_ours,
+        dask_floor,
+        "fit_ctr_model on this machine, same file, params and rounds (ratio: the cluster's price)",
+        prepare=dask_prepare,
+        needs=("features",),
+        detail=dask_detail,
+    ),
+    Step(
+        "training_dask2",
+        f"training on Dask, 2 workers ({TRAIN_ROUNDS} rounds)",
+        dask2_ours,
+        dask_floor,
+        "fit_ctr_model on this machine, same file, params and rounds (ratio: the cluster's price)",
+        prepare=dask_prepare,
+        needs=("features",),
+        detail=dask_detail,
     ),
     Step(
         "scoring",

@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xgboost as xgb
 
 from clickloop.contract import AD_ID, LABEL
@@ -47,7 +46,7 @@ from clickloop.metrics import (
 from clickloop.model import ModelManifest, load_booster, model_file, predict_ctr
 from clickloop.presentation import figure_png, fmt, new_figure
 from clickloop.split import SPLIT_COLUMN, TEST_SET, TRAIN, TRAINING_SET, SplitManifest, set_path
-from clickloop.storage import Warehouse, atomic_write_bytes, atomic_write_text
+from clickloop.storage import StoragePath, Warehouse, atomic_write_bytes, atomic_write_text, read_parquet
 
 MODEL_EVALUATION = "model_evaluation"
 MODEL = "model"
@@ -257,9 +256,9 @@ def read_evaluation(warehouse: Warehouse) -> Evaluation:
 # --- Contenders and slices ------------------------------------------------------------------------
 
 
-def training_ads(training_set: Path) -> set[str]:
+def training_ads(training_set: StoragePath) -> set[str]:
     """The ad ids of the training days (what 'seen in training' means for a test row)."""
-    table = pq.read_table(training_set, columns=[AD_ID, SPLIT_COLUMN])
+    table = read_parquet(training_set, columns=[AD_ID, SPLIT_COLUMN])
     train = table.filter(pc.equal(table.column(SPLIT_COLUMN), TRAIN))
     return set(pc.unique(train.column(AD_ID)).to_pylist())
 
@@ -369,7 +368,7 @@ def evaluate_model(
             f"test_set was rebuilt ({split.split.to_dict()}) after ctr_model v{model.version} was "
             f"trained on {model.split.to_dict()}: rematerialize ctr_model"
         )
-    test = pq.read_table(set_path(warehouse, TEST_SET))
+    test = read_parquet(set_path(warehouse, TEST_SET))
     labels = test.column(LABEL).to_numpy().astype(np.float64)
     truth = None if ground_truth is None else ground_truth(test)
     predictions = contender_predictions(

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
 from clickloop.faults import fault_point
 from clickloop.readers import CHUNK_BYTES, FieldChunk, empty_fields_table, field_chunks, strip_terminators
-from clickloop.storage import commit, writing
+from clickloop.storage import StoragePath, commit, writing
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -331,7 +331,7 @@ def ingest_to_parquet(
     con: duckdb.DuckDBPyConnection,
     files: Sequence[Path],
     spec: LogSpec,
-    target: Path,
+    target: StoragePath,
     window: TimeWindow | None = None,
     time_column: str = "ts",
     chunk_bytes: int = CHUNK_BYTES,

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from clickloop.contract import POSITION, TIME, USER_ID, require_columns
 from clickloop.features import (
@@ -27,6 +25,7 @@ from clickloop.features import (
     ctr_feature,
     impressions_feature,
 )
+from clickloop.storage import StoragePath, read_parquet
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ def _find(table: _KeyTable, columns: Sequence[pd.Series]) -> np.ndarray:
 class StatsLookup:
     """The statistics of one ``feature_stats`` file, ready to describe candidates."""
 
-    def __init__(self, path: Path, spec: FeatureSpec) -> None:
-        table = pq.read_table(path).to_pandas()
+    def __init__(self, path: StoragePath, spec: FeatureSpec) -> None:
+        table = read_parquet(path).to_pandas()
         self.spec = spec
         self.prior = self.prior_of(table, path)
         self.tables: dict[str, _KeyTable] = {}

@@ -21,7 +21,7 @@ import xgboost as xgb
 
 from clickloop.contract import require_columns
 from clickloop.split import TimeSplit
-from clickloop.storage import Warehouse, atomic_write_bytes, atomic_write_text
+from clickloop.storage import StoragePath, Warehouse, atomic_write_bytes, atomic_write_text, is_remote
 
 CTR_MODEL = "ctr_model"
 #: Booster attribute holding the negative downsampling rate w the model was trained with.
@@ -117,7 +117,12 @@ def save_booster(booster: xgb.Booster, target: Path) -> Path:
     return atomic_write_bytes(target, bytes(booster.save_raw(raw_format=suffix)))
 
 
-def load_booster(path: Path) -> xgb.Booster:
+def load_booster(path: StoragePath) -> xgb.Booster:
+    """A model file, local or on object storage."""
+    if is_remote(path):
+        booster = xgb.Booster()
+        booster.load_model(bytearray(path.read_bytes()))
+        return booster
     return xgb.Booster(model_file=str(path))
 
 

@@ -10,6 +10,13 @@ Every write goes to a temporary file in the target folder and is renamed into pl
 run leaves either the old file or the new one, never half a file, and a reader never sees a partial
 file. A write that runs out of disk space raises :class:`DiskFullError` naming the target; the
 previous version of the file stays in place.
+
+The root may also be an object-storage prefix (a URL such as ``s3://bucket/clickloop``, see
+:func:`storage_path`; credentials and endpoint from the environment: ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``): the paths are then fsspec paths (``UPath``),
+DuckDB reads and writes through the same fsspec filesystem, and a write goes to a local temporary
+file uploaded in one piece once complete (:func:`publish`): an object store shows an object only
+once its upload is complete, so a reader sees the old object or the new one, never part of one.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import errno
 import os
 import re
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +36,7 @@ from typing import BinaryIO
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from upath import UPath
 
 from clickloop.faults import fault_point
 
@@ -38,10 +47,31 @@ _PARTITION_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 #: This machine, in temporary file names (a folder may be shared by several machines).
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 
+#: A local path, or a path on object storage (:func:`storage_path`).
+StoragePath = Path | UPath
 
-def atomic_path(target: Path) -> Path:
+
+def storage_path(location: str | os.PathLike[str]) -> StoragePath:
+    """A local folder, or an object-storage prefix for a URL with a scheme (``s3://bucket/x``)."""
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        return UPath(text)
+    return Path(text).expanduser().resolve()
+
+
+def is_remote(path: StoragePath) -> bool:
+    """Whether ``path`` is on object storage (not a local file)."""
+    return isinstance(path, UPath) and path.protocol not in ("", "file", "local")
+
+
+def atomic_path(target: StoragePath) -> Path:
     """A temporary sibling of ``target``: same folder, so the final rename is atomic. Its name
-    says which machine and process writes it (``.<name>.<host>.<pid>.<uuid>.tmp``)."""
+    says which machine and process writes it (``.<name>.<host>.<pid>.<uuid>.tmp``). For a target on
+    object storage: a local temporary file, uploaded by :func:`commit`."""
+    if is_remote(target):
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp")
+        os.close(handle)
+        return Path(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     return target.with_name(f".{target.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
 
@@ -72,7 +102,7 @@ def remove_orphaned_temps(target: Path) -> int:
 class DiskFullError(OSError):
     """The disk filled up while a file was written; the previous version of the file is intact."""
 
-    def __init__(self, target: Path, cause: BaseException) -> None:
+    def __init__(self, target: StoragePath, cause: BaseException) -> None:
         super().__init__(
             errno.ENOSPC,
             f"no space left on device while writing {target}: the write was abandoned and the "
@@ -88,17 +118,22 @@ def is_disk_full(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)
 
 
-def commit(tmp: Path, target: Path) -> Path:
-    """Rename a complete temporary file into place: the one moment a reader's view changes."""
+def commit(tmp: Path, target: StoragePath) -> StoragePath:
+    """Put a complete temporary file in place, the one moment a reader's view changes: a rename on
+    a local disk, one upload of the whole object to object storage (visible only once complete)."""
     fault_point("write.before_rename")
-    os.replace(tmp, target)
+    if is_remote(target):
+        target.fs.put_file(str(tmp), str(target))
+    else:
+        os.replace(tmp, target)
     fault_point("write.after_rename")
-    remove_orphaned_temps(target)
+    if not is_remote(target):
+        remove_orphaned_temps(target)
     return target
 
 
 @contextmanager
-def writing(target: Path) -> Iterator[Path]:
+def writing(target: StoragePath) -> Iterator[Path]:
     """A temporary sibling of ``target`` to write; removed afterwards (renamed or not). A full disk
     becomes a :class:`DiskFullError` naming ``target``."""
     tmp = atomic_path(target)
@@ -112,7 +147,12 @@ def writing(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> Path:
+def publish(tmp: Path, target: StoragePath) -> None:
+    """:func:`commit` without its return value (the name object-storage callers use)."""
+    commit(tmp, target)
+
+
+def atomic_write(target: StoragePath, write: Callable[[BinaryIO], None]) -> StoragePath:
     """Call ``write`` on a temporary file next to ``target``, fsync it, then rename it into place."""
     with writing(target) as tmp:
         with open(tmp, "wb") as handle:
@@ -122,36 +162,38 @@ def atomic_write(target: Path, write: Callable[[BinaryIO], None]) -> Path:
         return commit(tmp, target)
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> Path:
+def atomic_write_bytes(target: StoragePath, data: bytes) -> StoragePath:
     """Write ``data`` to ``target`` atomically."""
     return atomic_write(target, lambda handle: handle.write(data))
 
 
-def atomic_write_text(target: Path, text: str) -> Path:
+def atomic_write_text(target: StoragePath, text: str) -> StoragePath:
     return atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def atomic_write_parquet(target: Path, table: pa.Table) -> Path:
+def atomic_write_parquet(target: StoragePath, table: pa.Table) -> StoragePath:
     """Write an Arrow table as one Parquet file, atomically."""
     with writing(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
         return commit(tmp, target)
 
 
-def atomic_copy_query_to_parquet(con: duckdb.DuckDBPyConnection, sql: str, target: Path) -> Path:
+def atomic_copy_query_to_parquet(
+    con: duckdb.DuckDBPyConnection, sql: str, target: StoragePath
+) -> StoragePath:
     """Let DuckDB write the result of ``sql`` straight to Parquet, then rename it into place."""
     with writing(target) as tmp:
         con.execute(f"COPY ({sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
         return commit(tmp, target)
 
 
-def parquet_sql(path: Path) -> str:
+def parquet_sql(path: StoragePath) -> str:
     """A DuckDB ``read_parquet`` of one file; its ``date=`` folder is not read as a column (DuckDB's
     hive partitioning is off, so a logged field named ``date`` is never shadowed)."""
     return f"read_parquet('{path}', hive_partitioning = false)"
 
 
-def parquet_list_sql(paths: Sequence[Path]) -> str:
+def parquet_list_sql(paths: Sequence[StoragePath]) -> str:
     """A DuckDB ``read_parquet`` call over the given files (never an empty list). The ``date=``
     folders of the partitions are not read as a column (DuckDB's hive partitioning is off)."""
     if not paths:
@@ -184,19 +226,20 @@ def connect(settings: DuckDBSettings = DuckDBSettings()) -> duckdb.DuckDBPyConne
 class Warehouse:
     """Parquet + DuckDB storage for every table of the loop, rooted at ``root``."""
 
-    root: Path
+    #: a local folder, or an object-storage prefix (:func:`storage_path`)
+    root: StoragePath
     duckdb_settings: DuckDBSettings = DuckDBSettings()
 
-    def partition_dir(self, table: str, partition_key: str) -> Path:
+    def partition_dir(self, table: str, partition_key: str) -> StoragePath:
         return self.root / table / f"date={partition_key}"
 
-    def partition_path(self, table: str, partition_key: str) -> Path:
+    def partition_path(self, table: str, partition_key: str) -> StoragePath:
         return self.partition_dir(table, partition_key) / PARQUET_NAME
 
-    def quarantine_path(self, table: str, partition_key: str) -> Path:
+    def quarantine_path(self, table: str, partition_key: str) -> StoragePath:
         return self.partition_path(f"quarantine/{table}", partition_key)
 
-    def table_path(self, table: str) -> Path:
+    def table_path(self, table: str) -> StoragePath:
         """The one Parquet file of a non-partitioned table."""
         return self.root / table / PARQUET_NAME
 
@@ -215,11 +258,11 @@ class Warehouse:
                 keys.append(match.group(1))
         return sorted(keys)
 
-    def existing_partition_paths(self, table: str, partition_keys: Sequence[str]) -> list[Path]:
+    def existing_partition_paths(self, table: str, partition_keys: Sequence[str]) -> list[StoragePath]:
         """Paths of the given partitions that exist (a window may reach before the first day)."""
         return [p for k in partition_keys if (p := self.partition_path(table, k)).exists()]
 
-    def require_partition_paths(self, table: str, partition_keys: Sequence[str]) -> list[Path]:
+    def require_partition_paths(self, table: str, partition_keys: Sequence[str]) -> list[StoragePath]:
         """Paths of the given partitions; a clear error names any that were never materialized."""
         paths = [self.partition_path(table, k) for k in partition_keys]
         missing = [str(p) for p in paths if not p.exists()]
@@ -229,23 +272,32 @@ class Warehouse:
             )
         return paths
 
-    def write_partition(self, table: str, partition_key: str, data: pa.Table) -> Path:
+    def write_partition(self, table: str, partition_key: str, data: pa.Table) -> StoragePath:
         return atomic_write_parquet(self.partition_path(table, partition_key), data)
 
-    def write_quarantine(self, table: str, partition_key: str, data: pa.Table) -> Path:
+    def write_quarantine(self, table: str, partition_key: str, data: pa.Table) -> StoragePath:
         return atomic_write_parquet(self.quarantine_path(table, partition_key), data)
 
     def read_partition(self, table: str, partition_key: str) -> pa.Table:
-        return pq.read_table(self.require_partition_paths(table, [partition_key])[0])
+        return read_parquet(self.require_partition_paths(table, [partition_key])[0])
 
     @contextmanager
     def duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A DuckDB connection with the warehouse's limits, closed afterwards."""
         con = connect(self.duckdb_settings)
+        if is_remote(self.root):  # DuckDB reads and writes the URLs through fsspec
+            con.register_filesystem(self.root.fs)
         try:
             yield con
         finally:
             con.close()
+
+
+def read_parquet(path: StoragePath, **options: object) -> pa.Table:
+    """A Parquet file (local or on object storage) as an Arrow table."""
+    if is_remote(path):
+        return pq.read_table(path.path, filesystem=path.fs, **options)
+    return pq.read_table(path, **options)
 
 
 def one_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ import optuna
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xgboost as xgb
 
 from clickloop.contract import LABEL
@@ -31,6 +29,7 @@ from clickloop.faults import fault_point
 from clickloop.features import FeatureSpec
 from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
+from clickloop.storage import StoragePath, read_parquet
 
 _PROBABILITY_EPS = 1e-7
 
@@ -78,9 +77,9 @@ def model_data(spec: FeatureSpec, table: pa.Table) -> ModelData:
     return ModelData(frame, table.column(LABEL).to_numpy().astype(np.float32))
 
 
-def read_training_data(path: Path) -> tuple[pa.Table, pa.Table]:
+def read_training_data(path: StoragePath) -> tuple[pa.Table, pa.Table]:
     """The training and validation rows of a ``training_set`` file."""
-    table = pq.read_table(path)
+    table = read_parquet(path)
     part = table.column(SPLIT_COLUMN)
     return table.filter(pc.equal(part, TRAIN)), table.filter(pc.equal(part, VALIDATION))
 
@@ -184,9 +183,7 @@ def train_booster(
     if matrices.base_score is not None:
         full["base_score"] = matrices.base_score
     evals_result: dict[str, dict[str, list[float]]] = {}
-    stopper = xgb.callback.EarlyStopping(
-        rounds=early_stopping_rounds, metric_name="logloss", data_name=VALIDATION, save_best=True
-    )
+    stopper = early_stopping(early_stopping_rounds)
     start = time.perf_counter()
     booster = xgb.train(
         full,
@@ -199,13 +196,34 @@ def train_booster(
     )
     seconds = time.perf_counter() - start
     require_finite(booster, matrices, evals_result)
-    booster.set_attr(**{DOWNSAMPLING_ATTR: repr(float(matrices.rate))})
-    if matrices.categories:  # the cut at the best iteration lost XGBoost's own copy
-        booster.set_attr(**{CATEGORIES_ATTR: json.dumps(matrices.categories)})
+    return finish_booster(booster, full, evals_result, matrices.rate, matrices.categories, seconds)
+
+
+def early_stopping(rounds: int) -> xgb.callback.EarlyStopping:
+    """Stop when the validation log loss has not improved for ``rounds`` rounds; keep the best."""
+    return xgb.callback.EarlyStopping(
+        rounds=rounds, metric_name="logloss", data_name=VALIDATION, save_best=True
+    )
+
+
+def finish_booster(
+    booster: xgb.Booster,
+    params: dict[str, Any],
+    evals_result: Mapping[str, Mapping[str, Sequence[float]]],
+    rate: float,
+    categories: Mapping[str, list[str]],
+    seconds: float,
+) -> TrainedBooster:
+    """A booster cut at its best iteration (by :func:`early_stopping`), with the downsampling rate
+    and the training categories stored in it, and its learning curves."""
+    require_finite_losses(evals_result)
+    booster.set_attr(**{DOWNSAMPLING_ATTR: repr(float(rate))})
+    if categories:  # the cut at the best iteration lost XGBoost's own copy
+        booster.set_attr(**{CATEGORIES_ATTR: json.dumps(dict(categories))})
     best = int(booster.best_iteration)
     return TrainedBooster(
         booster=booster,
-        params=full,
+        params=params,
         best_iteration=best,
         valid_logloss=float(evals_result[VALIDATION]["logloss"][best]),
         curves={f"{name}_logloss": list(map(float, d["logloss"])) for name, d in evals_result.items()},
@@ -217,11 +235,9 @@ class NonFiniteModelError(ArithmeticError):
     """Training gave a non-finite loss or non-finite predictions: the model must not be saved."""
 
 
-def require_finite(
-    booster: xgb.Booster, matrices: Matrices, evals_result: Mapping[str, Mapping[str, list[float]]]
-) -> None:
-    """Fail on a non-finite loss in any round or a non-finite validation prediction (a diverging
-    learning rate, an overflowing feature), naming the set and the round."""
+def require_finite_losses(evals_result: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
+    """Fail on a non-finite loss in any round (a diverging learning rate, an overflowing feature),
+    naming the set and the round."""
     for name, metrics in evals_result.items():
         for metric, values in metrics.items():
             bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
@@ -230,6 +246,13 @@ def require_finite(
                     f"training diverged: {name} {metric} is {values[bad[0]]} from round {bad[0]} "
                     f"({len(bad)} of {len(values)} rounds non-finite)"
                 )
+
+
+def require_finite(
+    booster: xgb.Booster, matrices: Matrices, evals_result: Mapping[str, Mapping[str, Sequence[float]]]
+) -> None:
+    """Fail on a non-finite loss in any round or a non-finite validation prediction."""
+    require_finite_losses(evals_result)
     margins = booster.predict(matrices.valid, output_margin=True)
     bad_predictions = int(np.count_nonzero(~np.isfinite(margins)))
     if bad_predictions:
@@ -259,6 +282,24 @@ def search_params(
 
     Returns the best parameters (``start`` when ``n_trials`` is 0) and every trial.
     """
+    return search_with(
+        lambda params, rounds: train_booster(matrices, params, rounds, early_stopping_rounds),
+        start,
+        n_trials,
+        num_boost_round,
+        seed,
+    )
+
+
+def search_with(
+    fit: Callable[[dict[str, Any], int], TrainedBooster],
+    start: Mapping[str, Any],
+    n_trials: int,
+    num_boost_round: int,
+    seed: int,
+) -> tuple[dict[str, Any], list[TrialResult]]:
+    """:func:`search_params` with any trainer: ``fit(params, num_boost_round)`` (one machine, or a
+    Dask cluster, see :mod:`clickloop.dask_training`)."""
     if n_trials == 0:
         return dict(start), []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -269,7 +310,7 @@ def search_params(
     def objective(trial: optuna.Trial) -> float:
         params = {**start, **suggest_params(trial)}
         try:
-            fitted = train_booster(matrices, params, num_boost_round, early_stopping_rounds)
+            fitted = fit(params, num_boost_round)
         except NonFiniteModelError as diverged:  # a diverging trial is skipped, not the search
             raise optuna.TrialPruned(str(diverged)) from diverged
         results.append(

@@ -7,7 +7,7 @@ environment (:meth:`Settings.from_env`) when Dagster loads it, not when this mod
 
 from typing import Any
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, ExecutorDefinition, in_process_executor
 from dagster import definitions as lazy_definitions
 
 from assets import loop_assets
@@ -22,6 +22,7 @@ from pipelines.sensors import RetrainPolicy, chain_sensors, retraining_sensors
 from pipelines.settings import Settings
 from resources.alerts import AlertWebhook
 from resources.contract import LogContractResource
+from resources.dask_cluster import DaskCluster
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
 from resources.online_store import OnlineFeatureStore
@@ -30,6 +31,9 @@ from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
+
+#: The Celery executor's config; ``deploy/celery/worker.yaml`` gives the workers the same.
+CELERY_EXECUTOR_CONFIG = {"broker": {"env": "CLICKLOOP_CELERY_BROKER"}, "backend": "rpc://"}
 
 
 def build_log_source(settings: Settings, serving: ChampionServing) -> LogSource:
@@ -69,6 +73,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "rollout": rollout,
         "online_store": OnlineFeatureStore(**settings.resource("online_store")),
         "alerts": AlertWebhook(**settings.resource("alerts")),
+        "dask_cluster": DaskCluster(**settings.resource("dask_cluster")),
     }
 
 
@@ -91,9 +96,23 @@ def build_defs(settings: Settings) -> Definitions:
             *alert_sensors(),
         ],
         resources=build_resources(settings),
-        # None: Dagster's default executor (multiprocess; run config may still pick in_process)
-        executor=in_process_executor if settings.executor == "in_process" else None,
+        executor=build_executor(settings.executor),
     )
+
+
+def build_executor(name: str) -> ExecutorDefinition | None:
+    """None: Dagster's default executor (multiprocess; run config may still pick in_process)."""
+    if name == "in_process":
+        return in_process_executor
+    if name == "celery":  # the workers: `dagster-celery worker start -y deploy/celery/worker.yaml`
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured(CELERY_EXECUTOR_CONFIG, name="celery")
+    if name == "k8s":  # each step a Kubernetes Job sized by its asset's op tags (assets/compute.py)
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return None
 
 
 @lazy_definitions

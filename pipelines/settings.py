@@ -26,7 +26,7 @@ from clickloop.simulator import SimulatorConfig
 #: The first daily partition by default: the embedded simulator's first day.
 DEFAULT_START_DATE = SimulatorConfig().start_date
 LOG_SOURCES = ("simulator", "landing")
-EXECUTORS = ("multiprocess", "in_process")
+EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
 #: Resource fields the environment may set: variable -> (resource, field, type).
 ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
@@ -51,6 +51,9 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_COLD_START_TOLERANCE": ("retrain_policy", "cold_start_tolerance", float),
     "CLICKLOOP_MAX_CHAMPION_AGE_DAYS": ("retrain_policy", "max_champion_age_days", int),
     "CLICKLOOP_ALERT_WEBHOOK": ("alerts", "url", str),
+    "CLICKLOOP_DASK_SCHEDULER": ("dask_cluster", "scheduler_address", str),
+    "CLICKLOOP_WAREHOUSE_URL": ("warehouse", "url", str),
+    "CLICKLOOP_MLFLOW_ARTIFACTS": ("model_registry", "artifact_location", str),
 }
 
 
@@ -90,7 +93,9 @@ class Settings:
     log_contract: str = ""
     #: ``simulator`` (the embedded default) or ``landing`` (real logs in a landing folder)
     log_source: str = "simulator"
-    #: ``multiprocess`` (Dagster's default, a process per step) or ``in_process`` (one process per run)
+    #: ``multiprocess`` (Dagster's default, a process per step), ``in_process`` (one process per run)
+    #: ``celery`` (each step a task on Celery workers; broker: ``CLICKLOOP_CELERY_BROKER``) or ``k8s``
+    #: (each step a Kubernetes Job sized by its op tags, see ``deploy/k8s/dagster.yaml``)
     executor: str = "multiprocess"
     #: resource fields by resource name (values or ``EnvVar``s); anything unset keeps its default
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -93,7 +93,7 @@ def test_an_empty_environment_is_the_embedded_default() -> None:
     [
         ("CLICKLOOP_FEATURE_WINDOW_DAYS", "seven", "CLICKLOOP_FEATURE_WINDOW_DAYS must be an integer"),
         ("CLICKLOOP_LOG_SOURCE", "kafka", "log_source must be one of"),
-        ("CLICKLOOP_EXECUTOR", "celery", "executor must be one of"),
+        ("CLICKLOOP_EXECUTOR", "dask", "executor must be one of"),
         ("CLICKLOOP_NE_TOLERANCE", "a lot", "CLICKLOOP_NE_TOLERANCE must be a number"),
     ],
 )

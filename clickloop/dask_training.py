@@ -1,0 +1,246 @@
+"""Training the CTR model on a Dask cluster: the same model as :func:`clickloop.training.fit_ctr_model`,
+with the rows read and kept by the workers, never gathered on one machine.
+
+* the sets are Dask dataframes read from their Parquet files (a path or a URL such as
+  ``s3://bucket/...`` the workers can reach), one Dask partition per Parquet row group;
+* the training categories are the sorted distinct values of the training rows, as on one machine
+  (``pd.Categorical``), computed on the cluster; the validation rows are pinned to them;
+* ``xgboost.dask``: ``DaskQuantileDMatrix`` of both splits (validation with ``ref`` = training),
+  ``xgboost.dask.train`` with the same :func:`~clickloop.training.early_stopping` callback
+  (validation log loss, best iteration kept), the same base score and validation base margin under
+  negative downsampling, the same attributes stored in the booster
+  (:func:`~clickloop.training.finish_booster`);
+* the Optuna search trains on a sample of at most ``search_max_rows`` training rows (a Bernoulli
+  sample per partition, so its size is near, not exactly, the bound) on the cluster too, and
+  validates on the whole validation day, as on one machine.
+
+The model is an ordinary :class:`xgboost.Booster`: it is saved, tracked and registered exactly as
+one trained on one machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+from distributed import Client
+from xgboost import dask as xgb_dask
+
+from clickloop.contract import LABEL
+from clickloop.features import FeatureSpec
+from clickloop.model import to_model_frame
+from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
+from clickloop.training import (
+    _PROBABILITY_EPS,
+    FitResult,
+    TrainedBooster,
+    TrainingParams,
+    TrialResult,
+    base_params,
+    early_stopping,
+    finish_booster,
+    search_with,
+)
+
+
+def read_set(
+    source: str,
+    columns: Sequence[str],
+    split: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    min_partitions: int = 1,
+) -> dd.DataFrame:
+    """The ``columns`` of a set's Parquet file as a Dask dataframe, one partition per row group
+    (at least ``min_partitions``: a small set is split so every worker gets rows); only the rows
+    of ``split`` (``train``, ``validation``) when given."""
+    wanted = list(dict.fromkeys([*columns, *([SPLIT_COLUMN] if split else [])]))
+    frame = dd.read_parquet(
+        source,
+        columns=wanted,
+        split_row_groups=True,
+        filters=[(SPLIT_COLUMN, "==", split)] if split else None,
+        storage_options=dict(storage_options or {}),
+    )
+    if split:  # the filter prunes row groups; this keeps exactly the split's rows
+        frame = frame[frame[SPLIT_COLUMN] == split]
+    if frame.npartitions < min_partitions:
+        frame = frame.repartition(npartitions=min_partitions)
+    return frame
+
+
+@dataclass(frozen=True)
+class DaskModelData:
+    """Features (the model frame, partitioned) and labels of one split, on the cluster."""
+
+    features: dd.DataFrame
+    labels: dd.Series
+
+
+def spread(client: Client, frame: dd.DataFrame) -> dd.DataFrame:
+    """``frame`` computed on the cluster, its partitions placed on the workers in turn (so every
+    worker trains on rows, whatever the layout of the files it was read from)."""
+    workers = sorted(client.nthreads())  # asks the scheduler (scheduler_info() may be stale)
+    if not workers:
+        raise RuntimeError(f"the Dask cluster at {client.scheduler.address} has no worker")
+    parts = frame.to_delayed()
+    futures = [
+        client.compute(part, workers=[workers[i % len(workers)]], allow_other_workers=False)
+        for i, part in enumerate(parts)
+    ]
+    return dd.from_delayed(futures, meta=frame._meta, verify_meta=False)
+
+
+def dask_model_data(
+    client: Client, spec: FeatureSpec, rows: dd.DataFrame, categories: Mapping[str, Sequence[str]]
+) -> DaskModelData:
+    """The model frame of each partition (:func:`~clickloop.model.to_model_frame`, pinned to the
+    training ``categories``) and its labels, partition by partition (so both stay aligned), held
+    by the workers in turn (:func:`spread`)."""
+    columns, categorical = list(spec.columns), list(spec.categorical)
+
+    def frame_of(part: pd.DataFrame) -> pd.DataFrame:
+        frame = to_model_frame(part, columns, categorical, categories)
+        frame[LABEL] = part[LABEL].to_numpy().astype(np.float32)
+        return frame
+
+    model_rows = spread(client, rows.map_partitions(frame_of, meta=frame_of(rows._meta)))
+    return DaskModelData(model_rows[columns], model_rows[LABEL])
+
+
+def training_categories(spec: FeatureSpec, train: dd.DataFrame) -> tuple[dict[str, list[str]], float, int]:
+    """(the sorted distinct values of each categorical feature, the CTR, the rows) of the training
+    rows, in one pass over the cluster. The categories are those ``pd.Categorical`` gives on one
+    machine: sorted, missing values left out."""
+    uniques = [train[name].dropna().drop_duplicates() for name in spec.categorical]
+    *values, ctr, rows = dask.compute(*uniques, train[LABEL].mean(), train[LABEL].count())
+    categories = {
+        name: sorted(str(v) for v in found) for name, found in zip(spec.categorical, values, strict=True)
+    }
+    empty = [name for name, found in categories.items() if not found]
+    if empty:
+        raise ValueError(f"categorical feature(s) {', '.join(empty)} have no value in the training rows")
+    return categories, float(ctr), int(rows)
+
+
+@dataclass
+class DaskMatrices:
+    """The training and validation matrices on the cluster, built once and shared by every trial."""
+
+    client: Client
+    train: xgb_dask.DaskQuantileDMatrix
+    valid: xgb_dask.DaskQuantileDMatrix
+    base_score: float | None
+    rate: float
+    categories: dict[str, list[str]]
+
+
+def build_dask_matrices(
+    client: Client,
+    train: DaskModelData,
+    valid: DaskModelData,
+    categories: dict[str, list[str]],
+    ctr: float,
+    max_bin: int,
+    rate: float,
+) -> DaskMatrices:
+    """As :func:`clickloop.training.build_matrices`: with downsampling (``rate`` < 1) the base score
+    is the sample's CTR and the validation rows get logit(CTR) + log(rate) as base margin."""
+    base_score, margin = None, None
+    if rate < 1.0:
+        base_score = float(np.clip(ctr, _PROBABILITY_EPS, 1 - _PROBABILITY_EPS))
+        offset = math.log(base_score / (1.0 - base_score)) + math.log(rate)
+        margin = (valid.labels * 0.0 + offset).astype(np.float32)
+    dtrain = xgb_dask.DaskQuantileDMatrix(
+        client, train.features, train.labels, max_bin=max_bin, enable_categorical=True
+    )
+    dvalid = xgb_dask.DaskQuantileDMatrix(
+        client,
+        valid.features,
+        valid.labels,
+        base_margin=margin,
+        max_bin=max_bin,
+        ref=dtrain,
+        enable_categorical=True,
+    )
+    return DaskMatrices(client, dtrain, dvalid, base_score, rate, categories)
+
+
+def train_dask_booster(
+    matrices: DaskMatrices, params: Mapping[str, Any], num_boost_round: int, early_stopping_rounds: int
+) -> TrainedBooster:
+    """:func:`clickloop.training.train_booster` on the cluster: boost until the validation log
+    loss stops improving; keep the rounds up to the best one."""
+    full = dict(params)
+    if matrices.base_score is not None:
+        full["base_score"] = matrices.base_score
+    start = time.perf_counter()
+    output = xgb_dask.train(
+        matrices.client,
+        full,
+        matrices.train,
+        num_boost_round=num_boost_round,
+        evals=[(matrices.train, TRAIN), (matrices.valid, VALIDATION)],
+        callbacks=[early_stopping(early_stopping_rounds)],
+        verbose_eval=False,
+    )
+    seconds = time.perf_counter() - start
+    return finish_booster(
+        output["booster"], full, output["history"], matrices.rate, matrices.categories, seconds
+    )
+
+
+def fit_ctr_model_dask(
+    client: Client,
+    spec: FeatureSpec,
+    training_set: str,
+    params: TrainingParams,
+    rate: float,
+    storage_options: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """:func:`clickloop.training.fit_ctr_model` on a Dask cluster, from the ``training_set`` Parquet
+    file (path or URL): the search on a sample of the training rows, then the final model on
+    every training row, both with early stopping on the validation day."""
+    columns = [*spec.columns, LABEL]
+    workers = max(1, len(client.nthreads()))
+    train_rows = read_set(training_set, columns, TRAIN, storage_options, workers)
+    valid_rows = read_set(training_set, columns, VALIDATION, storage_options, workers)
+    categories, ctr, n_train = training_categories(spec, train_rows)
+    n_valid = int(valid_rows[LABEL].count().compute())
+    if n_train == 0 or n_valid == 0:
+        raise ValueError("training and validation sets must not be empty")
+    train_data = dask_model_data(client, spec, train_rows, categories)
+    valid_data = dask_model_data(client, spec, valid_rows, categories)
+    matrices = build_dask_matrices(client, train_data, valid_data, categories, ctr, params.max_bin, rate)
+    start = time.perf_counter()
+    best: dict[str, Any] = base_params(params)
+    trials: list[TrialResult] = []
+    if params.n_trials > 0:
+        search = matrices
+        if 0 < params.search_max_rows < n_train:
+            sample = train_rows.sample(frac=params.search_max_rows / n_train, random_state=params.seed)
+            search = build_dask_matrices(
+                client,
+                dask_model_data(client, spec, sample, categories),
+                valid_data,
+                categories,
+                ctr,
+                params.max_bin,
+                rate,
+            )
+        best, trials = search_with(
+            lambda trial, rounds: train_dask_booster(search, trial, rounds, params.early_stopping_rounds),
+            best,
+            params.n_trials,
+            params.search_num_boost_round,
+            params.seed,
+        )
+    search_seconds = time.perf_counter() - start
+    final = train_dask_booster(matrices, best, params.num_boost_round, params.early_stopping_rounds)
+    return FitResult(final, trials, search_seconds, n_train, n_valid)
