@@ -83,7 +83,7 @@ class StatsLookup:
             )
 
     @staticmethod
-    def prior_of(table: pd.DataFrame, path: Path) -> float:
+    def prior_of(table: pd.DataFrame, path: StoragePath) -> float:
         """The prior CTR of a ``feature_stats`` table (its one global row)."""
         prior = table.loc[table["key_type"] == GLOBAL_KEY_TYPE, "ctr"]
         if len(prior) != 1 or pd.isna(prior.iloc[0]):
