@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, 
 from pydantic import Field
 
 from assets.guards import code_location_graph, upstream_check_report
+from clickloop.ablation import ablate_test_set, ablation_markdown
 from clickloop.contract import LogContract
 from clickloop.evaluation import (
     BASE_RATE,
@@ -141,16 +142,18 @@ def model_evaluation_asset(contract: LogContract):
             f"model_evaluation v{evaluation.version} on {evaluation.test_day}: "
             + ", ".join(f"{n} NE {m.normalized_entropy:.4f}" for n, m in evaluation.metrics.items())
         )
-        importance = mean_abs_contributions(
-            load_booster(model_file(store, read_model_manifest(store))),
-            pq.read_table(set_path(store, TEST_SET)),
-        )
+        booster = load_booster(model_file(store, read_model_manifest(store)))
+        test = pq.read_table(set_path(store, TEST_SET))
+        importance = mean_abs_contributions(booster, test)
+        ablation = ablate_test_set(booster, test)
         png = shap_summary_png(importance, f"Mean |SHAP| of v{evaluation.version} on {evaluation.test_day}")
         return MaterializeResult(
             metadata={
                 **evaluation_metadata(outcome),
                 "shap_summary": MetadataValue.md(png_markdown(png, "mean |SHAP value| per feature")),
                 "shap_values": MetadataValue.md(shap_markdown(importance)),
+                "feature_ablation": MetadataValue.md(ablation_markdown(ablation)),
+                "features_not_improving_ne": MetadataValue.text(", ".join(ablation.flagged) or "none"),
             }
         )
 

@@ -229,8 +229,9 @@ NOTES: tuple[str, ...] = (
     "simulated request of day D crossed with every ad of a World built with that many ads "
     "(candidate_frame, built untimed in the clickloop child); model: the training step's "
     f"({TRAIN_ROUNDS} rounds on day D at the first size); statistics: the feature stats step's "
-    "file. ChampionPolicy.predict_ctr opens its own DuckDB connection per call with "
-    "clickloop.storage's default settings (2 threads, 4GB). The size and s columns are the "
+    "file. ChampionPolicy.predict_ctr reads the statistics once into per-entity lookups "
+    "(clickloop/lookup.py, in the untimed warm-up call), then per call looks the candidates' "
+    "features up, builds the model frame and predicts in place. The size and s columns are the "
     "candidates and the median latency; ratio = ratio of medians.",
     f"ranker: the service (clickloop/service, uvicorn, one process) on the training step's model "
     f"and the feature stats step's file, loaded at {RANKER_RATE:.0f} requests/s open loop over "

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import xgboost as xgb
 
+from clickloop.contract import LABEL
 from clickloop.metrics import normalized_entropy
-from clickloop.model import predict_frame
+from clickloop.model import model_frame_for, predict_frame
 from clickloop.presentation import markdown_table
+from clickloop.training import feature_importance
 
 #: A feature whose shuffle costs less NE than this (0.2 % of a typical NE) does not improve the model.
 MIN_NE_GAIN = 0.002
@@ -109,3 +112,10 @@ def ablation_markdown(ablation: Ablation, min_gain: float = MIN_NE_GAIN) -> str:
         f"(mean ± spread of {REPEATS}); flagged below {min_gain:g}.\n\n"
     )
     return head + markdown_table(["feature", "NE lost", "splits", "gain share", "verdict"], rows)
+
+
+def ablate_test_set(booster: xgb.Booster, test: pa.Table, **kwargs: object) -> Ablation:
+    """:func:`feature_ablation` of a model on its test set (a features table with the label)."""
+    frame = model_frame_for(booster, test)
+    labels = test.column(LABEL).to_numpy()
+    return feature_ablation(booster, frame, labels, feature_importance(booster), **kwargs)  # type: ignore[arg-type]

@@ -165,3 +165,12 @@ def test_the_evaluation_shows_a_shap_summary(history: History) -> None:
     rows = [line.split("|") for line in str(meta["shap_values"]).splitlines()[2:]]
     values = [float(r[2]) for r in rows]
     assert len(rows) == len(SPEC.columns) and values == sorted(values, reverse=True) and values[0] > 0
+
+
+def test_the_evaluation_shows_the_feature_ablation(history: History) -> None:
+    """NE lost per shuffled feature on the test day; the flagged features listed apart."""
+    meta = history.training.metadata["model_evaluation"]
+    table = str(meta["feature_ablation"])
+    assert table.startswith("NE on ") and table.count("\n| `") == len(SPEC.columns)
+    flagged = str(meta["features_not_improving_ne"])
+    assert flagged == "none" or all(f"`{name}`" in table for name in flagged.split(", "))
