@@ -3,7 +3,6 @@
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 from dagster import AssetExecutionContext, AssetKey, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
@@ -30,6 +29,7 @@ from clickloop.model import CTR_MODEL, load_booster, model_file, read_model_mani
 from clickloop.presentation import png_markdown
 from clickloop.promotion import GatePolicy, gate_decision
 from clickloop.split import FEATURES, TEST_SET, TRAINING_SET, TimeSplit, read_split_manifest, set_path
+from clickloop.storage import read_parquet
 from resources.landing import LogSource
 from resources.rollout import RolloutResource
 from resources.tracking import ModelRegistry
@@ -143,7 +143,7 @@ def model_evaluation_asset(contract: LogContract):
             + ", ".join(f"{n} NE {m.normalized_entropy:.4f}" for n, m in evaluation.metrics.items())
         )
         booster = load_booster(model_file(store, read_model_manifest(store)))
-        test = pq.read_table(set_path(store, TEST_SET))
+        test = read_parquet(set_path(store, TEST_SET))
         importance = mean_abs_contributions(booster, test)
         ablation = ablate_test_set(booster, test)
         png = shap_summary_png(importance, f"Mean |SHAP| of v{evaluation.version} on {evaluation.test_day}")

@@ -65,11 +65,14 @@ def counterfactual(
     def policy_for(day: str) -> ChampionPolicy:
         key = serving_stats_key(day, stats)
         if key is None:
-            raise FileNotFoundError(f"no {STATS_TABLE} partition on or before {day} to score its exploration log")
+            raise FileNotFoundError(
+                f"no {STATS_TABLE} partition on or before {day} to score its exploration log"
+            )
         return ChampionPolicy(version, booster, warehouse.partition_path(STATS_TABLE, key), spec)
 
     evidence = [
-        ExplorationDay(k, warehouse.partition_path(FEATURES, k), exploration_path(landing_dir, k)) for k in keys
+        ExplorationDay(k, warehouse.partition_path(FEATURES, k), exploration_path(landing_dir, k))
+        for k in keys
     ]
     slots = len(contract.get().positions or (1,))
     return estimate_over_days(evidence, policy_for, served_version(version), slots=slots)
@@ -120,12 +123,16 @@ def rollout_decision_asset(contract: LogContract) -> Any:
         challenger_name = served_version(version)
         champion_name = served_version(champion) if champion else ""
         shadow, canary = stage_days(served, challenger_name)
-        stats = read_request_stats([served[d] for d in canary], [champion_name, challenger_name], contract.has_bid)
+        stats = read_request_stats(
+            [served[d] for d in canary], [champion_name, challenger_name], contract.has_bid
+        )
         report = compare_versions(stats.get(champion_name), stats.get(challenger_name), policy)
         decision = decide(stage, len(shadow), len(canary), report, policy)
         # the counterfactual estimate is what is known before the challenger takes any traffic
         estimates = {
-            name: counterfactual(store, model_registry, log_contract, log_source.landing_dir, v, rollout.offpolicy_days)
+            name: counterfactual(
+                store, model_registry, log_contract, log_source.landing_dir, v, rollout.offpolicy_days
+            )
             for name, v in (("challenger", version), ("champion", champion))
             if v and stage == "shadow"
         }
@@ -140,13 +147,17 @@ def rollout_decision_asset(contract: LogContract) -> Any:
             "canary_days": MetadataValue.text(", ".join(canary) or "none"),
             "canary_share": policy.canary_share,
             **report.metadata(),
-            **{k: round(float(v), 6) for k, v in shadow_metrics([served[d] for d in shadow], challenger_name).items()},
+            **{
+                k: round(float(v), 6)
+                for k, v in shadow_metrics([served[d] for d in shadow], challenger_name).items()
+            },
         }
         for name, estimate in estimates.items():
             if estimate is not None:
-                metadata.update({f"offpolicy_{name}_{k}": v for k, v in estimate.metadata().items() if k != "policy"})
+                metadata.update(
+                    {f"offpolicy_{name}_{k}": v for k, v in estimate.metadata().items() if k != "policy"}
+                )
         metadata["rollout"] = MetadataValue.md(rollout_markdown(decision, report, estimates))
         return MaterializeResult(metadata=metadata)
 
     return _rollout_decision
-

@@ -2,7 +2,6 @@
 the online feature store (Redis), its consistency check, and the training/serving skew check."""
 
 import pandas as pd
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -26,6 +25,7 @@ from clickloop.service.catalog import AD_CATALOG, build_ad_catalog, catalog_colu
 from clickloop.service.consistency import DEFAULT_SAMPLE_ROWS, SKEW_TOLERANCE, compare_online, serving_skew
 from clickloop.service.store import RedisSnapshot, current_snapshot, write_snapshot
 from clickloop.split import FEATURES
+from clickloop.storage import read_parquet
 from resources.online_store import OnlineFeatureStore
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
@@ -87,8 +87,8 @@ def online_features_asset(calendar: Calendar, contract: LogContract) -> AssetsDe
             store.require_partition_paths(STATS_TABLE, [day])[0],
             store.require_partition_paths(AD_CATALOG, [day])[0],
         )
-        stats = pq.read_table(stats_path).to_pandas()
-        catalog = pq.read_table(catalog_path).to_pandas()
+        stats = read_parquet(stats_path).to_pandas()
+        catalog = read_parquet(catalog_path).to_pandas()
         summary = write_snapshot(online_store.client(), spec, day, stats, catalog)
         context.log.info(
             f"online_features {day}: snapshot {summary.snapshot}, {sum(summary.rows.values()):,} keys, "
@@ -135,8 +135,8 @@ def online_features_check(calendar: Calendar, contract: LogContract) -> AssetChe
                     "problem": f"the store serves {online.version if online else 'nothing'}, not {day}"
                 },
             )
-        stats = pq.read_table(store.partition_path(STATS_TABLE, day)).to_pandas()
-        catalog = pq.read_table(store.partition_path(AD_CATALOG, day)).to_pandas()
+        stats = read_parquet(store.partition_path(STATS_TABLE, day)).to_pandas()
+        catalog = read_parquet(store.partition_path(AD_CATALOG, day)).to_pandas()
         result = compare_online(online, spec, stats, catalog)
         return AssetCheckResult(
             passed=result.passed,

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import xgboost as xgb
 
 from clickloop.contract import AD_ID, IMPRESSION_ID, MODEL_VERSION, POSITION, PREDICTED_CTR
 from clickloop.features import USER_KEY_TYPE, FeatureSpec
 from clickloop.model import model_frame_for, predict_frame, served_version
 from clickloop.service.store import RedisSnapshot, key_widths
+from clickloop.storage import read_parquet
 
 #: The largest |served - re-scored| predicted CTR the skew check accepts.
 SKEW_TOLERANCE = 1e-6
@@ -121,7 +121,7 @@ def serving_skew(
     """Re-score a sample of the impressions a registered model served on one day of ``features``
     from their logged features, with the version that served them, at the reference position."""
     wanted: Sequence[str] = [IMPRESSION_ID, MODEL_VERSION, PREDICTED_CTR, *spec.columns]
-    table = pq.read_table(features_path, columns=[c for c in dict.fromkeys(wanted)]).to_pandas()
+    table = read_parquet(features_path, columns=[c for c in dict.fromkeys(wanted)]).to_pandas()
     table[MODEL_VERSION] = table[MODEL_VERSION].astype(object)
     versions = {v: registered_version(str(v)) for v in table[MODEL_VERSION].dropna().unique()}
     served = table[

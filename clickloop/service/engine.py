@@ -107,7 +107,9 @@ class RankingEngine:
                     )
             rows.append({**{c: None for c in self.ad_columns}, **(known or {}), **own})
         n = len(rows)
-        columns: dict[str, Any] = {name: [row.get(name) for row in rows] for name in (AD_ID, *self.ad_columns)}
+        columns: dict[str, Any] = {
+            name: [row.get(name) for row in rows] for name in (AD_ID, *self.ad_columns)
+        }
         for name, value in context.items():
             columns[name] = [value] * n if name != TIME else pd.DatetimeIndex([pd.Timestamp(value)] * n)
         frame = pd.DataFrame(columns)

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import redis
 
 from clickloop.contract import AD_ID
@@ -25,7 +24,7 @@ from clickloop.lookup import StatsLookup
 from clickloop.ranking import STATS_TABLE
 from clickloop.service.catalog import AD_CATALOG
 from clickloop.service.store import RedisSnapshot, current_snapshot, encode_keys, key_widths, keyed_features
-from clickloop.storage import Warehouse
+from clickloop.storage import Warehouse, read_parquet
 
 #: How long a source trusts its snapshot before looking for a newer one.
 DEFAULT_TTL_S = 2.0
@@ -50,7 +49,7 @@ class ParquetSnapshot:
 
     def __init__(self, spec: FeatureSpec, version: str, stats_path: Path, catalog_path: Path | None) -> None:
         self.version, self.spec = version, spec
-        stats = pq.read_table(stats_path).to_pandas()
+        stats = read_parquet(stats_path).to_pandas()
         self.prior = StatsLookup.prior_of(stats, stats_path)
         self.tables: dict[str, dict[str, tuple[int, float]]] = {}
         for key_type, width in key_widths(spec).items():
@@ -64,7 +63,7 @@ class ParquetSnapshot:
             self.tables[key_type] = dict(zip(keys, values, strict=True))
         self.catalog: dict[str, dict[str, Any]] = {}
         if catalog_path is not None and catalog_path.exists():
-            frame = pq.read_table(catalog_path).to_pandas().drop(columns=["last_seen"], errors="ignore")
+            frame = read_parquet(catalog_path).to_pandas().drop(columns=["last_seen"], errors="ignore")
             frame = frame.astype(object).where(frame.notna(), None)
             self.catalog = {str(r.pop(AD_ID)): r for r in frame.to_dict("records")}
 

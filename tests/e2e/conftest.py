@@ -18,14 +18,17 @@ import pytest
 
 from tests.e2e.support import (
     DAEMON_HISTORY_TIMEOUT_S,
+    ROLLOUT_TIMEOUT_S,
     SCENARIO_ORDER,
     SCENARIO_TIMEOUT_S,
     SCENARIO_WORKERS,
     Background,
     DaemonHistory,
     PostgresDatabases,
+    RolloutRun,
     build_daemon_history,
     build_scenario_warmup,
+    run_rollout,
     run_scenario,
 )
 
@@ -34,16 +37,24 @@ E2E = Path(__file__).resolve().parent
 DAEMON_MODULE = "test_daemon.py"
 SCENARIO_MODULE = "test_scenarios.py"
 #: This tier's modules, in the order they run: the tests without background work first (the
-#: daemon's history and the scenarios' warm-up are built beside them), then the daemon test, then
-#: the scenario tests, which wait for the scenarios run in the background meanwhile. (The
+#: daemon's history, the scenarios' warm-up and the rollout scenario are built beside them), then
+#: the daemon test, the scenario tests and the rollout test, which wait for what ran in the
+#: background meanwhile. (The
 #: benchmark, also in this folder, is not one of them: it runs before the first of them, with the
 #: machine to itself.)
+ROLLOUT_MODULE = "test_rollout.py"
 MODULE_ORDER = (
+    "test_celery_backfill.py",
     "test_postgres_instance.py",
     "test_deployment.py",
     "test_ui.py",
+    "test_dask_training.py",
+    "test_object_storage.py",
+    "test_ranker.py",
+    "test_faults.py",
     DAEMON_MODULE,
     SCENARIO_MODULE,
+    ROLLOUT_MODULE,
 )
 OWN_MODULES = set(MODULE_ORDER)
 
@@ -97,8 +108,8 @@ def _selected_modules(session: pytest.Session) -> set[str]:
 
 @pytest.fixture(autouse=True)
 def _start_background_work(request: pytest.FixtureRequest) -> None:
-    """At the first test of this tier's own modules: start what the selected daemon and scenario
-    tests will need (once per session)."""
+    """At the first test of this tier's own modules: start what the selected daemon, scenario and
+    rollout tests will need (once per session)."""
     if request.node.path.name not in OWN_MODULES or E2E not in request.node.path.parents:
         return
     selected = _selected_modules(request.session)
@@ -107,9 +118,14 @@ def _start_background_work(request: pytest.FixtureRequest) -> None:
         root = request.getfixturevalue("tmp_path_factory").mktemp("daemon")
         url = request.getfixturevalue("session_databases").create()
         jobs.submit("daemon_history", build_daemon_history, root, url, datetime.now(UTC))
-    if SCENARIO_MODULE in selected and not jobs.started("warmup"):
+    scenarios = SCENARIO_MODULE in selected and not jobs.started("warmup")
+    if scenarios:
         root = request.getfixturevalue("tmp_path_factory").mktemp("scenarios")
         warmup = jobs.submit("warmup", build_scenario_warmup, root)
+    # the rollout scenario next: the first worker free (after the daemon's history) takes it
+    if ROLLOUT_MODULE in selected and not jobs.started("rollout"):
+        jobs.submit("rollout", run_rollout, request.getfixturevalue("tmp_path_factory").mktemp("rollout"))
+    if scenarios:
         # the longest first, so the workers finish together; each waits for the warm-up
         for name in SCENARIO_ORDER:
             jobs.submit(name, lambda n=name: run_scenario(n, root, warmup.result()))
@@ -119,6 +135,12 @@ def _start_background_work(request: pytest.FixtureRequest) -> None:
 def daemon_history(background: Background) -> DaemonHistory:
     """The daemon test's history (built in the background since the tier's first test)."""
     return background.result("daemon_history", DAEMON_HISTORY_TIMEOUT_S)
+
+
+@pytest.fixture()
+def rollout_result(background: Background) -> RolloutRun:
+    """``make scenario name=rollout``, run in the background since the tier's first test."""
+    return background.result("rollout", ROLLOUT_TIMEOUT_S)
 
 
 @pytest.fixture()

@@ -592,6 +592,33 @@ def run_scenario(name: str, root: Path, warmup: Path) -> dict[str, Any]:
     return result
 
 
+#: ``make scenario name=rollout`` at the tier's scale (see ``tests/e2e/test_rollout.py``).
+ROLLOUT_ARGV = ["--warmup-days", "7", "--requests-per-day", "3000"]
+ROLLOUT_TIMEOUT_S = 1500
+
+
+@dataclass
+class RolloutRun:
+    """The rollout scenario's decisions (its JSON steps) and its printed output."""
+
+    steps: list[dict[str, Any]]
+    output: str
+
+
+def run_rollout(root: Path) -> RolloutRun:
+    """``python -m pipelines.cli.rollout`` in its own data folder, at a lower CPU priority."""
+    out = root / "rollout.json"
+    done = run_command(
+        [sys.executable, "-m", "pipelines.cli.rollout", *ROLLOUT_ARGV, "--json", str(out)],
+        process_env(CLICKLOOP_DATA_DIR=str(root), CLICKLOOP_DUCKDB_THREADS="1"),
+        root / "rollout.log",
+        ROLLOUT_TIMEOUT_S,
+        niceness=BACKGROUND_NICENESS,
+    )
+    assert done.returncode == 0, f"the rollout scenario failed:\n{done.tail()}"
+    return RolloutRun(json.loads(out.read_text()), done.output)
+
+
 #: The daemon test's stream: days before the newest partition (10 served by the random policy, 9
 #: of them with features for the first training, then the champion) and its scale.
 DAEMON_HISTORY_DAYS = 11

@@ -7,29 +7,19 @@ modest first champion, then the two challengers through shadow (1 day) and canar
 requests) with 5 % exploration.
 """
 
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-from tests.e2e.support import process_env, run_command
-
-ARGV = ["--warmup-days", "7", "--requests-per-day", "3000"]
-TIMEOUT_S = 1500
+from tests.e2e.support import RolloutRun
 
 
-def test_a_worse_challenger_is_rolled_back_and_a_better_one_promoted(tmp_path: Path) -> None:
-    out = tmp_path / "rollout.json"
-    done = run_command(
-        [sys.executable, "-m", "pipelines.cli.rollout", *ARGV, "--json", str(out)],
-        process_env(CLICKLOOP_DATA_DIR=str(tmp_path), CLICKLOOP_DUCKDB_THREADS="1"),
-        tmp_path / "rollout.log",
-        TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.tail()
-    steps: list[dict[str, Any]] = json.loads(out.read_text())
+def test_a_worse_challenger_is_rolled_back_and_a_better_one_promoted(rollout_result: RolloutRun) -> None:
+    """(The scenario runs in the background from the tier's first test: tests/e2e/conftest.py.)"""
+    done = rollout_result
+    steps: list[dict[str, Any]] = done.steps
     final = [s for s in steps if s["action"] in ("promote", "rollback")]
-    assert [s["action"] for s in final] == ["rollback", "promote"], [(s["action"], s["reason"]) for s in steps]
+    assert [s["action"] for s in final] == ["rollback", "promote"], [
+        (s["action"], s["reason"]) for s in steps
+    ]
     worse, better = final
     assert "worse beyond the interval" in worse["reason"]
     assert "better beyond the interval" in better["reason"]
@@ -41,7 +31,8 @@ def test_a_worse_challenger_is_rolled_back_and_a_better_one_promoted(tmp_path: P
         n = step["numbers"]
         assert n["challenger_requests"] > 500 and n["champion_requests"] > 500
         assert any(
-            sign * n[f"diff_{m}_{'low' if sign > 0 else 'high'}"] > 0 for m in ("revenue_per_1000_requests", "ctr")
+            sign * n[f"diff_{m}_{'low' if sign > 0 else 'high'}"] > 0
+            for m in ("revenue_per_1000_requests", "ctr")
         )
     # every challenger went shadow -> canary, and its counterfactual estimate was taken before
     moves = [s for s in steps if s["action"] == "to_canary"]
@@ -49,7 +40,10 @@ def test_a_worse_challenger_is_rolled_back_and_a_better_one_promoted(tmp_path: P
     for move in moves:
         n = move["numbers"]
         assert n["offpolicy_challenger_requests"] > 1000
-        assert n["offpolicy_challenger_snips_revenue_per_1000_low"] <= n["offpolicy_challenger_snips_revenue_per_1000"]
+        assert (
+            n["offpolicy_challenger_snips_revenue_per_1000_low"]
+            <= n["offpolicy_challenger_snips_revenue_per_1000"]
+        )
     # the output puts the counterfactual estimate next to the canary's revenue
     assert "counterfactual rev/1000 req" in done.output and "| rollback |" in done.output
     assert "| promote |" in done.output
