@@ -25,7 +25,7 @@ from clickloop.service.catalog import AD_CATALOG, build_ad_catalog, catalog_colu
 from clickloop.service.consistency import DEFAULT_SAMPLE_ROWS, SKEW_TOLERANCE, compare_online, serving_skew
 from clickloop.service.store import RedisSnapshot, current_snapshot, write_snapshot
 from clickloop.split import FEATURES
-from clickloop.storage import read_parquet
+from clickloop.storage import Warehouse, read_parquet
 from resources.online_store import OnlineFeatureStore
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
@@ -66,6 +66,12 @@ def ad_catalog_asset(calendar: Calendar, contract: LogContract) -> AssetsDefinit
     return _ad_catalog
 
 
+def _day_stats_and_catalog(store: Warehouse, day: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Day D's statistics and ad catalog (an error naming a missing partition)."""
+    stats_path, catalog_path = (store.require_partition_paths(t, [day])[0] for t in (STATS_TABLE, AD_CATALOG))
+    return read_parquet(stats_path).to_pandas(), read_parquet(catalog_path).to_pandas()
+
+
 def online_features_asset(calendar: Calendar, contract: LogContract) -> AssetsDefinition:
     spec = FeatureSpec.from_contract(contract)
 
@@ -82,13 +88,7 @@ def online_features_asset(calendar: Calendar, contract: LogContract) -> AssetsDe
         context: AssetExecutionContext, warehouse: WarehouseResource, online_store: OnlineFeatureStore
     ) -> MaterializeResult:
         day = context.partition_key
-        store = warehouse.get()
-        (stats_path, catalog_path) = (
-            store.require_partition_paths(STATS_TABLE, [day])[0],
-            store.require_partition_paths(AD_CATALOG, [day])[0],
-        )
-        stats = read_parquet(stats_path).to_pandas()
-        catalog = read_parquet(catalog_path).to_pandas()
+        stats, catalog = _day_stats_and_catalog(warehouse.get(), day)
         summary = write_snapshot(online_store.client(), spec, day, stats, catalog)
         context.log.info(
             f"online_features {day}: snapshot {summary.snapshot}, {sum(summary.rows.values()):,} keys, "
@@ -135,8 +135,7 @@ def online_features_check(calendar: Calendar, contract: LogContract) -> AssetChe
                     "problem": f"the store serves {online.version if online else 'nothing'}, not {day}"
                 },
             )
-        stats = read_parquet(store.partition_path(STATS_TABLE, day)).to_pandas()
-        catalog = read_parquet(store.partition_path(AD_CATALOG, day)).to_pandas()
+        stats, catalog = _day_stats_and_catalog(store, day)
         result = compare_online(online, spec, stats, catalog)
         return AssetCheckResult(
             passed=result.passed,
