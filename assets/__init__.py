@@ -7,6 +7,7 @@ impressions).
 
 from dagster import AssetChecksDefinition, AssetsDefinition
 
+from assets.calibration import serving_calibration_asset
 from assets.evaluation import champion_model, model_evaluation_asset
 from assets.events import ad_events_asset, ad_events_check
 from assets.features import feature_stats_asset, features_asset, features_check
@@ -33,6 +34,7 @@ def loop_assets(
         *raw,
         ad_events_asset(calendar, contract),
         feature_stats_asset(calendar, contract),
+        serving_calibration_asset(calendar, contract),
         features_asset(calendar, contract),
         training_and_test_sets,
         ctr_model_asset(contract),

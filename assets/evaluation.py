@@ -8,6 +8,7 @@ from pydantic import Field
 
 from assets.guards import code_location_graph, upstream_check_report
 from clickloop.ablation import ablate_test_set, ablation_markdown
+from clickloop.calibration import PROMOTION_TAGS, fit_day
 from clickloop.contract import LogContract
 from clickloop.evaluation import (
     BASE_RATE,
@@ -146,6 +147,9 @@ def model_evaluation_asset(contract: LogContract):
         test = read_parquet(set_path(store, TEST_SET))
         importance = mean_abs_contributions(booster, test)
         ablation = ablate_test_set(booster, test)
+        # what the ad server applies to this version's scores until it has served a labelled day
+        calibration = fit_day(booster, test, spec, evaluation.version, evaluation.test_day)
+        model_registry.set_version_tags(evaluation.version, calibration.to_tags(PROMOTION_TAGS))
         png = shap_summary_png(importance, f"Mean |SHAP| of v{evaluation.version} on {evaluation.test_day}")
         return MaterializeResult(
             metadata={
@@ -154,6 +158,7 @@ def model_evaluation_asset(contract: LogContract):
                 "shap_values": MetadataValue.md(shap_markdown(importance)),
                 "feature_ablation": MetadataValue.md(ablation_markdown(ablation)),
                 "features_not_improving_ne": MetadataValue.text(", ".join(ablation.flagged) or "none"),
+                "serving_calibration": MetadataValue.json(calibration.summary()),
             }
         )
 

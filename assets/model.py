@@ -107,6 +107,11 @@ class CtrModelConfig(Config):
     )
     nthread: int = Field(default=_TRAINING.nthread, ge=1)
     seed: int = _TRAINING.seed
+    recency_half_life_days: float = Field(
+        default=_TRAINING.recency_half_life_days,
+        ge=0.0,
+        description="A training day this many days older than the newest weighs half as much (0 = equal).",
+    )
 
     def params(self) -> TrainingParams:
         return TrainingParams(**self.model_dump())

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
+from clickloop.calibration import CALIBRATION_LAG_DAYS
+
 #: the impressions of D-1 and D: clicks logged on D may belong to either day.
 IMPRESSIONS_FOR_EVENTS = TimeWindowPartitionMapping(
     start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
@@ -45,6 +47,16 @@ class Calendar:
         return TimeWindowPartitionMapping(
             start_offset=-(self.feature_window_days + 1),
             end_offset=-2,
+            allow_nonexistent_upstream_partitions=True,
+        )
+
+    @property
+    def newest_labelled_day(self) -> TimeWindowPartitionMapping:
+        """The newest day whose labels were final when day D began: D-2 (the end of the history
+        window), what the champion is recalibrated on before it serves D."""
+        return TimeWindowPartitionMapping(
+            start_offset=-CALIBRATION_LAG_DAYS,
+            end_offset=-CALIBRATION_LAG_DAYS,
             allow_nonexistent_upstream_partitions=True,
         )
 

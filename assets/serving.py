@@ -18,6 +18,7 @@ from dagster import (
 from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
+from clickloop.calibration import calibration_served
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
 from clickloop.ranking import STATS_TABLE
@@ -167,8 +168,14 @@ def serving_skew_check(calendar: Calendar, contract: LogContract) -> AssetChecks
     def _check(
         context: AssetCheckExecutionContext, warehouse: WarehouseResource, model_registry: ModelRegistry
     ) -> AssetCheckResult:
-        (path,) = warehouse.get().require_partition_paths(FEATURES, [context.partition_key])
-        result = serving_skew(path, spec, model_registry.load_version)
+        day, store = context.partition_key, warehouse.get()
+        (path,) = store.require_partition_paths(FEATURES, [day])
+        result = serving_skew(
+            path,
+            spec,
+            model_registry.load_version,
+            calibration_of=lambda v: calibration_served(store, day, v, model_registry.version_tags(v)),
+        )
         by_version = pd.Series(result.by_version, dtype="int64")
         return AssetCheckResult(
             passed=result.passed,

@@ -24,6 +24,9 @@ class FileModels:
 
         return load_booster(self.path)
 
+    def version_tags(self, version: str) -> dict[str, str]:
+        return {}  # no calibration: the bench scores the bare model
+
 
 class FixedFeatures:
     """One Parquet snapshot with a catalog from a JSON file."""

@@ -33,7 +33,7 @@ import pandas as pd
 from distributed import Client
 from xgboost import dask as xgb_dask
 
-from clickloop.contract import LABEL
+from clickloop.contract import LABEL, TIME
 from clickloop.features import FeatureSpec
 from clickloop.model import to_model_frame
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
@@ -47,6 +47,7 @@ from clickloop.training import (
     early_stopping,
     finish_booster,
     search_with,
+    unscaled_recency_weights,
 )
 
 
@@ -75,12 +76,18 @@ def read_set(
     return frame
 
 
+#: the weight column of the model rows on the cluster
+WEIGHT = "__weight"
+
+
 @dataclass(frozen=True)
 class DaskModelData:
-    """Features (the model frame, partitioned) and labels of one split, on the cluster."""
+    """Features (the model frame, partitioned), labels and (optionally) weights of one split, on the
+    cluster."""
 
     features: dd.DataFrame
     labels: dd.Series
+    weights: dd.Series | None = None
 
 
 def spread(client: Client, frame: dd.DataFrame) -> dd.DataFrame:
@@ -98,20 +105,33 @@ def spread(client: Client, frame: dd.DataFrame) -> dd.DataFrame:
 
 
 def dask_model_data(
-    client: Client, spec: FeatureSpec, rows: dd.DataFrame, categories: Mapping[str, Sequence[str]]
+    client: Client,
+    spec: FeatureSpec,
+    rows: dd.DataFrame,
+    categories: Mapping[str, Sequence[str]],
+    half_life_days: float = 0.0,
 ) -> DaskModelData:
     """The model frame of each partition (:func:`~clickloop.model.to_model_frame`, pinned to the
-    training ``categories``) and its labels, partition by partition (so both stay aligned), held
-    by the workers in turn (:func:`spread`)."""
+    training ``categories``), its labels and (with a recency half-life) its weights, partition by
+    partition (so they stay aligned), held by the workers in turn (:func:`spread`)."""
     columns, categorical = list(spec.columns), list(spec.categorical)
+    newest = None
+    if half_life_days > 0:  # the newest day over every partition, then each partition's weights
+        newest = np.datetime64(pd.Timestamp(rows[TIME].max().compute()).tz_localize(None), "D")
 
     def frame_of(part: pd.DataFrame) -> pd.DataFrame:
         frame = to_model_frame(part, columns, categorical, categories)
         frame[LABEL] = part[LABEL].to_numpy().astype(np.float32)
+        if newest is not None:
+            times = pd.to_datetime(part[TIME], utc=True).dt.tz_localize(None).to_numpy()
+            frame[WEIGHT] = unscaled_recency_weights(times, half_life_days, newest)
         return frame
 
     model_rows = spread(client, rows.map_partitions(frame_of, meta=frame_of(rows._meta)))
-    return DaskModelData(model_rows[columns], model_rows[LABEL])
+    if newest is None:
+        return DaskModelData(model_rows[columns], model_rows[LABEL])
+    weights = model_rows[WEIGHT]
+    return DaskModelData(model_rows[columns], model_rows[LABEL], weights / weights.mean().compute())
 
 
 def training_categories(spec: FeatureSpec, train: dd.DataFrame) -> tuple[dict[str, list[str]], float, int]:
@@ -158,7 +178,7 @@ def build_dask_matrices(
         offset = math.log(base_score / (1.0 - base_score)) + math.log(rate)
         margin = (valid.labels * 0.0 + offset).astype(np.float32)
     dtrain = xgb_dask.DaskQuantileDMatrix(
-        client, train.features, train.labels, max_bin=max_bin, enable_categorical=True
+        client, train.features, train.labels, weight=train.weights, max_bin=max_bin, enable_categorical=True
     )
     dvalid = xgb_dask.DaskQuantileDMatrix(
         client,
@@ -207,7 +227,7 @@ def fit_ctr_model_dask(
     """:func:`clickloop.training.fit_ctr_model` on a Dask cluster, from the ``training_set`` Parquet
     file (path or URL): the search on a sample of the training rows, then the final model on
     every training row, both with early stopping on the validation day."""
-    columns = [*spec.columns, LABEL]
+    columns = [*spec.columns, LABEL, *([TIME] if params.recency_half_life_days > 0 else [])]
     workers = max(1, len(client.nthreads()))
     train_rows = read_set(training_set, columns, TRAIN, storage_options, workers)
     valid_rows = read_set(training_set, columns, VALIDATION, storage_options, workers)
@@ -215,8 +235,10 @@ def fit_ctr_model_dask(
     n_valid = int(valid_rows[LABEL].count().compute())
     if n_train == 0 or n_valid == 0:
         raise ValueError("training and validation sets must not be empty")
-    train_data = dask_model_data(client, spec, train_rows, categories)
+    train_data = dask_model_data(client, spec, train_rows, categories, params.recency_half_life_days)
     valid_data = dask_model_data(client, spec, valid_rows, categories)
+    if train_data.weights is not None:  # the weighted CTR (the weights' mean is 1)
+        ctr = float((train_data.labels * train_data.weights).mean().compute())
     matrices = build_dask_matrices(client, train_data, valid_data, categories, ctr, params.max_bin, rate)
     start = time.perf_counter()
     best: dict[str, Any] = base_params(params)
@@ -227,7 +249,7 @@ def fit_ctr_model_dask(
             sample = train_rows.sample(frac=params.search_max_rows / n_train, random_state=params.seed)
             search = build_dask_matrices(
                 client,
-                dask_model_data(client, spec, sample, categories),
+                dask_model_data(client, spec, sample, categories, params.recency_half_life_days),
                 valid_data,
                 categories,
                 ctr,

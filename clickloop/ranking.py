@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from clickloop.calibration import Calibration
 from clickloop.features import FeatureSpec
 from clickloop.lookup import StatsLookup
 from clickloop.model import model_categories, model_frame_for, predict_frame, served_version
@@ -37,6 +38,8 @@ class ChampionPolicy:
     booster: xgb.Booster
     stats_path: Path
     spec: FeatureSpec
+    #: the version's Platt calibration for the day (:mod:`clickloop.calibration`); None: raw scores
+    calibration: Calibration | None = None
 
     @property
     def version(self) -> str:
@@ -54,7 +57,8 @@ class ChampionPolicy:
     def predict_ctr(self, candidates: pd.DataFrame) -> np.ndarray:
         """Calibrated click probability of each candidate at the reference position."""
         features = self.lookup.features(candidates, self.spec.reference_position)
-        return predict_frame(self.booster, model_frame_for(self.booster, features, self.categories))
+        scores = predict_frame(self.booster, model_frame_for(self.booster, features, self.categories))
+        return scores if self.calibration is None else self.calibration.apply(scores)
 
 
 def serving_stats_key(day: str, available: list[str]) -> str | None:

@@ -4,12 +4,19 @@
   and the hour) that Evidently found drifted. Ad-side features, the CTR and the served predictions
   move whenever the serving policy changes (a champion shows other ads than the policy it was
   trained on), so their drift is not a reason to retrain;
-* quality: the champion's online calibration or normalized entropy on the day against its first
-  served day (its quality at promotion), beyond a tolerance;
+* quality: the champion's online normalized entropy on the day against its first served day (its
+  quality at promotion), and its online calibration against 1, beyond a tolerance. The champion is
+  recalibrated daily (:mod:`clickloop.calibration`) on its own traffic from its third served day on;
+  on the days before, its calibration (fitted on another policy's traffic, the winner's curse
+  of a new ranking) is compared with its first served day's instead;
 * novelty: the share of the champion's impressions whose ad had no history when it was served (a
   wave of new campaigns) against its first served day, beyond a tolerance: the history features
   are blind to them, and a model trained on recent days is not;
 * staleness: the champion has served more than a number of days.
+
+One episode asks for one retraining: for ``cooldown_days`` after a request no sensor asks again
+(:func:`cooldown_reason`), whatever threshold the days in between cross; the retrained model needs
+that long to serve and be monitored.
 
 Each rule returns a :class:`Trigger` (what crossed which threshold on which day) or None.
 """
@@ -20,7 +27,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from clickloop.calibration import CALIBRATION_LAG_DAYS
 from clickloop.contract import LogContract
+
+#: the tags a retraining request carries: the sensor that asked, and the day whose monitoring crossed
+TRIGGER_TAG = "clickloop/trigger"
+DAY_TAG = "clickloop/day"
 
 #: The hour of the request is context too (not a categorical feature, but not chosen by the policy).
 CONTEXT_NUMERIC = ("hour",)
@@ -40,6 +52,9 @@ class RetrainThresholds:
     cold_start_tolerance: float = 0.15
     #: days a champion may serve before a retraining is asked for
     max_champion_age_days: int = 14
+    #: days after a retraining request in which no sensor asks again: one episode, one retraining
+    #: (its model serves from the next day on; its first monitored day is two days later)
+    cooldown_days: int = 3
 
 
 @dataclass(frozen=True)
@@ -62,8 +77,8 @@ class Trigger:
 
     def tags(self) -> dict[str, str]:
         return {
-            "clickloop/trigger": self.sensor,
-            "clickloop/day": self.day,
+            TRIGGER_TAG: self.sensor,
+            DAY_TAG: self.day,
             "clickloop/metric": self.metric,
             "clickloop/value": f"{self.value:.6g}",
             "clickloop/threshold": f"{self.threshold:.6g}",
@@ -109,15 +124,18 @@ def quality_trigger(
     baseline_rows: Sequence[Mapping[str, Any]],
     champion: str,
     thresholds: RetrainThresholds,
+    served_days: int = 0,
 ) -> Trigger | None:
-    """The champion's online calibration or normalized entropy on the day, against its first
-    served day, beyond the tolerance."""
+    """The champion's online calibration (against 1 once ``served_days``, the days it has served up
+    to this one, exceed :data:`CALIBRATION_LAG_DAYS`; against its first served day before) or its
+    normalized entropy (against its first served day), beyond the tolerance."""
     rows = _champion_today_and_first(day_rows, baseline_rows, champion)
     if rows is None:
         return None
     today, base = rows
-    if today["calibration"] is not None and base["calibration"] is not None:
-        change = abs(today["calibration"] - base["calibration"])
+    reference = 1.0 if served_days > CALIBRATION_LAG_DAYS else base["calibration"]
+    if today["calibration"] is not None and reference is not None:
+        change = abs(today["calibration"] - reference)
         if change > thresholds.calibration_tolerance:
             return Trigger(
                 "quality_sensor", today["day"], "calibration_change", change, thresholds.calibration_tolerance
@@ -171,4 +189,21 @@ def staleness_trigger(
     age = keys.index(day) - keys.index(promoted_day)
     if age > thresholds.max_champion_age_days:
         return Trigger("staleness_sensor", day, "champion_age_days", age, thresholds.max_champion_age_days)
+    return None
+
+
+def cooldown_reason(
+    day: str, last_request_day: str | None, partition_keys: Sequence[str], thresholds: RetrainThresholds
+) -> str | None:
+    """Why no retraining is asked for on ``day``: a request made on ``last_request_day`` (the day
+    whose monitoring crossed a threshold) at most ``cooldown_days`` before it; None otherwise."""
+    keys = list(partition_keys)
+    if last_request_day is None or last_request_day not in keys or day not in keys:
+        return None
+    since = keys.index(day) - keys.index(last_request_day)
+    if 0 <= since <= thresholds.cooldown_days:
+        return (
+            f"cool-down: a retraining was requested for {last_request_day}, {since} day(s) before "
+            f"{day} (cool-down {thresholds.cooldown_days} days)"
+        )
     return None

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xgboost as xgb
 
-from clickloop.contract import LABEL
+from clickloop.contract import LABEL, TIME
 from clickloop.faults import fault_point
 from clickloop.features import FeatureSpec
 from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
@@ -57,24 +57,51 @@ class TrainingParams:
     search_max_rows: int = 200_000
     nthread: int = 2
     seed: int = 7
+    #: training rows of a day this many days older than the newest training day weigh half as
+    #: much (0 = every day alike): after a change the model follows the days after it sooner
+    recency_half_life_days: float = 0.0
 
 
 @dataclass(frozen=True)
 class ModelData:
-    """Features (the model frame) and labels of one split."""
+    """Features (the model frame), labels and (optionally) weights of one split."""
 
     features: pd.DataFrame
     labels: np.ndarray
+    weights: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
         return len(self.labels)
 
 
-def model_data(spec: FeatureSpec, table: pa.Table) -> ModelData:
-    """The model frame and labels of a features table (training categories: its own)."""
+def unscaled_recency_weights(times: np.ndarray, half_life_days: float, newest: np.datetime64) -> np.ndarray:
+    """``0.5 ** (age / half_life_days)`` per row, the age in whole UTC days before ``newest``."""
+    if half_life_days <= 0:
+        raise ValueError(f"the recency half-life is a positive number of days, not {half_life_days}")
+    age = (np.datetime64(newest, "D") - np.asarray(times).astype("datetime64[D]")).astype(np.float64)
+    return np.power(0.5, age / half_life_days).astype(np.float32)
+
+
+def recency_weights(times: np.ndarray, half_life_days: float) -> np.ndarray:
+    """:func:`unscaled_recency_weights` before the newest row's day, scaled to a mean of 1 (so
+    ``min_child_weight`` keeps its meaning)."""
+    days = np.asarray(times).astype("datetime64[D]")
+    if days.size == 0:
+        return np.ones(0, dtype=np.float32)
+    weights = unscaled_recency_weights(days, half_life_days, days.max())
+    return weights / weights.mean()
+
+
+def model_data(spec: FeatureSpec, table: pa.Table, half_life_days: float = 0.0) -> ModelData:
+    """The model frame, labels and (with a recency half-life) weights of a features table
+    (training categories: its own)."""
     frame = to_model_frame(table, spec.columns, spec.categorical)
-    return ModelData(frame, table.column(LABEL).to_numpy().astype(np.float32))
+    weights = None
+    if half_life_days > 0:
+        times = table.column(TIME).to_numpy(zero_copy_only=False)
+        weights = recency_weights(times, half_life_days)
+    return ModelData(frame, table.column(LABEL).to_numpy().astype(np.float32), weights)
 
 
 def read_training_data(path: StoragePath) -> tuple[pa.Table, pa.Table]:
@@ -84,9 +111,12 @@ def read_training_data(path: StoragePath) -> tuple[pa.Table, pa.Table]:
     return table.filter(pc.equal(part, TRAIN)), table.filter(pc.equal(part, VALIDATION))
 
 
-def training_frames(spec: FeatureSpec, train: pa.Table, valid: pa.Table) -> tuple[ModelData, ModelData]:
-    """Model frames of both splits; validation is pinned to the training categories."""
-    train_data = model_data(spec, train)
+def training_frames(
+    spec: FeatureSpec, train: pa.Table, valid: pa.Table, half_life_days: float = 0.0
+) -> tuple[ModelData, ModelData]:
+    """Model frames of both splits (the training rows weighted by recency with a half-life);
+    validation is pinned to the training categories and never weighted."""
+    train_data = model_data(spec, train, half_life_days)
     categories = {c: list(train_data.features[c].cat.categories) for c in spec.categorical}
     valid_frame = to_model_frame(valid, spec.columns, spec.categorical, categories)
     return train_data, ModelData(valid_frame, valid.column(LABEL).to_numpy().astype(np.float32))
@@ -146,13 +176,17 @@ def build_matrices(train: ModelData, valid: ModelData, max_bin: int, rate: float
     """Quantised matrices with native categoricals; with downsampling (``rate`` < 1) the base
     score is fixed to the sample's CTR and the validation rows get the log(rate) correction as
     base margin, so validation metrics are those of the corrected probability."""
-    dtrain = xgb.QuantileDMatrix(train.features, label=train.labels, enable_categorical=True, max_bin=max_bin)
+    dtrain = xgb.QuantileDMatrix(
+        train.features, label=train.labels, weight=train.weights, enable_categorical=True, max_bin=max_bin
+    )
     dvalid = xgb.QuantileDMatrix(
         valid.features, label=valid.labels, enable_categorical=True, max_bin=max_bin, ref=dtrain
     )
     base_score = None
     if rate < 1.0:
-        ctr = float(np.clip(train.labels.mean(), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS))
+        ctr = float(
+            np.clip(np.average(train.labels, weights=train.weights), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+        )
         base_score = ctr
         dvalid.set_base_margin(np.full(valid.rows, _logit(ctr) + math.log(rate), dtype=np.float32))
     categories = {
@@ -363,7 +397,8 @@ def sample_rows(data: ModelData, max_rows: int, seed: int) -> ModelData:
         return data
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(data.rows, size=max_rows, replace=False))
-    return ModelData(data.features.iloc[keep].reset_index(drop=True), data.labels[keep])
+    weights = None if data.weights is None else data.weights[keep]
+    return ModelData(data.features.iloc[keep].reset_index(drop=True), data.labels[keep], weights)
 
 
 @dataclass(frozen=True)
@@ -380,7 +415,7 @@ def fit_ctr_model(
 ) -> FitResult:
     """Search the parameters (on a sample of the training rows when there are many), then train
     the final model on every training row (everything but I/O and tracking)."""
-    train_data, valid_data = training_frames(spec, train, valid)
+    train_data, valid_data = training_frames(spec, train, valid, params.recency_half_life_days)
     if train_data.rows == 0 or valid_data.rows == 0:
         raise ValueError("training and validation sets must not be empty")
     matrices = build_matrices(train_data, valid_data, params.max_bin, rate)

@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from clickloop.alerts import Alert, failed_check_alert, retraining_alert, run_failed_alert
+from clickloop.retraining import TRIGGER_TAG
 from pipelines.jobs import TRAINING_TAGS
 from resources.alerts import AlertDeliveryError, AlertWebhook
 
@@ -53,7 +54,7 @@ def _deliver(context: RunStatusSensorContext, alerts: AlertWebhook, alert: Alert
 
 
 def is_sensor_retraining(tags: Mapping[str, str]) -> bool:
-    return all(tags.get(k) == v for k, v in TRAINING_TAGS.items()) and "clickloop/trigger" in tags
+    return all(tags.get(k) == v for k, v in TRAINING_TAGS.items()) and TRIGGER_TAG in tags
 
 
 def alert_sensors() -> list[SensorDefinition]:
@@ -73,7 +74,7 @@ def alert_sensors() -> list[SensorDefinition]:
         """Posts every retraining a sensor launched, with the metric that crossed its threshold."""
         run = context.dagster_run
         if is_sensor_retraining(run.tags):
-            sensor = run.tags.get(SENSOR_TAG, run.tags["clickloop/trigger"])
+            sensor = run.tags.get(SENSOR_TAG, run.tags[TRIGGER_TAG])
             _deliver(context, alerts, retraining_alert(run.run_id, sensor, run.tags))
 
     return [failure_alert_sensor, retraining_alert_sensor]

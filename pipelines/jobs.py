@@ -12,6 +12,7 @@ from assets.partitions import Calendar
 from assets.raw_logs import RAW_TABLES
 from assets.rollout import ROLLOUT_DECISION
 from assets.serving import ONLINE_FEATURES
+from clickloop.calibration import SERVING_CALIBRATION
 from clickloop.contract import LogContract
 from clickloop.evaluation import MODEL_EVALUATION
 from clickloop.model import CTR_MODEL
@@ -52,10 +53,11 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
         ),
         feature_stats=define_asset_job(
             "feature_stats_job",
-            selection=AssetSelection.assets(STATS_TABLE),
+            selection=AssetSelection.assets(STATS_TABLE, SERVING_CALIBRATION),
             partitions_def=partitions,
             description="What the ad server may know about the past on day D (history whose labels "
-            "were final when D began). Run before day D is served: the champion ranks with it.",
+            "were final when D began) and the champion's calibration fitted on the newest labelled "
+            "day. Run before day D is served: the champion ranks with them.",
         ),
         events=define_asset_job(
             "events_job",

@@ -23,6 +23,7 @@ from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
@@ -39,8 +40,11 @@ from assets.raw_logs import RAW_TABLES
 from clickloop.contract import LogContract
 from clickloop.model import served_version
 from clickloop.retraining import (
+    DAY_TAG,
+    TRIGGER_TAG,
     RetrainThresholds,
     Trigger,
+    cooldown_reason,
     drift_trigger,
     novelty_trigger,
     quality_trigger,
@@ -63,6 +67,7 @@ class RetrainPolicy(ConfigurableResource):
     normalized_entropy_tolerance: float = _THRESHOLDS.normalized_entropy_tolerance
     cold_start_tolerance: float = _THRESHOLDS.cold_start_tolerance
     max_champion_age_days: int = _THRESHOLDS.max_champion_age_days
+    cooldown_days: int = _THRESHOLDS.cooldown_days
 
     def thresholds(self) -> RetrainThresholds:
         return RetrainThresholds(**self.model_dump())
@@ -109,6 +114,13 @@ def ingested_days_after(
     return [k for k in keys[first:] if k in ingested]
 
 
+def last_retraining_request(instance: DagsterInstance) -> str | None:
+    """The newest day a retraining sensor asked a training for (its ``clickloop/day`` tag)."""
+    runs = instance.get_runs(filters=RunsFilter(tags=TRAINING_TAGS), limit=100)
+    days = [r.tags[DAY_TAG] for r in runs if TRIGGER_TAG in r.tags and r.tags.get(DAY_TAG)]
+    return max(days) if days else None
+
+
 def evaluate_retraining(
     context: SensorEvaluationContext,
     calendar: Calendar,
@@ -145,13 +157,19 @@ def evaluate_retraining(
     if sensor_name == "drift_sensor":
         trigger = drift_trigger(store.drift_for(day), request_context_columns(contract), thresholds)
     elif sensor_name == "quality_sensor":
-        trigger = quality_trigger(store.online_metrics_for(day), served[-1:], champion, thresholds)
+        served_days = sum(1 for r in served if r["day"] <= day)
+        trigger = quality_trigger(
+            store.online_metrics_for(day), served[-1:], champion, thresholds, served_days
+        )
     elif sensor_name == "novelty_sensor":
         trigger = novelty_trigger(store.online_metrics_for(day), served[-1:], champion, thresholds)
     else:
         trigger = staleness_trigger(day, first_day, keys, thresholds)
     if trigger is None:
         return SkipReason(f"{day}: no threshold crossed ({sensor_name}, champion {champion})")
+    cooling = cooldown_reason(day, last_retraining_request(context.instance), keys, thresholds)
+    if cooling:
+        return SkipReason(f"{trigger.reason}, but {cooling}")
     failed = failed_data_checks(context.instance, tables, [day])
     if failed:
         return SkipReason(

@@ -9,6 +9,7 @@ from datetime import date
 
 from dagster import ConfigurableResource
 
+from clickloop.calibration import Calibration, calibration_served
 from clickloop.ranking import STATS_TABLE, ChampionPolicy, serving_stats_key
 from clickloop.service.client import HttpRankingPolicy
 from clickloop.simulator.allocation import ServingPlan
@@ -28,6 +29,10 @@ class ChampionServing(ConfigurableResource):
     rollout: RolloutResource | None = None
     #: the ranking service's base URL (``CLICKLOOP_RANKER_URL``); empty: the champion ranks in-process
     ranker_url: str = ""
+
+    def calibration(self, day: str, version: str) -> Calibration:
+        """The calibration a version is served with on ``day`` (:func:`calibration_served`)."""
+        return calibration_served(self.warehouse.get(), day, version, self.registry.version_tags(version))
 
     def policy_for(self, day: date | str) -> ChampionPolicy | HttpRankingPolicy | ServingPlan | None:
         """The champion's policy for ``day``, or None while no model has been promoted; with a
@@ -56,12 +61,17 @@ class ChampionServing(ConfigurableResource):
         stats_path = warehouse.partition_path(STATS_TABLE, stats_key)
         spec = self.log_contract.features()
         version, booster = champion
-        policy = ChampionPolicy(version, booster, stats_path, spec)
+        policy = ChampionPolicy(version, booster, stats_path, spec, self.calibration(key, version))
         challenger = self.registry.challenger()
         if challenger is None:
             return policy
+        rival_version = challenger["version"]
         rival = ChampionPolicy(
-            challenger["version"], self.registry.load_version(challenger["version"]), stats_path, spec
+            rival_version,
+            self.registry.load_version(rival_version),
+            stats_path,
+            spec,
+            self.calibration(key, rival_version),
         )
         share = (self.rollout or RolloutResource()).canary_share
         return ServingPlan(champion=policy, challenger=rival, stage=challenger["stage"], canary_share=share)

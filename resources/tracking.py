@@ -312,6 +312,12 @@ class ModelRegistry(ConfigurableResource):
     def version_tags(self, version: str) -> dict[str, str]:
         return dict(self.client().get_model_version(self.registered_model_name, version).tags)
 
+    def set_version_tags(self, version: str, tags: Mapping[str, str]) -> None:
+        """Tag a registered version (shown on its page in the registry)."""
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.registered_model_name, version, key, value)
+
     def _alias(self, client: MlflowClient, alias: str) -> str | None:
         """The version an alias points at; None if the alias (or the registered model) is absent."""
         try:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from clickloop.calibration import Calibration
 from clickloop.contract import AD_ID, IMPRESSION_ID, MODEL_VERSION, POSITION, PREDICTED_CTR
 from clickloop.features import USER_KEY_TYPE, FeatureSpec
 from clickloop.model import model_frame_for, predict_frame, served_version
@@ -117,9 +118,11 @@ def serving_skew(
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     seed: int = 0,
     tolerance: float = SKEW_TOLERANCE,
+    calibration_of: Callable[[str], Calibration] | None = None,
 ) -> SkewResult:
     """Re-score a sample of the impressions a registered model served on one day of ``features``
-    from their logged features, with the version that served them, at the reference position."""
+    from their logged features, with the version that served them, at the reference position, and
+    its calibration of the day (``calibration_of(version)``; None: raw scores)."""
     wanted: Sequence[str] = [IMPRESSION_ID, MODEL_VERSION, PREDICTED_CTR, *spec.columns]
     table = read_parquet(features_path, columns=[c for c in dict.fromkeys(wanted)]).to_pandas()
     table[MODEL_VERSION] = table[MODEL_VERSION].astype(object)
@@ -136,6 +139,8 @@ def serving_skew(
         if spec.has_position and spec.reference_position is not None:
             features[POSITION] = np.full(len(rows), spec.reference_position, dtype=np.int32)
         rescored = predict_frame(booster, model_frame_for(booster, features))
+        if calibration_of is not None:
+            rescored = calibration_of(str(versions[logged])).apply(rescored)
         diff = np.abs(rescored - rows[PREDICTED_CTR].to_numpy(np.float64))
         by_version[str(logged)] = len(rows)
         if len(diff) and float(diff.max()) > worst:

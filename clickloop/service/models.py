@@ -1,4 +1,5 @@
-"""The models a service serves: registered versions found by alias, reloaded when an alias moves.
+"""The models a service serves: registered versions found by alias, reloaded when an alias moves. Each version's newest calibration is read from its tags at the same
+moments, so a new day's calibration reaches the service too.
 
 The registry is anything with ``alias_version(alias)`` and ``load_version(version)`` (the MLflow
 registry of ``resources.tracking`` has both). An alias is looked up again at most every ``ttl_s``
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Protocol
 
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from clickloop.calibration import Calibration, newest_from_tags
 from clickloop.model import (
     correct_downsampled,
     downsampling_rate_of,
@@ -44,6 +46,10 @@ class ModelSource(Protocol):
         """The booster of a registered version."""
         ...
 
+    def version_tags(self, version: str) -> dict[str, str]:
+        """A registered version's tags (its calibration among them)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Explanation:
@@ -64,6 +70,8 @@ class LoadedModel:
     alias: str
     version: str
     booster: xgb.Booster = field(repr=False)
+    #: the version's newest calibration (:mod:`clickloop.calibration`)
+    calibration: Calibration | None = None
 
     @property
     def served_version(self) -> str:
@@ -111,9 +119,12 @@ class LoadedModel:
         """Click probabilities on real traffic (as :class:`clickloop.ranking.ChampionPolicy`)."""
         matrix = self.matrix(features)
         if matrix is None:
-            return predict_frame(self.booster, self.frame(features))
+            return self.calibrated(predict_frame(self.booster, self.frame(features)))
         raw = np.asarray(self.booster.inplace_predict(matrix), dtype=np.float64)
-        return correct_downsampled(raw, downsampling_rate_of(self.booster))
+        return self.calibrated(correct_downsampled(raw, downsampling_rate_of(self.booster)))
+
+    def calibrated(self, scores: np.ndarray) -> np.ndarray:
+        return scores if self.calibration is None else self.calibration.apply(scores)
 
     def explain(self, features: dict[str, np.ndarray | pd.Series]) -> list[Explanation]:
         """Each row's contributions from the trees (``pred_contribs=True``)."""
@@ -121,8 +132,8 @@ class LoadedModel:
         matrix = xgb.DMatrix(frame, enable_categorical=True)
         contributions = np.asarray(self.booster.predict(matrix, pred_contribs=True), dtype=np.float64)
         margins = np.asarray(self.booster.predict(matrix, output_margin=True), dtype=np.float64)
-        probabilities = correct_downsampled(
-            1.0 / (1.0 + np.exp(-margins)), downsampling_rate_of(self.booster)
+        probabilities = self.calibrated(
+            correct_downsampled(1.0 / (1.0 + np.exp(-margins)), downsampling_rate_of(self.booster))
         )
         names, _ = model_features(self.booster)
         return [
@@ -168,14 +179,18 @@ class ModelCache:
         current = self._loaded.get(alias)
         if version is None:
             self._loaded[alias] = None
-        elif current is None or current.version != version:
+            return
+        calibration = newest_from_tags(version, self.source.version_tags(version))
+        if current is None or current.version != version:
             if version not in self._boosters:
                 booster = self.source.load_version(version)
                 booster.set_param({"nthread": PREDICT_THREADS})
                 self._boosters[version] = booster
-            self._loaded[alias] = LoadedModel(alias, version, self._boosters[version])
+            self._loaded[alias] = LoadedModel(alias, version, self._boosters[version], calibration)
             kept = {m.version for m in self._loaded.values() if m is not None}
             self._boosters = {v: b for v, b in self._boosters.items() if v in kept}
+        elif current.calibration != calibration:  # a new day's calibration of the same version
+            self._loaded[alias] = replace(current, calibration=calibration)
 
     def versions(self) -> dict[str, str | None]:
         """Every served alias and the version it names now."""

@@ -33,7 +33,7 @@ from dagster import (
 
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
-from clickloop.retraining import context_drift_share, request_context_columns
+from clickloop.retraining import DAY_TAG, context_drift_share, request_context_columns
 from clickloop.storage import atomic_write_text
 from pipelines.cli.runner import SILENT, LoopRunner, RunReport
 from pipelines.definitions import build_defs
@@ -155,7 +155,7 @@ class ScenarioRun:
             return
         self.launched.add(request.run_key)
         tags = request.tags
-        day = tags.get("clickloop/day", key)
+        day = tags.get(DAY_TAG, key)
         row = self.rows.setdefault(day, DayRow(day))
         value = float(tags.get("clickloop/value", "nan"))
         row.fired.append(f"{sensor_name}: {tags.get('clickloop/metric')}={value:.3g}")

@@ -14,6 +14,7 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance
 from dagster._core.event_api import PartitionKeyFilter
 
 from assets.guards import check_problem
+from clickloop.calibration import Calibration, calibration_served
 from clickloop.contract_file import load_contract
 from clickloop.features import FeatureSpec
 from clickloop.lookup import StatsLookup
@@ -90,7 +91,9 @@ def test_online_features_equal_the_parquet_lookup(served: History) -> None:
     for looked_up in (online, parquet.features(candidates, 1)):
         assert list(looked_up) == list(offline)
         for name in offline:
-            np.testing.assert_array_equal(np.asarray(looked_up[name]), np.asarray(offline[name]), err_msg=name)
+            np.testing.assert_array_equal(
+                np.asarray(looked_up[name]), np.asarray(offline[name]), err_msg=name
+            )
     # the catalog holds each ad of the window with its columns
     catalog = pq.read_table(served.warehouse.partition_path(AD_CATALOG, day)).to_pandas()
     (first,) = snapshot.ad_attributes([catalog["ad_id"].iloc[0]])
@@ -137,10 +140,18 @@ def test_the_skew_check_passes_on_what_the_champion_served(history: History) -> 
     evaluation = _evaluation(history.instance, FEATURES, "served_scores_match_model", day)
     assert evaluation.passed and evaluation.metadata["sample_size"].value > 0
     (path,) = history.warehouse.require_partition_paths(FEATURES, [day])
-    result = serving_skew(path, SPEC, history.registry.load_version, sample_rows=500)
+    registry = history.registry
+
+    def served_with(version: str) -> Calibration:
+        return calibration_served(history.warehouse, day, version, registry.version_tags(version))
+
+    assert not served_with("1").is_identity
+    result = serving_skew(path, SPEC, registry.load_version, sample_rows=500, calibration_of=served_with)
     assert result.passed and result.sampled == 500
     assert set(result.by_version) == {"ctr_model-v1"}
     assert result.worst_difference <= SKEW_TOLERANCE
+    # the ad server served calibrated probabilities: the raw scores are not what it logged
+    assert not serving_skew(path, SPEC, registry.load_version, sample_rows=500).passed
 
 
 def test_the_skew_check_catches_a_skewed_feature(history: History, tmp_path: Path) -> None:

@@ -1,11 +1,13 @@
 """The retraining rules on plain values: drift of the request context, the champion's online quality
 against its first served day, and its age (the sensors turn a trigger into one run request)."""
 
+from clickloop.calibration import CALIBRATION_LAG_DAYS
 from clickloop.retraining import (
     CONTEXT_NUMERIC,
     RetrainThresholds,
     Trigger,
     context_drift_share,
+    cooldown_reason,
     drift_trigger,
     novelty_trigger,
     quality_trigger,
@@ -90,6 +92,18 @@ def test_quality_compares_the_champion_with_its_first_served_day() -> None:
     )
 
 
+def test_a_champion_calibrated_on_its_own_traffic_is_held_to_one() -> None:
+    base = [online(KEYS[10], calibration=1.45)]  # its first served day: fitted on another policy's traffic
+    settled = CALIBRATION_LAG_DAYS + 1  # from then on the daily calibration is fitted on its own traffic
+    today = [online(KEYS[13], calibration=1.1)]
+    assert quality_trigger(today, base, "ctr_model-v1", THRESHOLDS, served_days=settled) is None
+    # the same day before it settled: 0.35 from its first served day
+    early = quality_trigger(today, base, "ctr_model-v1", THRESHOLDS, served_days=CALIBRATION_LAG_DAYS)
+    assert early is not None and abs(early.value - 0.35) < 1e-9
+    drop = quality_trigger([online(KEYS[13], calibration=1.3)], base, "ctr_model-v1", THRESHOLDS, settled)
+    assert drop is not None and drop.metric == "calibration_change" and abs(drop.value - 0.3) < 1e-9
+
+
 def test_staleness_counts_partitions_since_the_first_served_day() -> None:
     thresholds = RetrainThresholds(max_champion_age_days=14)
     assert staleness_trigger(KEYS[24], KEYS[10], KEYS, thresholds) is None  # 14 days: still fresh
@@ -120,3 +134,16 @@ def test_a_wave_of_ads_without_history_asks_for_a_retraining() -> None:
     assert novelty_trigger([served(KEYS[11], 0.9)], first, "ctr_model-v1", THRESHOLDS) is None
     assert novelty_trigger([served(KEYS[13], 0.9, "ctr_model-v2")], first, "ctr_model-v1", THRESHOLDS) is None
     assert novelty_trigger([served(KEYS[13], None)], first, "ctr_model-v1", THRESHOLDS) is None
+
+
+def test_one_episode_asks_for_one_retraining() -> None:
+    thresholds = RetrainThresholds(cooldown_days=3)
+    # a request for KEYS[5] silences every sensor on that day and the three after it
+    for day in KEYS[5:9]:
+        reason = cooldown_reason(day, KEYS[5], KEYS, thresholds)
+        assert reason is not None and KEYS[5] in reason and "cool-down 3 days" in reason
+    assert cooldown_reason(KEYS[9], KEYS[5], KEYS, thresholds) is None
+    # no request yet, or one for a later day (a backfill), never blocks
+    assert cooldown_reason(KEYS[6], None, KEYS, thresholds) is None
+    assert cooldown_reason(KEYS[4], KEYS[5], KEYS, thresholds) is None
+    assert cooldown_reason(KEYS[6], KEYS[5], KEYS, RetrainThresholds(cooldown_days=0)) is None

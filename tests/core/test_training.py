@@ -2,6 +2,7 @@
 recalibration after negative downsampling, and feature importance; real XGBoost on synthetic days
 whose true click probability is known."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from clickloop.training import (
     importance_markdown,
     model_data,
     read_training_data,
+    recency_weights,
     sample_rows,
     train_booster,
     training_frames,
@@ -171,3 +173,39 @@ def test_training_fails_on_a_diverging_loss(frames: tuple[pa.Table, pa.Table, pa
     diverging = {**base_params(TrainingParams(nthread=1, max_bin=64)), "learning_rate": float("inf")}
     with pytest.raises(NonFiniteModelError, match=r"training diverged: \w+ logloss is nan from round \d"):
         train_booster(matrices, diverging, num_boost_round=5, early_stopping_rounds=5)
+
+
+def test_recency_weights_halve_per_half_life_and_average_one() -> None:
+    times = np.array(["2026-10-01T23:00", "2026-10-02T01:00", "2026-10-03T12:00"], dtype="datetime64[s]")
+    weights = recency_weights(times, half_life_days=1.0)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[2] / weights[1] == pytest.approx(2.0) and weights[2] / weights[0] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="positive number of days"):
+        recency_weights(times, half_life_days=0.0)
+
+
+def with_rule(table: pa.Table, clicking_device: str, seed: int) -> pa.Table:
+    """The rows with new labels: 30 % of the impressions on ``clicking_device`` click, none other."""
+    rng = np.random.default_rng(seed)
+    device = table.column("device_type").to_numpy(zero_copy_only=False)
+    labels = ((device == clicking_device) & (rng.random(table.num_rows) < 0.3)).astype(np.int8)
+    return table.set_column(table.column_names.index(LABEL), LABEL, pa.array(labels))
+
+
+def test_recency_weights_make_the_model_follow_the_newest_day() -> None:
+    # the world changed between the two training days: the older one clicks on mobile, the newer on desktop
+    train = pa.concat_tables(
+        [
+            with_rule(features_day(KEYS[0], 4000), "mobile", 1),
+            with_rule(features_day(KEYS[1], 2000), "desktop", 2),
+        ]
+    )
+    valid = with_rule(features_day(KEYS[2], 3000), "desktop", 3)
+    params = TrainingParams(n_trials=0, num_boost_round=60, nthread=1, min_child_weight=5.0)
+    uniform = fit_ctr_model(SPEC, train, valid, params, rate=1.0).final
+    recent = fit_ctr_model(SPEC, train, valid, replace(params, recency_half_life_days=0.25), rate=1.0).final
+    # the weighted model learned the newest day's rule; the uniform one is stuck between the two
+    assert recent.valid_logloss < 0.95 * uniform.valid_logloss
+    p = predict_ctr(recent.booster, valid)
+    device = valid.column("device_type").to_numpy(zero_copy_only=False)
+    assert p[device == "desktop"].mean() > 5 * p[device == "mobile"].mean()

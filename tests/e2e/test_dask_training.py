@@ -58,6 +58,7 @@ PARAMS = TrainingParams(
     search_num_boost_round=60,
     search_max_rows=8_000,
     nthread=1,
+    recency_half_life_days=1.0,  # both paths weigh the newer training day twice the older
 )
 
 

@@ -14,6 +14,7 @@ import pytest
 import requests
 import xgboost as xgb
 
+from clickloop.calibration import newest_from_tags
 from clickloop.model import model_frame_for
 from clickloop.ranking import STATS_TABLE, ChampionPolicy
 from clickloop.service.catalog import AD_CATALOG
@@ -101,13 +102,16 @@ def test_rank_returns_the_top_k_by_expected_revenue(ranker: Ranker) -> None:
     catalog = pq.read_table(ranker.history.warehouse.partition_path(AD_CATALOG, ranker.day)).to_pandas()
     frame = frame.merge(catalog.drop(columns=["last_seen"]), on="ad_id", how="left")
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    version, booster = ranker.history.registry.champion()
+    registry = ranker.history.registry
+    version, booster = registry.champion()
     policy = ChampionPolicy(
         version,
         booster,
         ranker.history.warehouse.partition_path(STATS_TABLE, ranker.day),
         ranker.history.resources["log_contract"].features(),
+        newest_from_tags(version, registry.version_tags(version)),
     )
+    assert not policy.calibration.is_identity  # the service serves calibrated probabilities
     np.testing.assert_allclose([r["predicted_ctr"] for r in ranked], policy.predict_ctr(frame), rtol=1e-12)
     top = ranker.post("/rank", body).json()["ranked"]
     assert [r["ad_id"] for r in top] == [r["ad_id"] for r in ranked[:3]]

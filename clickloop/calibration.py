@@ -1,0 +1,225 @@
+"""Recalibration of the champion: Platt scaling of its scores on the newest labelled day.
+
+A CTR model's ranking ages slower than its probabilities. The champion's predictions drift away from
+the observed click rate when the traffic moves (a CTR drop), and even on a stable stream, because the
+champion ranks the traffic its own history features are then computed from. Every day the loop fits
+``p = sigmoid(a · logit(s) + b)`` on the newest day whose labels are final, where ``s`` is the
+champion's score of each impression exactly as the ad server computed it (the day's point-in-time
+features at the reference slot, corrected for downsampling) and the label is the click. The served
+probability is then calibrated to the impressions as they were shown (their slots, their ads), which is
+what the online calibration measures and what a CTR × bid auction needs.
+
+Platt scaling, not isotonic regression: two numbers, monotone (the champion's ranking of one ad against
+another at the same bid is kept), stable on a day of a few hundred clicks, and small enough to live in
+the registry as tags of the model version. With too few clicks the day keeps the identity
+(:data:`MIN_CLICKS`). A calibration is only ever applied to the version it was fitted for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xgboost as xgb
+from sklearn.linear_model import LogisticRegression
+
+from clickloop.contract import LABEL, MODEL_VERSION, POSITION
+from clickloop.features import FeatureSpec
+from clickloop.metrics import calibration as calibration_ratio
+from clickloop.model import predict_ctr, served_version
+from clickloop.storage import StoragePath, Warehouse
+
+#: the ad server serving day D is recalibrated on D-2, the newest day whose labels are final when D
+#: begins: a version's own traffic calibrates it from its third served day on
+CALIBRATION_LAG_DAYS = 2
+#: fewer clicks than this on the day: the fit is not trusted, the identity is kept
+MIN_CLICKS = 30
+#: scores are clipped away from 0 and 1 before the logit
+_EPS = 1e-6
+#: registry tags of a model version: the calibration fitted at its promotion (on the test day; never
+#: changed afterwards, so a served day can always be re-scored) and the newest daily one (to read)
+PROMOTION_TAGS = "calibration."
+DAILY_TAGS = "daily_calibration."
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``p = sigmoid(slope · logit(score) + intercept)`` for one model version."""
+
+    model_version: str
+    slope: float = 1.0
+    intercept: float = 0.0
+    #: the labelled day it was fitted on ("" for the identity)
+    fitted_on: str = ""
+    rows: int = 0
+    clicks: int = 0
+    #: Σ score / Σ clicks on the fitting day, before and after (1 is calibrated)
+    calibration_before: float | None = None
+    calibration_after: float | None = None
+
+    @classmethod
+    def identity(cls, model_version: str) -> Calibration:
+        return cls(model_version)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.slope == 1.0 and self.intercept == 0.0
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        if self.is_identity:
+            return np.asarray(scores, dtype=np.float64)
+        s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+        return 1.0 / (1.0 + np.exp(-(self.slope * np.log(s / (1.0 - s)) + self.intercept)))
+
+    def to_tags(self, prefix: str) -> dict[str, str]:
+        """The registry tags (strings) of this calibration, under ``prefix``."""
+        return {f"{prefix}{k}": json.dumps(v) for k, v in asdict(self).items() if k != "model_version"}
+
+    @classmethod
+    def from_tags(cls, model_version: str, tags: Mapping[str, str], prefix: str) -> Calibration | None:
+        """The calibration stored under ``prefix`` in a version's tags, None when there is none."""
+        values = {k[len(prefix) :]: json.loads(v) for k, v in tags.items() if k.startswith(prefix)}
+        return cls(model_version=model_version, **values) if values else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Calibration:
+        return cls(**json.loads(text))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "slope": round(self.slope, 4),
+            "intercept": round(self.intercept, 4),
+            "fitted_on": self.fitted_on or "-",
+            "rows": self.rows,
+            "clicks": self.clicks,
+            "calibration_before": None
+            if self.calibration_before is None
+            else round(self.calibration_before, 3),
+            "calibration_after": None if self.calibration_after is None else round(self.calibration_after, 3),
+        }
+
+
+def fit_platt(
+    scores: np.ndarray, labels: np.ndarray, model_version: str, day: str, min_clicks: int = MIN_CLICKS
+) -> Calibration:
+    """The Platt map from ``scores`` to ``labels`` (the identity, with the day's figures, when the
+    day has fewer than ``min_clicks`` clicks or only one class)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+    y = np.asarray(labels, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
+    clicks = int(y.sum())
+    before = _ratio(y, s)
+    if clicks < min_clicks or clicks == len(y):
+        return Calibration(
+            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
+        )
+    logits = np.log(s / (1.0 - s)).reshape(-1, 1)
+    # (nearly) unregularised maximum likelihood: two parameters, thousands of rows
+    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(logits, y)
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope <= 0.0:
+        # a flat or inverted fit says the scores carry no signal today: never invert the ranking
+        return Calibration(
+            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
+        )
+    fitted = Calibration(model_version, slope, intercept, day, len(y), clicks, before)
+    return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
+
+
+def _ratio(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    value = calibration_ratio(labels, probabilities)
+    return None if math.isnan(value) else float(value)
+
+
+def at_reference_slot(table: pa.Table, spec: FeatureSpec) -> pa.Table:
+    """The rows as the ad server scored them: every impression at the reference slot."""
+    if not spec.has_position or spec.reference_position is None or POSITION not in table.column_names:
+        return table
+    column = pa.array(
+        np.full(table.num_rows, spec.reference_position), type=table.schema.field(POSITION).type
+    )
+    return table.set_column(table.column_names.index(POSITION), POSITION, column)
+
+
+def served_scores(booster: xgb.Booster, table: pa.Table, spec: FeatureSpec) -> np.ndarray:
+    """The uncalibrated score the ad server computed for each impression of a features table."""
+    return predict_ctr(booster, at_reference_slot(table, spec))
+
+
+def served_by(table: pa.Table, logged_version: str) -> pa.Table:
+    """The impressions ``logged_version`` served, when it served enough clicks to fit on; else every
+    impression of the day (a version not yet served is calibrated on the traffic of its predecessor)."""
+    if MODEL_VERSION not in table.column_names:
+        return table
+    own = table.filter(pc.equal(table.column(MODEL_VERSION), logged_version))
+    return own if (pc.sum(own.column(LABEL)).as_py() or 0) >= MIN_CLICKS else table
+
+
+def fit_day(
+    booster: xgb.Booster, table: pa.Table, spec: FeatureSpec, model_version: str, day: str
+) -> Calibration:
+    """Fit a version's calibration on one labelled day of features (the impressions it served)."""
+    table = served_by(table, served_version(model_version))
+    labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
+    return fit_platt(served_scores(booster, table, spec), labels, model_version, day)
+
+
+# --- Stored per serving day -----------------------------------------------------------------------
+
+#: the daily table of calibrations: partition D holds the one the ad server applies on day D
+SERVING_CALIBRATION = "serving_calibration"
+
+
+def write_serving_calibration(warehouse: Warehouse, day: str, fitted: Calibration) -> StoragePath:
+    return warehouse.write_partition(SERVING_CALIBRATION, day, pa.Table.from_pylist([asdict(fitted)]))
+
+
+def read_serving_calibration(warehouse: Warehouse, day: str) -> Calibration:
+    return Calibration(**warehouse.read_partition(SERVING_CALIBRATION, day).to_pylist()[0])
+
+
+def calibration_for(warehouse: Warehouse, day: str, model_version: str) -> Calibration | None:
+    """The newest calibration of ``model_version`` for serving ``day`` (a partition on or before it),
+    None when the version has none there (a version promoted since: its registry tags hold the
+    calibration fitted at promotion)."""
+    for key in reversed(warehouse.partition_keys(SERVING_CALIBRATION)):
+        if key > day:
+            continue
+        stored = read_serving_calibration(warehouse, key)
+        if stored.model_version == model_version:
+            return stored
+    return None
+
+
+def newest_from_tags(model_version: str, tags: Mapping[str, str]) -> Calibration:
+    """What a service that serves "now" applies: the newest daily calibration of the version, else
+    the one fitted at its promotion, else the identity."""
+    return (
+        Calibration.from_tags(model_version, tags, DAILY_TAGS)
+        or Calibration.from_tags(model_version, tags, PROMOTION_TAGS)
+        or Calibration.identity(model_version)
+    )
+
+
+def calibration_served(
+    warehouse: Warehouse, day: str, model_version: str, tags: Mapping[str, str]
+) -> Calibration:
+    """The calibration the ad server applies to ``model_version`` on ``day``: the newest daily one on
+    or before the day, else the one fitted at the version's promotion, else the identity. The same
+    answer for the same day whenever it is asked (the skew check re-scores a served day with it)."""
+    return (
+        calibration_for(warehouse, day, model_version)
+        or Calibration.from_tags(model_version, tags, PROMOTION_TAGS)
+        or Calibration.identity(model_version)
+    )
