@@ -34,8 +34,15 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
+# the UI on http://127.0.0.1:3000, and the HTML reports under $(CLICKLOOP_DATA_DIR)/reports (Evidently
+# drift, Data Docs) served on http://127.0.0.1:$(REPORTS_PORT) so the asset pages link to them
+REPORTS_PORT ?= 3001
 ui: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME) && test -f $(DAGSTER_HOME)/dagster.yaml || printf 'telemetry:\n  enabled: false\n' > $(DAGSTER_HOME)/dagster.yaml
+	@mkdir -p $(CLICKLOOP_DATA_DIR)/reports
+	$(PY) -m http.server $(REPORTS_PORT) --bind 127.0.0.1 --directory $(CLICKLOOP_DATA_DIR)/reports >/dev/null 2>&1 & \
+	reports=$$!; trap 'kill $$reports' EXIT INT TERM; \
+	CLICKLOOP_REPORTS_URL=$${CLICKLOOP_REPORTS_URL:-http://127.0.0.1:$(REPORTS_PORT)} \
 	$(VENV)/bin/dagster dev -h $${HOST:-127.0.0.1} -p $${PORT:-3000} -w workspace.yaml
 
 # the ranking service on http://127.0.0.1:8000 (CLICKLOOP_SERVICE_HOST, CLICKLOOP_SERVICE_PORT; features

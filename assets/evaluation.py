@@ -27,7 +27,7 @@ from clickloop.evaluation import (
 from clickloop.explanations import mean_abs_contributions, shap_markdown, shap_summary_png
 from clickloop.features import FeatureSpec
 from clickloop.model import CTR_MODEL, load_booster, model_file, read_model_manifest
-from clickloop.presentation import png_markdown
+from clickloop.presentation import png_markdown, significant
 from clickloop.promotion import GatePolicy, gate_decision
 from clickloop.split import FEATURES, TEST_SET, TRAINING_SET, TimeSplit, read_split_manifest, set_path
 from clickloop.storage import read_parquet
@@ -82,7 +82,7 @@ def evaluation_metadata(outcome: EvaluationOutcome) -> dict[str, Any]:
         "test_day": evaluation.test_day,
         "dagster/row_count": model.rows,
         "auc": round(model.auc, 4),
-        "log_loss": round(model.log_loss, 5),
+        "log_loss": significant(model.log_loss),
         "normalized_entropy": round(model.normalized_entropy, 4),
         "calibration": round(model.calibration, 3),
         "precision_at_top": round(model.precision_at_top, 4),

@@ -23,6 +23,7 @@ from assets.raw_logs import RAW_TABLES
 from clickloop.checks import events_rules
 from clickloop.contract import LogContract
 from clickloop.events import MAX_WINDOW_HOURS, join_events, label_events
+from clickloop.presentation import significant
 from clickloop.quarantine import day_window
 from resources.warehouse import WarehouseResource
 
@@ -94,7 +95,7 @@ def ad_events_asset(calendar: Calendar, contract: LogContract) -> AssetsDefiniti
                 "impressions_in": acc.impressions_in,
                 "duplicate_impressions": acc.duplicate_impressions,
                 "clicked": acc.clicked,
-                "ctr": float(acc.ctr),
+                "ctr": significant(float(acc.ctr)),
                 "late_clicks_after_midnight": acc.late_clicks,
                 "clicks_in": acc.clicks_in,
                 "orphan_clicks": acc.click_outcomes["orphan_click"],

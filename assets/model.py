@@ -30,6 +30,7 @@ from clickloop.model import (
     save_booster,
     write_model_manifest,
 )
+from clickloop.presentation import significant
 from clickloop.split import (
     FEATURES,
     TEST,
@@ -264,7 +265,7 @@ def ctr_model_asset(contract: LogContract):
                 "model_version": version,
                 "registered_model": MetadataValue.url(model_registry.model_version_url(version)),
                 "best_iteration": final.best_iteration,
-                "valid_logloss": round(final.valid_logloss, 5),
+                "valid_logloss": significant(final.valid_logloss),
                 "train_rows": fit.train_rows,
                 "train_seconds": round(final.seconds, 1),
                 "trained_on": dask_cluster.scheduler_address or "this machine",

@@ -1,30 +1,45 @@
 """Monitoring: is today's traffic like the traffic the model learned from, and does the model earn?"""
 
+from datetime import date, timedelta
+from typing import Any
+
 from dagster import AssetExecutionContext, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
 from clickloop.contract import LogContract
-from clickloop.drift import DriftColumns, DriftParams, drift_markdown, drift_of_day, drift_row
+from clickloop.drift import (
+    DriftColumns,
+    DriftOutcome,
+    DriftParams,
+    drift_markdown,
+    drift_of_day,
+    drift_png,
+    drift_row,
+)
 from clickloop.features import FeatureSpec
 from clickloop.online import (
     ORACLE_BASIS_TEXT,
     OnlineColumns,
     aggregate_versions,
     day_row,
+    online_history_png,
     online_markdown,
     online_metrics_rows,
     summary_numbers,
 )
-from clickloop.presentation import fmt
+from clickloop.presentation import fmt, png_markdown, significant, significant_values
 from clickloop.split import FEATURES
 from resources.landing import LogSource
 from resources.monitoring_store import MonitoringStore
+from resources.reports import ReportsSite
 from resources.warehouse import WarehouseResource
 
 DRIFT_REPORT = "drift_report"
 ONLINE_METRICS = "online_metrics"
+#: Days of online metrics the online_metrics asset plots (day D and the days before it).
+HISTORY_DAYS = 30
 _DRIFT = DriftParams()
 
 
@@ -50,6 +65,32 @@ class DriftReportConfig(Config):
         return DriftParams(**self.model_dump())
 
 
+def drift_metadata(outcome: DriftOutcome, report: MetadataValue) -> dict[str, Any]:
+    """What the drift_report asset shows of a day's drift: the link to the Evidently report (a URL
+    or a path), the per-column plot and table, the scores."""
+    summary, reference = outcome.summary, outcome.reference
+    if summary is None:
+        raise ValueError(f"no drift metadata without a drift report (reference: {reference.source})")
+    prediction, target = summary.prediction, summary.target
+    return {
+        "report": report,
+        "drift_per_column": MetadataValue.md(png_markdown(drift_png(summary), "drift score per column")),
+        "drifted_columns": MetadataValue.md(drift_markdown(summary)),
+        "share_drifted_columns": round(summary.share_drifted_columns, 3),
+        "drifted_column_count": len(summary.drifted),
+        "prediction_drift_score": significant(prediction.score) if prediction else None,
+        "prediction_drifted": prediction.drifted if prediction else None,
+        "prediction_drift_method": prediction.method if prediction else None,
+        "target_drift_score": significant(target.score) if target else None,
+        "target_drifted": target.drifted if target else None,
+        "target_drift_method": target.method if target else None,
+        "reference": MetadataValue.text(reference.source),
+        "reference_days": MetadataValue.text(", ".join(reference.keys)),
+        "current_rows": summary.current_rows,
+        "reference_rows": summary.reference_rows,
+    }
+
+
 def drift_report_asset(calendar: Calendar, contract: LogContract) -> AssetsDefinition:
     columns = DriftColumns.of(FeatureSpec.from_contract(contract), contract.has_served_predictions)
 
@@ -60,14 +101,15 @@ def drift_report_asset(calendar: Calendar, contract: LogContract) -> AssetsDefin
         group_name="monitoring",
         kinds={"evidently", "duckdb"},
         description="Evidently drift of day D's features, served predictions and clicks against a "
-        "sample of the training window (else the days before D): the HTML report, and the scores "
-        "in the monitoring store.",
+        "sample of the training window (else the days before D): the score per column plotted, the "
+        "HTML report (a link when make ui serves the reports), and the scores in the monitoring store.",
     )
     def _drift_report(
         context: AssetExecutionContext,
         config: DriftReportConfig,
         warehouse: WarehouseResource,
         monitoring_store: MonitoringStore,
+        reports: ReportsSite,
     ) -> MaterializeResult:
         day = context.partition_key
         outcome = drift_of_day(
@@ -90,25 +132,7 @@ def drift_report_asset(calendar: Calendar, contract: LogContract) -> AssetsDefin
             f"{summary.current_rows:,} vs {summary.reference_rows:,} sampled rows"
             + (f"; {quieted} Evidently warning(s) suppressed" if quieted else "")
         )
-        prediction, target = summary.prediction, summary.target
-        return MaterializeResult(
-            metadata={
-                "report": MetadataValue.path(str(outcome.path)),
-                "drifted_columns": MetadataValue.md(drift_markdown(summary)),
-                "share_drifted_columns": round(summary.share_drifted_columns, 3),
-                "drifted_column_count": len(summary.drifted),
-                "prediction_drift_score": round(prediction.score, 4) if prediction else None,
-                "prediction_drifted": prediction.drifted if prediction else None,
-                "prediction_drift_method": prediction.method if prediction else None,
-                "target_drift_score": round(target.score, 4) if target else None,
-                "target_drifted": target.drifted if target else None,
-                "target_drift_method": target.method if target else None,
-                "reference": MetadataValue.text(reference.source),
-                "reference_days": MetadataValue.text(", ".join(reference.keys)),
-                "current_rows": summary.current_rows,
-                "reference_rows": summary.reference_rows,
-            }
-        )
+        return MaterializeResult(metadata=drift_metadata(outcome, reports.link(str(outcome.path))))
 
     return _drift_report
 
@@ -124,7 +148,7 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         kinds={"duckdb", "sql"},
         description="Per model version on day D: traffic, CTR, calibration, normalized entropy, revenue "
         "(clicks per 1000 requests where the logs have no price) and the share of the oracle's revenue "
-        "captured (simulated days); written to the monitoring store.",
+        f"captured (simulated days); written to the monitoring store, and plotted over {HISTORY_DAYS} days.",
     )
     def _online_metrics(
         context: AssetExecutionContext,
@@ -142,7 +166,9 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         rows = online_metrics_rows(totals, truth)
         whole_day = day_row(totals, truth)
         monitoring_store.write_online_metrics(day, rows)
-        numbers = summary_numbers(whole_day)
+        numbers = significant_values(summary_numbers(whole_day))
+        since = (date.fromisoformat(day) - timedelta(days=HISTORY_DAYS - 1)).isoformat()
+        history = [r for r in monitoring_store.latest_online_metrics(since=since) if r["day"] <= day]
         context.log.info(
             f"online_metrics {day}: {', '.join(r.model_version for r in rows) or 'no traffic'}; "
             f"CTR {fmt(whole_day.ctr, '.4g')}, {numbers['business_metric']} {fmt(numbers['business_value'], ',.2f')}, "
@@ -151,6 +177,11 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         return MaterializeResult(
             metadata={
                 "online_metrics": MetadataValue.md(online_markdown(rows, whole_day)),
+                "over_days": MetadataValue.md(
+                    png_markdown(
+                        online_history_png(history), f"online metrics of the {HISTORY_DAYS} days to {day}"
+                    )
+                ),
                 "model_versions": MetadataValue.text(", ".join(r.model_version for r in rows) or "none"),
                 **numbers,
                 "oracle_basis": MetadataValue.text(ORACLE_BASIS_TEXT[whole_day.oracle_basis]),

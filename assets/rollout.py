@@ -18,6 +18,7 @@ from clickloop.contract import LogContract
 from clickloop.landing import exploration_path
 from clickloop.model import served_version
 from clickloop.offpolicy import ExplorationDay, OffPolicyEstimate, estimate_over_days
+from clickloop.presentation import significant
 from clickloop.ranking import STATS_TABLE, ChampionPolicy, serving_stats_key
 from clickloop.rollout import (
     Decision,
@@ -148,7 +149,7 @@ def rollout_decision_asset(contract: LogContract) -> Any:
             "canary_share": policy.canary_share,
             **report.metadata(),
             **{
-                k: round(float(v), 6)
+                k: significant(float(v))
                 for k, v in shadow_metrics([served[d] for d in shadow], challenger_name).items()
             },
         }

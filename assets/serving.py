@@ -21,6 +21,7 @@ from assets.partitions import Calendar
 from clickloop.calibration import calibration_served
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
+from clickloop.presentation import significant
 from clickloop.ranking import STATS_TABLE
 from clickloop.service.catalog import AD_CATALOG, build_ad_catalog, catalog_columns
 from clickloop.service.consistency import DEFAULT_SAMPLE_ROWS, SKEW_TOLERANCE, compare_online, serving_skew
@@ -143,7 +144,7 @@ def online_features_check(calendar: Calendar, contract: LogContract) -> AssetChe
             metadata={
                 "sampled": result.sampled,
                 "mismatches": result.mismatches,
-                "worst_ctr_difference": result.worst_difference,
+                "worst_ctr_difference": significant(result.worst_difference),
                 "snapshot": snapshot,
                 "examples": MetadataValue.md("\n".join(f"- {e}" for e in result.examples) or "none"),
             },
@@ -182,7 +183,7 @@ def serving_skew_check(calendar: Calendar, contract: LogContract) -> AssetChecks
             metadata={
                 "served_by_a_model": result.served_rows,
                 "sample_size": result.sampled,
-                "worst_difference": float(result.worst_difference),
+                "worst_difference": significant(float(result.worst_difference)),
                 "worst_impression": MetadataValue.text(result.worst_impression or "none"),
                 "tolerance": result.tolerance,
                 "rows_by_version": MetadataValue.json({k: int(v) for k, v in by_version.items()}),

@@ -35,7 +35,7 @@ from evidently.presets import DataDriftPreset
 from clickloop.contract import IMPRESSION_ID, LABEL, PREDICTED_CTR
 from clickloop.features import FeatureSpec
 from clickloop.model import read_model_manifest, served_version
-from clickloop.presentation import markdown_table
+from clickloop.presentation import REPORTS_FOLDER, figure_png, markdown_table, new_figure
 from clickloop.split import FEATURES, read_split_manifest
 from clickloop.storage import Warehouse, atomic_write_text, parquet_list_sql, parquet_sql
 
@@ -376,6 +376,29 @@ def drift_markdown(summary: DriftSummary) -> str:
     return head + "\n\n" + table
 
 
+def drift_png(summary: DriftSummary) -> bytes:
+    """A PNG of each column's drift score (features, then prediction and target) with its
+    threshold; the drifted columns in red. Scores are p-values or distances (the method is in the
+    label), mostly in [0, 1]; the axis widens for a larger one."""
+    columns = [*summary.features, *(c for c in (summary.prediction, summary.target) if c is not None)]
+    figure = new_figure(7.0, 1.2 + 0.32 * len(columns))
+    ax = figure.add_subplot(1, 1, 1)
+    rows = range(len(columns))
+    colors = ["tab:red" if c.drifted else "tab:blue" for c in columns]
+    ax.barh(rows, [c.score for c in columns], color=colors, height=0.6)
+    ax.scatter([c.threshold for c in columns], rows, marker="|", s=250, color="black", label="threshold")
+    ax.set_yticks(list(rows), [f"{c.column} ({c.method})" for c in columns], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(1.0, *(c.score for c in columns), *(c.threshold for c in columns)))
+    ax.set_xlabel("drift score: a distance (drifts above its threshold) or a p-value (below); red: drifted")
+    ax.set_title(
+        f"{len(summary.drifted)} of {len(summary.features)} features drifted "
+        f"(share {summary.share_drifted_columns:.2f})"
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    return figure_png(figure)
+
+
 @dataclass(frozen=True)
 class DriftRow:
     """The drift scores of one day against its reference sample (what the monitoring store keeps)."""
@@ -415,7 +438,7 @@ def drift_row(summary: DriftSummary, reference: ReferenceChoice, report_path: Pa
 
 def report_path(warehouse: Warehouse, day: str) -> Path:
     """Where the HTML drift report of ``day`` lands."""
-    return warehouse.root / "reports" / "drift" / f"date={day}" / REPORT_NAME
+    return warehouse.root / REPORTS_FOLDER / "drift" / f"date={day}" / REPORT_NAME
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from clickloop.contract import AD_ID, BID, LABEL, POSITION, PROPENSITY, REQUEST_ID
+from clickloop.presentation import significant
 from clickloop.storage import parquet_sql
 
 #: Two-sided 95 % intervals unless told otherwise.
@@ -94,7 +95,7 @@ class OffPolicyEstimate:
         out: dict[str, Any] = {"policy": self.policy, "requests": self.requests, "matched": self.matched}
         for name in ("ips_revenue_per_1000", "snips_revenue_per_1000", "ips_ctr", "snips_ctr"):
             for part, value in asdict(getattr(self, name)).items():
-                out[f"{name}_{part}" if part != "value" else name] = round(float(value), 6)
+                out[f"{name}_{part}" if part != "value" else name] = significant(float(value))
         return out
 
 

@@ -11,12 +11,13 @@ have no revenue: their business metric is clicks per 1000 requests, and the meta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pandas as pd
 
 from clickloop.contract import BID, LABEL, MODEL_VERSION, PREDICTED_CTR, REQUEST_ID, LogContract
 from clickloop.features import FeatureSpec, impressions_feature
@@ -30,7 +31,7 @@ from clickloop.metrics import (
     oracle_capture,
     revenue_per_1000_requests,
 )
-from clickloop.presentation import fmt, markdown_table
+from clickloop.presentation import figure_png, fmt, markdown_table, new_figure
 from clickloop.storage import parquet_list_sql
 
 #: The version of impressions logged without one (a policy that does not say what it is).
@@ -339,3 +340,35 @@ def summary_numbers(day: OnlineMetricsRow) -> dict[str, Any]:
         "business_metric": name,
         "business_value": value,
     }
+
+
+#: The online metrics plotted over days: (column, axis label, a reference line: calibration 1 is
+#: calibrated, normalized entropy 1 is no better than predicting the base rate).
+HISTORY_PANELS: tuple[tuple[str, str, float | None], ...] = (
+    ("calibration", "calibration (predicted / observed)", 1.0),
+    ("normalized_entropy", "normalized entropy", 1.0),
+    ("oracle_capture", "oracle revenue captured", None),
+)
+
+
+def online_history_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """A PNG of calibration, normalized entropy and oracle capture over days, a line per model
+    version; ``rows`` are the monitoring store's online metrics rows (``day``, ``model_version``
+    and the metrics; None where undefined)."""
+    frame = pd.DataFrame(list(rows), columns=["day", "model_version", *(c for c, _, _ in HISTORY_PANELS)])
+    frame["day"] = pd.to_datetime(frame["day"])
+    figure = new_figure(7.0, 6.5)
+    axes = figure.subplots(len(HISTORY_PANELS), 1, sharex=True)
+    for ax, (column, label, reference) in zip(axes, HISTORY_PANELS, strict=True):
+        for version, part in frame.sort_values("day").groupby("model_version", sort=True):
+            values = pd.to_numeric(part[column], errors="coerce")
+            if values.notna().any():
+                ax.plot(part["day"], values, marker="o", markersize=3, label=str(version))
+        if reference is not None:
+            ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
+        ax.set_ylabel(label, fontsize=8)
+    axes[0].set_title("online metrics per model version")
+    if frame["model_version"].nunique():
+        axes[0].legend(loc="best", fontsize=7)
+    figure.autofmt_xdate()
+    return figure_png(figure)

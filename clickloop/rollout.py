@@ -44,6 +44,7 @@ from clickloop.metrics import (
     revenue_per_1000_requests,
 )
 from clickloop.offpolicy import DEFAULT_CONFIDENCE, Interval, z_value
+from clickloop.presentation import significant
 from clickloop.storage import parquet_list_sql, parquet_sql
 
 Action = Literal["wait", "to_canary", "promote", "rollback"]
@@ -219,7 +220,7 @@ class CanaryReport:
 
 
 def _round(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+    return None if value is None or not np.isfinite(value) else significant(float(value))
 
 
 def _summary(stats: RequestStats) -> VersionSummary:

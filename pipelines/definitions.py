@@ -13,6 +13,7 @@ from dagster import definitions as lazy_definitions
 from assets import loop_assets
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
+from clickloop.presentation import REPORTS_FOLDER
 from pipelines.alerts import alert_sensors
 from pipelines.jobs import build_jobs
 from pipelines.redelivery import redelivery_sensors
@@ -26,6 +27,7 @@ from resources.dask_cluster import DaskCluster
 from resources.landing import LandingFolder, LogSource
 from resources.monitoring_store import MonitoringStore
 from resources.online_store import OnlineFeatureStore
+from resources.reports import ReportsSite
 from resources.rollout import RolloutResource
 from resources.serving import ChampionServing
 from resources.simulator import AdServerSimulator
@@ -74,6 +76,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "online_store": OnlineFeatureStore(**settings.resource("online_store")),
         "alerts": AlertWebhook(**settings.resource("alerts")),
         "dask_cluster": DaskCluster(**settings.resource("dask_cluster")),
+        "reports": ReportsSite(root=str(warehouse.root / REPORTS_FOLDER), **settings.resource("reports")),
     }
 
 

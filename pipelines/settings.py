@@ -54,6 +54,7 @@ ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_DASK_SCHEDULER": ("dask_cluster", "scheduler_address", str),
     "CLICKLOOP_WAREHOUSE_URL": ("warehouse", "url", str),
     "CLICKLOOP_MLFLOW_ARTIFACTS": ("model_registry", "artifact_location", str),
+    "CLICKLOOP_REPORTS_URL": ("reports", "base_url", str),
 }
 
 

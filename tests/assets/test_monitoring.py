@@ -12,17 +12,21 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetSpec, materialize
 
-from assets.monitoring import drift_report_asset, online_metrics_asset
+from assets.monitoring import HISTORY_DAYS, drift_report_asset, online_metrics_asset
 from clickloop.drift import DriftColumns, report_path
 from clickloop.features import FeatureSpec
 from clickloop.online import OracleTruth
+from clickloop.presentation import REPORTS_FOLDER, SIGNIFICANT_DIGITS, significant
 from resources.landing import LandingFolder
 from resources.monitoring_store import MonitoringStore
+from resources.reports import ReportsSite
 from resources.simulator import AdServerSimulator
 from resources.warehouse import WarehouseResource
 from tests.assets.history import DRIFT_SAMPLE_ROWS, History
 from tests.assets.support import CALENDAR, CONTRACT, KEYS
 
+#: how close a number of the metadata (rounded to significant digits) is to the exact one
+SIG = 5 * 10.0**-SIGNIFICANT_DIGITS
 DRIFT_FEATURES = DriftColumns.of(
     FeatureSpec.from_contract(CONTRACT), CONTRACT.has_served_predictions
 ).features
@@ -72,18 +76,22 @@ def test_online_metrics_match_the_served_impressions(history: History) -> None:
         assert online["requests"] == frame["request_id"].nunique()
         assert online["impressions"] == len(frame)
         assert online["clicks"] == frame["clicked"].sum()
-        assert online["revenue"] == pytest.approx((frame["bid_cpc"] * frame["clicked"]).sum())
-        assert online["calibration"] == pytest.approx(frame["predicted_ctr"].mean() / frame["clicked"].mean())
+        assert online["revenue"] == pytest.approx((frame["bid_cpc"] * frame["clicked"]).sum(), rel=SIG)
+        assert online["calibration"] == pytest.approx(
+            frame["predicted_ctr"].mean() / frame["clicked"].mean(), rel=SIG
+        )
         assert online["business_metric"] == "revenue_per_1000_requests"
         manifest = simulator.manifest(day)
         assert manifest["policy_version"] == version
         assert online["oracle_capture"] == pytest.approx(
-            manifest["expected_revenue"] / manifest["oracle_expected_revenue"]
+            manifest["expected_revenue"] / manifest["oracle_expected_revenue"], rel=SIG
         )
         assert "expected revenue" in online["oracle_basis"]
         (stored,) = store.online_metrics_for(day)
         assert stored["model_version"] == version and stored["oracle_basis"] == "expected"
-        assert stored["revenue_per_1000_requests"] == pytest.approx(online["revenue_per_1000_requests"])
+        assert stored["revenue_per_1000_requests"] == pytest.approx(
+            online["revenue_per_1000_requests"], rel=SIG
+        )
         captures[day] = online["oracle_capture"]
     # the champion earns far more of what the oracle would have than the random policy did
     assert captures[keys[11]] > 2 * max(captures[keys[1]], captures[keys[10]])
@@ -166,7 +174,13 @@ def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     )
     simulator.ensure_day(KEYS[3])
     store = MonitoringStore(data_dir=str(tmp_path / "data"))
-    resources = {"warehouse": warehouse, "monitoring_store": store, "log_source": simulator}
+    reports = ReportsSite(root=str(tmp_path / "data" / REPORTS_FOLDER), base_url="http://127.0.0.1:3001")
+    resources = {
+        "warehouse": warehouse,
+        "monitoring_store": store,
+        "log_source": simulator,
+        "reports": reports,
+    }
     graph = [
         AssetSpec("features", partitions_def=CALENDAR.partitions),
         drift_report_asset(CALENDAR, CONTRACT),
@@ -196,7 +210,14 @@ def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     assert "device_type" in shifted["drift_report"]["drifted_columns"]
     assert shifted["drift_report"]["prediction_drift_score"] == 0.0
     paths = warehouse.get()
-    assert Path(shifted["drift_report"]["report"]) == report_path(paths, KEYS[3])
+    # the report's link: served by `make ui` at CLICKLOOP_REPORTS_URL, under the reports folder
+    assert report_path(paths, KEYS[3]).is_relative_to(tmp_path / "data" / REPORTS_FOLDER)
+    assert (
+        shifted["drift_report"]["report"] == f"http://127.0.0.1:3001/drift/date={KEYS[3]}/drift_report.html"
+    )
+    assert shifted["drift_report"]["drift_per_column"].startswith(
+        "![drift score per column](data:image/png;base64,"
+    )
     assert report_path(paths, KEYS[3]).read_text().lstrip().lower().startswith("<!doctype html")
     assert list(store.drift_for(KEYS[3])["drifted_columns"]) == ["device_type"]
     assert store.drift_for(KEYS[2])["drifted_columns"] == {}
@@ -205,16 +226,21 @@ def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     online = shifted["online_metrics"]
     assert online["requests"] == 1_000 and online["impressions"] == 2_000
     assert online["clicks"] == frame["clicked"].sum()
-    assert online["revenue"] == pytest.approx((frame["bid_cpc"] * frame["clicked"]).sum())
-    assert online["calibration"] == pytest.approx(0.03 / frame["clicked"].mean())
+    assert online["revenue"] == pytest.approx((frame["bid_cpc"] * frame["clicked"]).sum(), rel=SIG)
+    assert online["calibration"] == pytest.approx(0.03 / frame["clicked"].mean(), rel=SIG)
     manifest = simulator.manifest(KEYS[3])
     assert online["oracle_capture"] == pytest.approx(
-        manifest["expected_revenue"] / manifest["oracle_expected_revenue"]
+        manifest["expected_revenue"] / manifest["oracle_expected_revenue"], rel=SIG
     )
     assert "expected revenue" in online["oracle_basis"]
     (stored,) = store.online_metrics_for(KEYS[3])
     assert stored["model_version"] == "random-v0" and stored["oracle_basis"] == "expected"
-    assert stored["revenue_per_1000_requests"] == pytest.approx(online["revenue_per_1000_requests"])
+    assert stored["revenue_per_1000_requests"] == pytest.approx(online["revenue_per_1000_requests"], rel=SIG)
+    assert online["revenue"] == significant(online["revenue"])  # no 0.27036999 in the UI
+    # the days so far plotted inline (a data: URI, not a file the browser cannot open)
+    assert online["over_days"].startswith(
+        f"![online metrics of the {HISTORY_DAYS} days to {KEYS[3]}](data:image/png;base64,"
+    )
     # a day the simulator never served (real logs alike): no oracle, the metrics still exist
     assert calm["online_metrics"]["oracle_capture"] is None
     assert store.online_metrics_for(KEYS[2])[0]["oracle_capture"] is None

@@ -18,6 +18,7 @@ from clickloop.drift import (
     compute_drift,
     drift_markdown,
     drift_of_day,
+    drift_png,
     drift_row,
     known_training_window,
     read_sample,
@@ -27,6 +28,7 @@ from clickloop.model import ModelManifest, write_model_manifest
 from clickloop.split import SplitManifest, TimeSplit, split_manifest_path
 from clickloop.storage import Warehouse, atomic_write_text
 from tests.core.synthetic import KEYS, SPEC, monitoring_frame, write_monitoring_day
+from tests.core.test_presentation import TAB_RED, count_color, decode_png
 
 COLUMNS = DriftColumns.of(SPEC)
 DAYS = KEYS[:5]
@@ -140,6 +142,10 @@ def test_device_shift_drifts_and_the_same_distribution_does_not() -> None:
     assert drift.share_drifted_columns == pytest.approx(1 / len(COLUMNS.features))
     assert "<html" in drift.html()[:1000].lower()
     assert drift_markdown(drift).startswith(f"1 of {len(COLUMNS.features)} features drifted")
+    # the plot: a bar per column, the drifted one in red (none in the calm day's)
+    assert count_color(drift_png(drift), TAB_RED) > 100 and count_color(drift_png(calm), TAB_RED) == 0
+    tall = decode_png(drift_png(drift)).shape[0]
+    assert tall > decode_png(drift_png(identical)).shape[0]  # a row per column
     row = drift_row(drift, ReferenceChoice((DAYS[0],), "training window"), Path("/tmp/r.html"))
     assert list(row.drifted_columns) == ["device_type"] and row.reference_days == (DAYS[0],)
     assert row.drifted_columns["device_type"]["score"] == device.score

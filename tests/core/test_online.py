@@ -19,6 +19,7 @@ from clickloop.online import (
     business_metric,
     day_row,
     metrics_row,
+    online_history_png,
     online_markdown,
     online_metrics_rows,
     oracle_captures,
@@ -26,6 +27,7 @@ from clickloop.online import (
 )
 from clickloop.storage import Warehouse
 from tests.core.synthetic import CONTRACT, KEYS, monitoring_frame, write_monitoring_day
+from tests.core.test_presentation import TAB_BLUE, TAB_ORANGE, count_color, decode_png
 
 DAY = KEYS[0]
 
@@ -157,3 +159,28 @@ def test_logs_without_price_request_or_version(tmp_path: Path) -> None:
     )
     table = online_markdown([metrics_row(totals)], whole)
     assert "clicks / 1000 req" in table and "revenue" not in table
+
+
+def test_online_history_plot_draws_a_line_per_version() -> None:
+    rows = [
+        {
+            "day": day,
+            "model_version": version,
+            "calibration": cal,
+            "normalized_entropy": ne,
+            "oracle_capture": cap,
+        }
+        for day, version, cal, ne, cap in [
+            (KEYS[0], "random-v0", 1.0, 1.0, 0.4),
+            (KEYS[1], "random-v0", 1.02, 0.99, None),  # no oracle: a gap, not a failure
+            (KEYS[1], "ctr_model-v1", 0.9, 0.93, 0.7),
+            (KEYS[2], "ctr_model-v1", 0.95, 0.92, 0.72),
+        ]
+    ]
+    png = online_history_png(rows)
+    assert decode_png(png).shape[:2] == (585, 630)  # 7 x 6.5 inches at 90 dpi
+    # a colour per version, in sorted order: ctr_model-v1 blue, random-v0 orange
+    assert count_color(png, TAB_BLUE) > 50 and count_color(png, TAB_ORANGE) > 50
+    one_version = online_history_png([r for r in rows if r["model_version"] == "random-v0"])
+    assert count_color(one_version, TAB_ORANGE) == 0 and count_color(one_version, TAB_BLUE) > 50
+    assert decode_png(online_history_png([])).shape[:2] == (585, 630)  # nothing yet: empty panels

@@ -3,8 +3,10 @@
 Headless Chromium (Debian's ``/usr/bin/chromium``, installed by ``tests/ensure_chromium.sh``) is
 driven with Playwright: the global lineage shows every asset and edge of the project's
 ``Definitions`` (and its screenshot is saved for the README), an asset is materialized from its page
-and its metadata shows up, the daily schedule is switched on and off, and a sensor's state is shown.
-What the browser shows is checked against the webserver's GraphQL API and the ``Definitions``.
+and its metadata shows up, the daily schedule is switched on and off, and a sensor's state is shown;
+the inline plots of the metadata are drawn and the Evidently report opens from its link (the reports
+folder served over HTTP as ``make ui`` serves it). What the browser shows is checked against the
+webserver's GraphQL API and the ``Definitions``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from clickloop.presentation import REPORTS_FOLDER
 from pipelines.settings import DEFAULT_START_DATE, ensure_dagster_home
 from tests.e2e.support import (
     REPO,
@@ -30,6 +33,7 @@ from tests.e2e.support import (
     definitions_of,
     free_port,
     process_env,
+    stop_all,
     wait_until,
     workspace_location_name,
 )
@@ -80,6 +84,8 @@ class DagsterDev:
     repository: str
     data_dir: Path
     defs: Any
+    #: where the reports folder is served (``CLICKLOOP_REPORTS_URL``)
+    reports_url: str
 
     @property
     def url(self) -> str:
@@ -99,8 +105,13 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
     """``make ui``: the embedded default (SQLite instance in a fresh DAGSTER_HOME) on a temporary
     data directory with a small simulator; one for every test of the module."""
     root = tmp_path_factory.mktemp("ui")
+    # what `make ui` starts beside dagster dev: the reports folder over HTTP on 127.0.0.1
+    reports_dir = root / "data" / REPORTS_FOLDER
+    reports_dir.mkdir(parents=True)
+    reports_url = f"http://127.0.0.1:{free_port()}"
     env = process_env(
         CLICKLOOP_DATA_DIR=str(root / "data"),
+        CLICKLOOP_REPORTS_URL=reports_url,
         DAGSTER_HOME=str(root / "dagster_home"),
         CLICKLOOP_REQUESTS_PER_DAY=TEST_REQUESTS_PER_DAY,
         CLICKLOOP_START_DATE=DEFAULT_START_DATE,
@@ -126,7 +137,25 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
         env,
         root / "logs",
     )
+    processes = [process]
     try:
+        processes.append(
+            ManagedProcess.start(
+                "reports-server",
+                [
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    reports_url.rsplit(":", 1)[1],
+                    "--bind",
+                    "127.0.0.1",
+                    "--directory",
+                    str(reports_dir),
+                ],
+                env,
+                root / "logs",
+            )
+        )
         api = DagsterWebserver(f"http://127.0.0.1:{port}")
         location = workspace_location_name()
         # what the started code location serves: the definitions of the same settings (built
@@ -142,9 +171,9 @@ def dagster_dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterDev
         # the "Join the Dagster community" dialog would cover the page: dismiss it as a person would
         # once (the webserver remembers it)
         assert api.query("mutation { setNuxSeen }")["setNuxSeen"] is True
-        yield DagsterDev(api, location, api.repository_name(location), root / "data", defs)
+        yield DagsterDev(api, location, api.repository_name(location), root / "data", defs, reports_url)
     finally:
-        process.stop()
+        stop_all(processes)
 
 
 @pytest.fixture(scope="module")
@@ -561,3 +590,105 @@ def test_sensor_state_is_visible(page: Page, dagster_dev: DagsterDev, clickloop_
     page.reload()
     _, checkbox = _running_switch(page)
     expect(checkbox).not_to_be_checked()
+
+
+# --- inline plots and the reports --------------------------------------------------------------
+
+
+def _record_materialization(
+    dagster_dev: DagsterDev, asset: str, partition: str, metadata: dict[str, Any]
+) -> None:
+    """A materialization of ``asset`` with ``metadata`` in dagster dev's instance (what a run of the
+    asset records; its metadata is built by the asset's own code on small real inputs)."""
+    from dagster import AssetMaterialization, DagsterInstance
+
+    with DagsterInstance.from_config(str(dagster_dev.data_dir.parent / "dagster_home")) as instance:
+        instance.report_runless_asset_event(
+            AssetMaterialization(asset, partition=partition, metadata=metadata)
+        )
+
+
+def _drift_metadata(dagster_dev: DagsterDev, days: list[str]) -> dict[str, Any]:
+    """The drift_report metadata of ``days[1]`` against ``days[0]`` (a new device in 40 % of its
+    traffic): the real Evidently report written under the served reports folder."""
+    from assets.monitoring import drift_metadata
+    from clickloop.contract_file import load_contract
+    from clickloop.drift import DriftColumns, DriftParams, drift_of_day
+    from clickloop.features import FeatureSpec
+    from clickloop.storage import Warehouse
+    from resources.reports import ReportsSite
+    from tests.core.synthetic import monitoring_frame, write_monitoring_day
+
+    contract = load_contract()
+    columns = DriftColumns.of(FeatureSpec.from_contract(contract), contract.has_served_predictions)
+    warehouse = Warehouse(dagster_dev.data_dir)
+    for i, day in enumerate(days):
+        write_monitoring_day(warehouse, day, monitoring_frame(day, 1_000, seed=i, smart_tv=0.4 * i))
+    outcome = drift_of_day(warehouse, days[1], days, columns, DriftParams(sample_rows=1_000))
+    reports = ReportsSite(root=str(dagster_dev.data_dir / REPORTS_FOLDER), base_url=dagster_dev.reports_url)
+    return drift_metadata(outcome, reports.link(str(outcome.path)))
+
+
+def _reliability_metadata() -> dict[str, Any]:
+    """model_evaluation's reliability plot of a slightly over-confident model."""
+    import numpy as np
+    from dagster import MetadataValue
+
+    from clickloop.evaluation import reliability_png
+    from clickloop.metrics import reliability_curve
+    from clickloop.presentation import png_markdown
+
+    rng = np.random.default_rng(0)
+    predicted = rng.beta(2, 50, 20_000)
+    clicked = (rng.random(predicted.size) < predicted * 0.8).astype(int)
+    png = reliability_png({"model": reliability_curve(clicked, predicted)}, "Reliability")
+    return {"reliability": MetadataValue.md(png_markdown(png, "reliability curve"))}
+
+
+def _expect_drawn(page: Page, label: str, alt: str) -> None:
+    """The image ``alt`` of the metadata entry ``label`` is drawn (loaded, with a non-zero natural
+    width). The UI shows a long Markdown entry (an inline PNG is one) behind "[Show Markdown]": a
+    person clicks it and the Markdown opens in a dialog."""
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=label, exact=True)).first
+    expect(row).to_be_visible()
+    row.get_by_text("[Show Markdown]").click()
+    image = page.get_by_role("dialog").locator(f"img[alt='{alt}']")
+    expect(image).to_be_visible()
+    wait_until(
+        lambda: image.evaluate("i => i.complete && i.naturalWidth > 0"), 30, f"the image {alt!r} to be drawn"
+    )
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+
+
+def test_plots_are_drawn_and_the_drift_report_opens(
+    page: Page, dagster_dev: DagsterDev, clickloop_defs: Any
+) -> None:
+    """The drift plot and the reliability plot of the assets' metadata are drawn on their asset
+    pages (inline PNGs, no file to fetch), and the drift report's link opens the Evidently HTML
+    from the reports server."""
+    partitions = clickloop_defs.get_repository_def().asset_graph.get(_key("drift_report")).partitions_def
+    days = partitions.get_partition_keys()[:2]
+    drift = _drift_metadata(dagster_dev, days)
+    _record_materialization(dagster_dev, "drift_report", days[1], drift)
+    _record_materialization(dagster_dev, "model_evaluation", days[1], _reliability_metadata())
+    report_url = drift["report"].value
+    assert report_url.startswith(dagster_dev.reports_url + "/drift/"), report_url
+
+    page.goto(f"{dagster_dev.url}/assets/drift_report?view=events&partition={days[1]}")
+    _expect_drawn(page, "drift_per_column", "drift score per column")
+    link = page.get_by_role("link", name=report_url).first
+    expect(link).to_be_visible()
+    with page.context.expect_page() as opened:
+        link.click()
+    report = opened.value
+    # the report server hands out the HTML drift_of_day wrote, and Evidently's page draws it
+    response = page.request.get(report_url)
+    written = dagster_dev.data_dir / REPORTS_FOLDER / report_url.removeprefix(dagster_dev.reports_url + "/")
+    assert response.status == 200 and response.body() == written.read_bytes()
+    expect(report).to_have_url(report_url)
+    expect(report.get_by_text("Dataset Drift").first).to_be_visible()
+    report.close()
+
+    page.goto(f"{dagster_dev.url}/assets/model_evaluation?view=events&partition={days[1]}")
+    _expect_drawn(page, "reliability", "reliability curve")

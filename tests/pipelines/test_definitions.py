@@ -118,6 +118,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "online_store",
         "alerts",
         "dask_cluster",
+        "reports",
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor
