@@ -7,6 +7,8 @@ day, read once per policy into per-entity lookups (:class:`clickloop.lookup.Stat
 give the same numbers as the training SQL, :func:`clickloop.features.candidate_features`), so there
 is no train/serve skew and no query per request; all candidates of a chunk of requests are scored in
 one in-place prediction.
+The ad server sends raw user ids; a policy turns them into the pseudonyms ingest stored (the
+statistics are keyed by them) with the same key before the lookup.
 The server ranks by predicted CTR × bid (expected revenue), or by predicted CTR where logs have no
 price.
 """
@@ -24,6 +26,7 @@ import xgboost as xgb
 from clickloop.features import FeatureSpec
 from clickloop.lookup import StatsLookup
 from clickloop.model import model_categories, model_frame_for, predict_frame, served_version
+from clickloop.privacy import Pseudonymiser
 
 #: The statistics a policy serving day D uses: the newest ``feature_stats`` partition on or before D.
 STATS_TABLE = "feature_stats"
@@ -37,6 +40,9 @@ class ChampionPolicy:
     booster: xgb.Booster
     stats_path: Path
     spec: FeatureSpec
+    #: ingest's pseudonymiser: raw personal ids of candidates become the stored pseudonyms (None:
+    #: the contract has no personal field, or the candidates already carry pseudonyms)
+    pseudonymiser: Pseudonymiser | None = None
 
     @property
     def version(self) -> str:
@@ -53,6 +59,8 @@ class ChampionPolicy:
 
     def predict_ctr(self, candidates: pd.DataFrame) -> np.ndarray:
         """Calibrated click probability of each candidate at the reference position."""
+        if self.pseudonymiser is not None:
+            candidates = self.pseudonymiser.frame(candidates)
         features = self.lookup.features(candidates, self.spec.reference_position)
         return predict_frame(self.booster, model_frame_for(self.booster, features, self.categories))
 

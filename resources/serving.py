@@ -54,14 +54,18 @@ class ChampionServing(ConfigurableResource):
                 f"the champion cannot serve {key}: no {STATS_TABLE} partition on or before it"
             )
         stats_path = warehouse.partition_path(STATS_TABLE, stats_key)
-        spec = self.log_contract.features()
+        spec, pseudonymiser = self.log_contract.features(), self.log_contract.pseudonymiser()
         version, booster = champion
-        policy = ChampionPolicy(version, booster, stats_path, spec)
+        policy = ChampionPolicy(version, booster, stats_path, spec, pseudonymiser)
         challenger = self.registry.challenger()
         if challenger is None:
             return policy
         rival = ChampionPolicy(
-            challenger["version"], self.registry.load_version(challenger["version"]), stats_path, spec
+            challenger["version"],
+            self.registry.load_version(challenger["version"]),
+            stats_path,
+            spec,
+            pseudonymiser,
         )
         share = (self.rollout or RolloutResource()).canary_share
         return ServingPlan(champion=policy, challenger=rival, stage=challenger["stage"], canary_share=share)

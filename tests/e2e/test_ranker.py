@@ -107,6 +107,7 @@ def test_rank_returns_the_top_k_by_expected_revenue(ranker: Ranker) -> None:
         booster,
         ranker.history.warehouse.partition_path(STATS_TABLE, ranker.day),
         ranker.history.resources["log_contract"].features(),
+        ranker.history.resources["log_contract"].pseudonymiser(),
     )
     np.testing.assert_allclose([r["predicted_ctr"] for r in ranked], policy.predict_ctr(frame), rtol=1e-12)
     top = ranker.post("/rank", body).json()["ranked"]
@@ -180,6 +181,7 @@ def test_the_simulator_ranks_through_the_service(ranker: Ranker) -> None:
         booster,
         ranker.history.warehouse.partition_path(STATS_TABLE, ranker.day),
         ranker.history.resources["log_contract"].features(),
+        ranker.history.resources["log_contract"].pseudonymiser(),
     )
     np.testing.assert_allclose(policy.predict_ctr(frame), local.predict_ctr(frame), rtol=1e-12)
 
