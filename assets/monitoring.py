@@ -8,6 +8,7 @@ from assets.partitions import Calendar
 from clickloop.contract import LogContract
 from clickloop.drift import DriftColumns, DriftParams, drift_markdown, drift_of_day, drift_row
 from clickloop.features import FeatureSpec
+from clickloop.gains import ONLINE_WINDOW_DAYS, gain_rows, gains_markdown
 from clickloop.online import (
     ORACLE_BASIS_TEXT,
     OnlineColumns,
@@ -21,6 +22,7 @@ from clickloop.presentation import fmt
 from clickloop.split import FEATURES
 from resources.landing import LogSource
 from resources.monitoring_store import MonitoringStore
+from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
 DRIFT_REPORT = "drift_report"
@@ -124,13 +126,16 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         kinds={"duckdb", "sql"},
         description="Per model version on day D: traffic, CTR, calibration, normalized entropy, revenue "
         "(clicks per 1000 requests where the logs have no price) and the share of the oracle's revenue "
-        "captured (simulated days); written to the monitoring store.",
+        "captured (simulated days); written to the monitoring store. With them, each promoted "
+        f"version's offline NE gain at promotion next to its online gain over its first "
+        f"{ONLINE_WINDOW_DAYS} days served.",
     )
     def _online_metrics(
         context: AssetExecutionContext,
         warehouse: WarehouseResource,
         monitoring_store: MonitoringStore,
         log_source: LogSource,
+        model_registry: ModelRegistry,
     ) -> MaterializeResult:
         day = context.partition_key
         require_upstream_checks_passed(context, {FEATURES: [day]})
@@ -142,6 +147,7 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         rows = online_metrics_rows(totals, truth)
         whole_day = day_row(totals, truth)
         monitoring_store.write_online_metrics(day, rows)
+        gains = gain_rows(model_registry.tags_by_version(), monitoring_store.latest_online_metrics())
         numbers = summary_numbers(whole_day)
         context.log.info(
             f"online_metrics {day}: {', '.join(r.model_version for r in rows) or 'no traffic'}; "
@@ -154,6 +160,7 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
                 "model_versions": MetadataValue.text(", ".join(r.model_version for r in rows) or "none"),
                 **numbers,
                 "oracle_basis": MetadataValue.text(ORACLE_BASIS_TEXT[whole_day.oracle_basis]),
+                "offline_vs_online_gain": MetadataValue.md(gains_markdown(gains)),
             }
         )
 

@@ -19,6 +19,7 @@ from clickloop.online import OracleTruth
 from resources.landing import LandingFolder
 from resources.monitoring_store import MonitoringStore
 from resources.simulator import AdServerSimulator
+from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 from tests.assets.history import DRIFT_SAMPLE_ROWS, History
 from tests.assets.support import CALENDAR, CONTRACT, KEYS
@@ -166,7 +167,13 @@ def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     )
     simulator.ensure_day(KEYS[3])
     store = MonitoringStore(data_dir=str(tmp_path / "data"))
-    resources = {"warehouse": warehouse, "monitoring_store": store, "log_source": simulator}
+    registry = ModelRegistry(data_dir=str(tmp_path / "data"))
+    resources = {
+        "warehouse": warehouse,
+        "monitoring_store": store,
+        "log_source": simulator,
+        "model_registry": registry,
+    }
     graph = [
         AssetSpec("features", partitions_def=CALENDAR.partitions),
         drift_report_asset(CALENDAR, CONTRACT),
