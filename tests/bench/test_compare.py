@@ -78,3 +78,23 @@ def test_a_baseline_that_is_not_results_is_refused(tmp_path: Path) -> None:
         load_results(bad)
     with pytest.raises(ValueError, match="threshold"):
         compare_results(PREVIOUS, CURRENT, threshold=-0.1)
+
+
+def test_a_run_keeps_the_results_it_replaces_and_compares_with_them(tmp_path: Path) -> None:
+    from bench.__main__ import run_benchmark
+
+    (tmp_path / "results.json").write_text(json.dumps(PREVIOUS))
+    results = run_benchmark([], tmp_path)  # no size: nothing is measured, nothing regresses
+    assert json.loads((tmp_path / "results.previous.json").read_text()) == PREVIOUS
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["comparison"] == results["comparison"]
+    assert results["comparison"]["regressions"] == 0
+    assert {r["step"] for r in results["comparison"]["rows"]} == {"ingest", "join", "features", "simulate", "drift"}
+    assert "## Against results.previous.json" in (tmp_path / "results.md").read_text()
+    # --baseline: another file, named in the report; a bad one fails before anything runs
+    run_benchmark([], tmp_path / "again", baseline=tmp_path / "results.previous.json")
+    assert f"## Against {tmp_path / 'results.previous.json'}" in (tmp_path / "again" / "results.md").read_text()
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="not a benchmark results file"):
+        run_benchmark([], tmp_path / "third", baseline=tmp_path / "bad.json")
+    assert not (tmp_path / "third" / "results.json").exists()
