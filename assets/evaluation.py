@@ -26,6 +26,7 @@ from clickloop.evaluation import (
 )
 from clickloop.explanations import mean_abs_contributions, shap_markdown, shap_summary_png
 from clickloop.features import FeatureSpec
+from clickloop.gains import offline_gain_tags
 from clickloop.model import CTR_MODEL, load_booster, model_file, read_model_manifest
 from clickloop.presentation import png_markdown, significant
 from clickloop.promotion import GatePolicy, gate_decision
@@ -139,6 +140,8 @@ def model_evaluation_asset(contract: LogContract):
         for warning in outcome.warnings:
             context.log.warning(warning)
         evaluation = outcome.evaluation
+        # kept on the version: the offline side of online_metrics' offline-vs-online gain table
+        model_registry.set_version_tags(evaluation.version, offline_gain_tags(evaluation))
         context.log.info(
             f"model_evaluation v{evaluation.version} on {evaluation.test_day}: "
             + ", ".join(f"{n} NE {m.normalized_entropy:.4f}" for n, m in evaluation.metrics.items())

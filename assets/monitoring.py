@@ -19,6 +19,7 @@ from clickloop.drift import (
     drift_row,
 )
 from clickloop.features import FeatureSpec
+from clickloop.gains import ONLINE_WINDOW_DAYS, gain_rows, gains_markdown
 from clickloop.online import (
     ORACLE_BASIS_TEXT,
     OnlineColumns,
@@ -34,6 +35,7 @@ from clickloop.split import FEATURES
 from resources.landing import LogSource
 from resources.monitoring_store import MonitoringStore
 from resources.reports import ReportsSite
+from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
 DRIFT_REPORT = "drift_report"
@@ -148,13 +150,16 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         kinds={"duckdb", "sql"},
         description="Per model version on day D: traffic, CTR, calibration, normalized entropy, revenue "
         "(clicks per 1000 requests where the logs have no price) and the share of the oracle's revenue "
-        f"captured (simulated days); written to the monitoring store, and plotted over {HISTORY_DAYS} days.",
+        "captured (simulated days); written to the monitoring store, and plotted over "
+        f"{HISTORY_DAYS} days. With them, each promoted version's offline NE gain at promotion next "
+        f"to its online gain over its first {ONLINE_WINDOW_DAYS} days served.",
     )
     def _online_metrics(
         context: AssetExecutionContext,
         warehouse: WarehouseResource,
         monitoring_store: MonitoringStore,
         log_source: LogSource,
+        model_registry: ModelRegistry,
     ) -> MaterializeResult:
         day = context.partition_key
         require_upstream_checks_passed(context, {FEATURES: [day]})
@@ -169,6 +174,7 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         numbers = significant_values(summary_numbers(whole_day))
         since = (date.fromisoformat(day) - timedelta(days=HISTORY_DAYS - 1)).isoformat()
         history = [r for r in monitoring_store.latest_online_metrics(since=since) if r["day"] <= day]
+        gains = gain_rows(model_registry.tags_by_version(), monitoring_store.latest_online_metrics())
         context.log.info(
             f"online_metrics {day}: {', '.join(r.model_version for r in rows) or 'no traffic'}; "
             f"CTR {fmt(whole_day.ctr, '.4g')}, {numbers['business_metric']} {fmt(numbers['business_value'], ',.2f')}, "
@@ -185,6 +191,7 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
                 "model_versions": MetadataValue.text(", ".join(r.model_version for r in rows) or "none"),
                 **numbers,
                 "oracle_basis": MetadataValue.text(ORACLE_BASIS_TEXT[whole_day.oracle_basis]),
+                "offline_vs_online_gain": MetadataValue.md(gains_markdown(gains)),
             }
         )
 

@@ -27,6 +27,7 @@ from clickloop.expectations import Rule
 from clickloop.landing import files_markdown, fingerprint
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts, reasons_markdown, sample_markdown
 from clickloop.storage import Warehouse, one_row
+from resources.contract import LogContractResource
 from resources.landing import LogSource
 from resources.warehouse import WarehouseResource
 
@@ -55,12 +56,16 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         op_tags=k8s_op_tags(name),
     )
     def _materialize(
-        context: AssetExecutionContext, log_source: LogSource, warehouse: WarehouseResource
+        context: AssetExecutionContext,
+        log_source: LogSource,
+        warehouse: WarehouseResource,
+        log_contract: LogContractResource,
     ) -> MaterializeResult:
         day = context.partition_time_window.start.date()
+        pseudonymiser = log_contract.pseudonymiser()  # before reading: no key, no ingest
         files = log_source.partition_files(kind, day)
         delivered = fingerprint(files)  # before reading: a file replaced meanwhile changes it
-        done = ingest_day(warehouse.get(), files, spec, name, day)
+        done = ingest_day(warehouse.get(), files, spec, name, day, pseudonymiser)
         parsed = done.parsed
         context.log.info(
             f"{kind} {day}: {parsed.lines_read:,} lines = {parsed.valid_rows:,} valid + "
@@ -85,6 +90,7 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
                 "path": MetadataValue.path(str(done.path)),
                 "log_source": log_source.describe(),
                 "log_contract": contract.describe(),
+                "pseudonymised": ", ".join(spec.personal_columns) or "none",
             },
         )
 

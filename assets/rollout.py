@@ -60,7 +60,7 @@ def counterfactual(
     if not keys:
         return None
     booster = registry.load_version(version)
-    spec = contract.features()
+    spec, pseudonymiser = contract.features(), contract.pseudonymiser()
     stats = warehouse.partition_keys(STATS_TABLE)
 
     def policy_for(day: str) -> ChampionPolicy:
@@ -69,7 +69,8 @@ def counterfactual(
             raise FileNotFoundError(
                 f"no {STATS_TABLE} partition on or before {day} to score its exploration log"
             )
-        return ChampionPolicy(version, booster, warehouse.partition_path(STATS_TABLE, key), spec)
+        path = warehouse.partition_path(STATS_TABLE, key)
+        return ChampionPolicy(version, booster, path, spec, pseudonymiser=pseudonymiser)
 
     evidence = [
         ExplorationDay(k, warehouse.partition_path(FEATURES, k), exploration_path(landing_dir, k))

@@ -14,6 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.compare import (
+    PREVIOUS_RESULTS,
+    REGRESSION_EXIT_CODE,
+    REGRESSION_THRESHOLD,
+    compare_results,
+    comparison_markdown,
+    load_results,
+)
 from bench.harness import (
     DAY,
     DEFAULT_SIZES,
@@ -42,11 +50,20 @@ def run_benchmark(
     keep_work: bool = False,
     steps: Sequence[str] | None = None,
     first_point_only: bool = False,
+    baseline: Path | None = None,
+    threshold: float = REGRESSION_THRESHOLD,
 ) -> dict[str, Any]:
     """Run every step (or the ``steps`` named, after the steps they need, which run unmeasured:
     clickloop's side only, not reported) at every size (ours and floor alternately ``repeat``
     times, keeping the fastest of each); write and return the results. ``first_point_only``
-    (``--quick``): a step with several points (the drift report) is measured at its first."""
+    (``--quick``): a step with several points (the drift report) is measured at its first.
+
+    The results are compared with ``baseline`` (default: the ``results.json`` this run replaces,
+    which is kept as ``results.previous.json``): ``results["comparison"]``, and a section of
+    ``results.md`` (:mod:`bench.compare`)."""
+    latest = bench_dir / "results.json"
+    baseline_path = baseline or latest
+    previous = load_results(baseline_path)  # before the run: a bad baseline fails at once
     selected = set(steps) if steps else {step.name for step in STEPS}
     work_root = bench_dir / "work"
     shutil.rmtree(work_root, ignore_errors=True)
@@ -108,8 +125,16 @@ def run_benchmark(
             shutil.rmtree(work_root, ignore_errors=True)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["total_wall_seconds"] = time.perf_counter() - started
-    atomic_write_text(bench_dir / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    atomic_write_text(bench_dir / "results.md", markdown(results, STEPS))
+    report = markdown(results, STEPS)
+    if previous is not None:
+        label = PREVIOUS_RESULTS if baseline is None else str(baseline_path)
+        comparison = compare_results(previous, results, threshold, label)
+        results["comparison"] = comparison.as_dict()
+        report += "\n" + comparison_markdown(comparison)
+    if latest.exists():
+        os.replace(latest, bench_dir / PREVIOUS_RESULTS)
+    atomic_write_text(latest, json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(bench_dir / "results.md", report)
     return results
 
 
@@ -133,6 +158,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-work", action="store_true", help="keep <data_dir>/bench/work")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        help=f"the results to compare with (default: the results.json this run replaces, kept as "
+        f"{PREVIOUS_RESULTS})",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=REGRESSION_THRESHOLD,
+        help=f"a ratio this much worse (relative) than the baseline's is a regression; exit status "
+        f"{REGRESSION_EXIT_CODE} (default {REGRESSION_THRESHOLD})",
+    )
+    parser.add_argument(
         "--steps",
         nargs="+",
         choices=[step.name for step in STEPS],
@@ -152,6 +190,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("sizes must be at least 1000 impressions per day")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.threshold < 0:
+        parser.error("--threshold must be at least 0")
     if args.child and None in (args.step, args.size, args.work, args.result):
         parser.error("--child needs --step, --size, --work and --result")
     return args
@@ -163,16 +203,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         step = step_named(args.step)
         return child_run(step, args.child, args.size, args.work, args.result, args.rows)
     sizes = args.sizes or ([QUICK_SIZE] if args.quick else list(DEFAULT_SIZES))
+    bench_dir = data_dir() / "bench"
     results = run_benchmark(
         sizes,
-        data_dir() / "bench",
+        bench_dir,
         repeat=args.repeat,
         keep_work=args.keep_work,
         steps=args.steps,
         first_point_only=args.quick,
+        baseline=args.baseline,
+        threshold=args.threshold,
     )
-    print(markdown(results, STEPS))
-    return 0
+    print((bench_dir / "results.md").read_text())
+    regressions = results.get("comparison", {}).get("regressions", 0)
+    return REGRESSION_EXIT_CODE if regressions else 0
 
 
 if __name__ == "__main__":

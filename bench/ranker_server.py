@@ -45,11 +45,14 @@ class FixedFeatures:
 
 def build_engine(model: Path, stats: Path, catalog: Path) -> Any:
     from clickloop.contract_file import load_contract
+    from clickloop.privacy import pseudonymiser_for
     from clickloop.service.engine import RankingEngine
     from clickloop.service.models import ModelCache
 
     models = ModelCache(FileModels(model), ("champion",), ttl_s=3600.0)
-    return RankingEngine(load_contract(), models, FixedFeatures(stats, catalog, "bench"))
+    contract = load_contract()
+    features = FixedFeatures(stats, catalog, "bench")
+    return RankingEngine(contract, models, features, pseudonymiser_for(contract, None))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -112,13 +112,16 @@ def ingest_days(
     """clickloop's ``ingest_day`` of the given logs of one day (what the raw assets run: the
     contract's typing and row rules, quarantine, atomic Parquet writes); returns the counts."""
     from clickloop.contract_file import load_contract
+    from clickloop.privacy import pseudonymiser_for
     from clickloop.quarantine import ingest_day
 
     contract = load_contract()
+    pseudonymiser = pseudonymiser_for(contract, None)  # the simulator's ids: its public key
     counts: dict[str, object] = {}
     for kind in kinds:
         files = log_files(landing, kind, ctx.day(offset))
-        done = ingest_day(warehouse, files, contract.log(kind), RAW_TABLES[kind], ctx.day(offset))
+        day = ctx.day(offset)
+        done = ingest_day(warehouse, files, contract.log(kind), RAW_TABLES[kind], day, pseudonymiser)
         counts[kind] = {
             "lines": done.parsed.lines_read,
             "valid": done.parsed.valid_rows,

@@ -98,7 +98,13 @@ def scoring_ours(ctx: Ctx) -> dict[str, object]:
     stats = ctx.table_path(FEATURE_STATS)
     booster = load_booster(model_path(ctx))
     candidates = _candidates(ctx)
-    policy = ChampionPolicy("bench", booster, stats, spec)
+    from clickloop.contract_file import load_contract
+    from clickloop.privacy import pseudonymiser_for
+
+    # the candidates carry the simulator's raw user ids; the statistics its pseudonyms
+    policy = ChampionPolicy(
+        "bench", booster, stats, spec, pseudonymiser=pseudonymiser_for(load_contract(), None)
+    )
     first, _ = _latencies(lambda: policy.predict_ctr(candidates), 1)
     with ctx.timed():
         seconds, predictions = _latencies(lambda: policy.predict_ctr(candidates), SCORING_REPS)

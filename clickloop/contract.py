@@ -90,6 +90,9 @@ class Field:
     format: str | None = None
     #: which side of the auction the column describes (the request, or the candidate ad)
     side: Side = "request"
+    #: a personal id (a user's): stored only as a keyed pseudonym, redacted from quarantined lines
+    #: (:mod:`clickloop.privacy`)
+    personal: bool = False
 
     @property
     def has_range(self) -> bool:
@@ -145,6 +148,11 @@ class LogSpec:
 
     def has(self, column: str) -> bool:
         return column in self.columns
+
+    @property
+    def personal_columns(self) -> tuple[str, ...]:
+        """Columns holding personal ids (pseudonymised at ingest)."""
+        return tuple(f.column for f in self.fields if f.personal)
 
     @property
     def required_columns(self) -> tuple[str, ...]:

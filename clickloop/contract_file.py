@@ -79,7 +79,10 @@ def _parse_field(raw: Any, where: str) -> Field:
         raw = {"source": raw}
     if not isinstance(raw, Mapping) or "source" not in raw:
         raise _fail(where, f"a field is a mapping with at least 'source', got {raw!r}")
-    known = {"source", "column", "type", "required", "allowed", "range", "min_exclusive", "format", "side"}
+    known = {
+        *("source", "column", "type", "required", "allowed", "range", "min_exclusive", "format"),
+        *("side", "personal"),
+    }
     unknown = set(raw) - known
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)} (known: {sorted(known)})")
@@ -112,6 +115,11 @@ def _parse_field(raw: Any, where: str) -> Field:
     side = raw.get("side", "ad" if column in (AD_ID, BID) else "request")
     if side not in ("request", "ad"):
         raise _fail(where, f"side is 'request' or 'ad', not {side!r}")
+    personal = raw.get("personal", False)
+    if not isinstance(personal, bool):
+        raise _fail(where, f"personal is true or false, not {personal!r}")
+    if personal and kind != "string":
+        raise _fail(where, f"a personal id is stored as a pseudonym (text): type string, not {kind}")
     return Field(
         source=source,
         column=column,
@@ -123,6 +131,7 @@ def _parse_field(raw: Any, where: str) -> Field:
         min_exclusive=bool(raw.get("min_exclusive", False)),
         format=None if fmt is None else str(fmt),
         side=side,
+        personal=personal,
     )
 
 
@@ -281,6 +290,8 @@ def contract_to_dict(contract: LogContract) -> dict[str, Any]:
         if f.format is not None:
             out["format"] = f.format
         out["side"] = f.side
+        if f.personal:
+            out["personal"] = True
         return out
 
     impression_fields = [

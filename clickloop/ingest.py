@@ -20,7 +20,10 @@ reason                         the line
 Reading is format-specific (JSON lines and CSV line by line, gzip or not, Parquet row by row; each
 file's format comes from its extension) and yields, per field, a type tag and the value as text.
 Typing and the row rules are one DuckDB query for every format. Files are read in chunks of whole
-lines, so memory is bounded by the chunk, not the day.
+lines, so memory is bounded by the chunk, not the day. Personal ids (fields the contract marks
+``personal``) are stored as keyed pseudonyms computed in that query, and redacted from the raw text
+of quarantined lines (:mod:`clickloop.privacy`); a log with personal fields and no pseudonymiser is
+refused.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import pyarrow.parquet as pq
 
 from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
 from clickloop.faults import fault_point
+from clickloop.privacy import PrivacyError, Pseudonymiser, redact_sql
 from clickloop.readers import CHUNK_BYTES, FieldChunk, empty_fields_table, field_chunks, strip_terminators
 from clickloop.storage import StoragePath, commit, writing
 
@@ -209,21 +213,68 @@ def _output_type(f: Field) -> str:
     return "TINYINT" if f.column == LABEL else _SQL_TYPES[f.type]
 
 
-def _typed_columns(spec: LogSpec) -> str:
-    return ", ".join(
-        f"CAST(x{i} AS {_output_type(f)}) AS {f.column}" for i, f in enumerate(spec.fields, start=1)
-    )
+def _typed_columns(spec: LogSpec, pseudonymiser: Pseudonymiser | None) -> str:
+    """The typed columns of a row; a personal id as its pseudonym."""
+    columns = []
+    for i, f in enumerate(spec.fields, start=1):
+        typed = f"CAST(x{i} AS {_output_type(f)})"
+        if f.personal and pseudonymiser is not None:
+            typed = pseudonymiser.sql(typed)
+        columns.append(f"{typed} AS {f.column}")
+    return ", ".join(columns)
+
+
+def _personal_value(i: int) -> str:
+    return f"_personal_{i}"
 
 
 def _chunk_sql(
-    fields_sql: str, spec: LogSpec, window: TimeWindow | None, time_column: str, kind: str = "text"
+    fields_sql: str,
+    spec: LogSpec,
+    window: TimeWindow | None,
+    time_column: str,
+    kind: str = "text",
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> str:
-    """One chunk's rows: the typed columns, where each came from, and the reason it is refused."""
+    """One chunk's rows: the typed columns, where each came from, and the reason it is refused;
+    for a refused row, the raw value of each personal field too (to redact its text)."""
     classified = classify_sql(fields_sql, spec, window, time_column, kind)
+    personal = "".join(
+        f", CASE WHEN reason IS NOT NULL THEN CAST(x{i} AS VARCHAR) END AS {_personal_value(i)}"
+        for i, f in enumerate(spec.fields, start=1)
+        if f.personal
+    )
     return (
-        f"SELECT {_typed_columns(spec)}, {SOURCE_FILE}, {LINE_NUMBER}, reason "
+        f"SELECT {_typed_columns(spec, pseudonymiser)}, {SOURCE_FILE}, {LINE_NUMBER}, reason{personal} "
         f"FROM ({classified}) ORDER BY {LINE_NUMBER}"
     )
+
+
+def _redacted(
+    con: duckdb.DuckDBPyConnection, bad: pa.Table, raw: pa.Array, spec: LogSpec, kind: str
+) -> pa.Array:
+    """The raw text of refused lines without their personal values (one query over those lines)."""
+    personal = [(i, f) for i, f in enumerate(spec.fields, start=1) if f.personal]
+    if not personal or not len(raw):
+        return raw
+    lines = pa.table(
+        {"raw_line": raw.cast(pa.string()), "reason": bad.column("reason")}
+        | {_personal_value(i): bad.column(_personal_value(i)) for i, _ in personal}
+    )
+    expression = redact_sql(
+        "raw_line", "reason", [_personal_value(i) for i, _ in personal], [f.source for _, f in personal], kind
+    )
+    view = f"redact_{id(lines):x}"
+    con.register(view, lines)
+    try:
+        return (
+            con.sql(f"SELECT {expression} AS raw_line FROM {view}")
+            .to_arrow_table()
+            .column(0)
+            .combine_chunks()
+        )
+    finally:
+        con.unregister(view)
 
 
 def _raw_text(chunk: FieldChunk) -> pa.Array:
@@ -237,24 +288,33 @@ def _type_chunk(
     spec: LogSpec,
     window: TimeWindow | None,
     time_column: str,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """(valid rows, refused lines with their reason and raw text) of one chunk. The raw text is
-    taken from the chunk only for the refused lines (by their position in it)."""
+    taken from the chunk only for the refused lines (by their position in it), personal values
+    redacted."""
+    if spec.personal_columns and pseudonymiser is None:
+        raise PrivacyError(
+            f"the {spec.kind} log has personal column(s) {', '.join(spec.personal_columns)} "
+            "and no pseudonymiser: they would be stored raw"
+        )
     view = f"ingest_chunk_{id(chunk):x}"
     con.register(view, chunk.table)
     try:
         rows = con.sql(
-            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind)
+            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind, pseudonymiser)
         ).to_arrow_table()
     finally:
         con.unregister(view)
     refused = pc.is_valid(rows.column("reason"))
-    valid = normalise_timestamps(rows.filter(pc.invert(refused)).drop_columns(["reason"]))
+    extra = ["reason", *(c for c in rows.column_names if c.startswith("_personal_"))]
+    valid = normalise_timestamps(rows.filter(pc.invert(refused)).drop_columns(extra))
     bad = rows.filter(refused)
     if bad.num_rows:
         numbers = chunk.table.column(LINE_NUMBER)
         first = numbers[0].as_py() if len(numbers) else 0
         raw = strip_terminators(_raw_text(chunk).take(pc.subtract(bad.column(LINE_NUMBER), first)))
+        raw = _redacted(con, bad, raw, spec, chunk.kind)
     else:
         raw = pa.array([], pa.string())
     quarantine = pa.table(
@@ -271,19 +331,24 @@ def _typed_parts(
     window: TimeWindow | None,
     time_column: str,
     chunk_bytes: int,
+    pseudonymiser: Pseudonymiser | None,
 ) -> Iterator[tuple[FieldChunk, pa.Table, pa.Table]]:
     """Every chunk of the files, typed: (the chunk, its valid rows, its refused lines)."""
     for path in files:
         for chunk in field_chunks(path, spec, chunk_bytes):
-            yield chunk, *_type_chunk(con, chunk, spec, window, time_column)
+            yield chunk, *_type_chunk(con, chunk, spec, window, time_column, pseudonymiser)
 
 
 def _empty_valid(
-    con: duckdb.DuckDBPyConnection, spec: LogSpec, window: TimeWindow | None, time_column: str
+    con: duckdb.DuckDBPyConnection,
+    spec: LogSpec,
+    window: TimeWindow | None,
+    time_column: str,
+    pseudonymiser: Pseudonymiser | None,
 ) -> pa.Table:
     """No valid row, with the schema of the typed table."""
     chunk = FieldChunk(empty_fields_table(spec), lambda view: f"SELECT * FROM {view}", 0)
-    return _type_chunk(con, chunk, spec, window, time_column)[0]
+    return _type_chunk(con, chunk, spec, window, time_column, pseudonymiser)[0]
 
 
 def _parsed(
@@ -310,18 +375,20 @@ def parse_log_files(
     window: TimeWindow | None = None,
     time_column: str = "ts",
     chunk_bytes: int = CHUNK_BYTES,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> ParsedLogs:
     """Read and type one partition's files, a chunk at a time, into memory: every line is valid,
     quarantined, or a CSV file's header line. (The assets write straight to Parquet instead:
-    :func:`ingest_to_parquet`.)"""
+    :func:`ingest_to_parquet`.) ``pseudonymiser`` is needed when the log has personal fields."""
     valid: list[pa.Table] = []
     quarantine: list[pa.Table] = []
     lines = headers = 0
-    for chunk, good, bad in _typed_parts(con, files, spec, window, time_column, chunk_bytes):
+    parts = _typed_parts(con, files, spec, window, time_column, chunk_bytes, pseudonymiser)
+    for chunk, good, bad in parts:
         valid.append(good)
         quarantine.append(bad)
         lines, headers = lines + chunk.lines, headers + chunk.header_lines
-    table = pa.concat_tables(valid) if valid else _empty_valid(con, spec, window, time_column)
+    table = pa.concat_tables(valid) if valid else _empty_valid(con, spec, window, time_column, pseudonymiser)
     parsed = _parsed(files, table.num_rows, quarantine, lines, headers, spec.kind)
     parsed.valid = table
     return parsed
@@ -336,6 +403,7 @@ def ingest_to_parquet(
     time_column: str = "ts",
     chunk_bytes: int = CHUNK_BYTES,
     before_commit: Callable[[ParsedLogs], None] | None = None,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> ParsedLogs:
     """Type one partition's files and stream its valid rows to ``target`` (a row group per chunk,
     written to a temporary file renamed into place), holding one chunk at a time; returns the
@@ -346,7 +414,8 @@ def ingest_to_parquet(
     writer: pq.ParquetWriter | None = None
     with writing(target) as tmp:
         try:
-            for chunk, good, bad in _typed_parts(con, files, spec, window, time_column, chunk_bytes):
+            parts = _typed_parts(con, files, spec, window, time_column, chunk_bytes, pseudonymiser)
+            for chunk, good, bad in parts:
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, good.schema, compression="zstd")
                 writer.write_table(good)
@@ -359,7 +428,9 @@ def ingest_to_parquet(
                 )
             if writer is None:
                 writer = pq.ParquetWriter(
-                    tmp, _empty_valid(con, spec, window, time_column).schema, compression="zstd"
+                    tmp,
+                    _empty_valid(con, spec, window, time_column, pseudonymiser).schema,
+                    compression="zstd",
                 )
             writer.close()
             writer = None

@@ -17,6 +17,7 @@ import duckdb
 from clickloop.contract import TIME, LogSpec
 from clickloop.ingest import ParsedLogs, TimeWindow, ingest_to_parquet
 from clickloop.presentation import cell, markdown_table
+from clickloop.privacy import Pseudonymiser
 from clickloop.storage import Warehouse, parquet_sql
 
 #: Raw lines shown in the UI per partition.
@@ -37,10 +38,16 @@ class IngestedDay:
 
 
 def ingest_day(
-    warehouse: Warehouse, files: Sequence[Path], spec: LogSpec, table: str, day: date
+    warehouse: Warehouse,
+    files: Sequence[Path],
+    spec: LogSpec,
+    table: str,
+    day: date,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> IngestedDay:
     """Parse one day of one log; write its quarantine, then its typed rows, each atomically (a
-    partition that exists always has its quarantine beside it)."""
+    partition that exists always has its quarantine beside it). Personal ids are stored as
+    ``pseudonymiser``'s pseudonyms (needed when the log has personal fields)."""
     key = day.isoformat()
     path = warehouse.partition_path(table, key)
     quarantine_path = warehouse.quarantine_path(table, key)
@@ -50,7 +57,14 @@ def ingest_day(
 
     with warehouse.duckdb() as con:
         parsed = ingest_to_parquet(
-            con, files, spec, path, day_window(day), TIME, before_commit=write_quarantine
+            con,
+            files,
+            spec,
+            path,
+            day_window(day),
+            TIME,
+            before_commit=write_quarantine,
+            pseudonymiser=pseudonymiser,
         )
     return IngestedDay(parsed, path, quarantine_path)
 

@@ -7,6 +7,8 @@ day, read once per policy into per-entity lookups (:class:`clickloop.lookup.Stat
 give the same numbers as the training SQL, :func:`clickloop.features.candidate_features`), so there
 is no train/serve skew and no query per request; all candidates of a chunk of requests are scored in
 one in-place prediction.
+The ad server sends raw user ids; a policy turns them into the pseudonyms ingest stored (the
+statistics are keyed by them) with the same key before the lookup.
 The server ranks by predicted CTR × bid (expected revenue), or by predicted CTR where logs have no
 price.
 """
@@ -25,6 +27,7 @@ from clickloop.calibration import Calibration
 from clickloop.features import FeatureSpec
 from clickloop.lookup import StatsLookup
 from clickloop.model import model_categories, model_frame_for, predict_frame, served_version
+from clickloop.privacy import Pseudonymiser
 
 #: The statistics a policy serving day D uses: the newest ``feature_stats`` partition on or before D.
 STATS_TABLE = "feature_stats"
@@ -40,6 +43,9 @@ class ChampionPolicy:
     spec: FeatureSpec
     #: the version's Platt calibration for the day (:mod:`clickloop.calibration`); None: raw scores
     calibration: Calibration | None = None
+    #: ingest's pseudonymiser: raw personal ids of candidates become the stored pseudonyms (None:
+    #: the contract has no personal field, or the candidates already carry pseudonyms)
+    pseudonymiser: Pseudonymiser | None = None
 
     @property
     def version(self) -> str:
@@ -56,6 +62,8 @@ class ChampionPolicy:
 
     def predict_ctr(self, candidates: pd.DataFrame) -> np.ndarray:
         """Calibrated click probability of each candidate at the reference position."""
+        if self.pseudonymiser is not None:
+            candidates = self.pseudonymiser.frame(candidates)
         features = self.lookup.features(candidates, self.spec.reference_position)
         scores = predict_frame(self.booster, model_frame_for(self.booster, features, self.categories))
         return scores if self.calibration is None else self.calibration.apply(scores)

@@ -56,7 +56,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     data = str(settings.data_dir)
     warehouse = WarehouseResource(data_dir=data, **settings.resource("warehouse"))
     registry = ModelRegistry(data_dir=data, **settings.resource("model_registry"))
-    contract = LogContractResource(path=settings.log_contract)
+    contract = LogContractResource(path=settings.log_contract, **settings.resource("log_contract"))
     rollout = RolloutResource(**settings.resource("rollout"))
     serving = ChampionServing(
         registry=registry,

@@ -31,6 +31,7 @@ EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 #: Resource fields the environment may set: variable -> (resource, field, type).
 ENV_RESOURCE_FIELDS: dict[str, tuple[str, str, type]] = {
     "CLICKLOOP_LANDING_DIR": ("log_source", "landing_dir", str),
+    "CLICKLOOP_PSEUDONYM_KEY": ("log_contract", "pseudonym_key", str),
     "CLICKLOOP_SEED": ("simulator", "seed", int),
     "CLICKLOOP_REQUESTS_PER_DAY": ("simulator", "requests_per_day", int),
     "CLICKLOOP_SCENARIO": ("simulator", "scenario", str),

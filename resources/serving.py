@@ -59,9 +59,11 @@ class ChampionServing(ConfigurableResource):
                 f"the champion cannot serve {key}: no {STATS_TABLE} partition on or before it"
             )
         stats_path = warehouse.partition_path(STATS_TABLE, stats_key)
-        spec = self.log_contract.features()
+        spec, pseudonymiser = self.log_contract.features(), self.log_contract.pseudonymiser()
         version, booster = champion
-        policy = ChampionPolicy(version, booster, stats_path, spec, self.calibration(key, version))
+        policy = ChampionPolicy(
+            version, booster, stats_path, spec, self.calibration(key, version), pseudonymiser
+        )
         challenger = self.registry.challenger()
         if challenger is None:
             return policy
@@ -72,6 +74,7 @@ class ChampionServing(ConfigurableResource):
             stats_path,
             spec,
             self.calibration(key, rival_version),
+            pseudonymiser,
         )
         share = (self.rollout or RolloutResource()).canary_share
         return ServingPlan(champion=policy, challenger=rival, stage=challenger["stage"], canary_share=share)

@@ -45,6 +45,7 @@ from clickloop.champion_stack import (
     pushed,
 )
 from clickloop.faults import fault_point
+from clickloop.gains import PROMOTED_AT_TAG
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
@@ -312,11 +313,16 @@ class ModelRegistry(ConfigurableResource):
     def version_tags(self, version: str) -> dict[str, str]:
         return dict(self.client().get_model_version(self.registered_model_name, version).tags)
 
+    def tags_by_version(self) -> dict[str, dict[str, str]]:
+        """Every registered version's tags (one query)."""
+        found = self.client().search_model_versions(f"name = '{self.registered_model_name}'")
+        return {str(v.version): dict(v.tags) for v in found}
+
     def set_version_tags(self, version: str, tags: Mapping[str, str]) -> None:
         """Tag a registered version (shown on its page in the registry)."""
         client = self.client()
         for key, value in tags.items():
-            client.set_model_version_tag(self.registered_model_name, version, key, value)
+            client.set_model_version_tag(self.registered_model_name, str(version), key, value)
 
     def _alias(self, client: MlflowClient, alias: str) -> str | None:
         """The version an alias points at; None if the alias (or the registered model) is absent."""
@@ -380,7 +386,7 @@ class ModelRegistry(ConfigurableResource):
         client.get_model_version(self.registered_model_name, version)  # fails if unknown
         current = self._alias(client, CHAMPION_ALIAS)
         stamp = pd.Timestamp.now(tz="UTC").isoformat()
-        client.set_model_version_tag(self.registered_model_name, version, "promoted_at", stamp)
+        client.set_model_version_tag(self.registered_model_name, version, PROMOTED_AT_TAG, stamp)
         if reason:
             client.set_model_version_tag(self.registered_model_name, version, "promotion_reason", reason)
         fault_point("registry.promote.tags")

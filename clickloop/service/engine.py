@@ -19,6 +19,7 @@ import pandas as pd
 
 from clickloop.contract import AD_ID, BID, TIME, LogContract
 from clickloop.features import FeatureSpec
+from clickloop.privacy import Pseudonymiser
 from clickloop.service.catalog import catalog_columns
 from clickloop.service.features import FeatureSnapshot
 from clickloop.service.models import Explanation, LoadedModel, ModelCache
@@ -56,8 +57,16 @@ class RankingEngine:
     """Ranks and explains candidates with the models of a :class:`ModelCache` and the features of a
     source (the warehouse's Parquet or the online store)."""
 
-    def __init__(self, contract: LogContract, models: ModelCache, features: FeatureSource) -> None:
+    def __init__(
+        self,
+        contract: LogContract,
+        models: ModelCache,
+        features: FeatureSource,
+        pseudonymiser: Pseudonymiser | None = None,
+    ) -> None:
         self.contract, self.models, self.features = contract, models, features
+        #: the requests' raw personal ids become the pseudonyms the statistics are keyed by
+        self.pseudonymiser = pseudonymiser
         self.spec = FeatureSpec.from_contract(contract)
         self.ad_columns = catalog_columns(contract)
         #: an ad the catalog lacks needs these from the request
@@ -116,6 +125,12 @@ class RankingEngine:
         frame[TIME] = pd.to_datetime(frame[TIME], utc=True)
         return frame
 
+    def _features(self, snapshot: FeatureSnapshot, frame: pd.DataFrame) -> dict[str, Any]:
+        """The model's features of candidate rows (their personal ids as pseudonyms)."""
+        if self.pseudonymiser is not None:
+            frame = self.pseudonymiser.frame(frame)
+        return snapshot.features(frame, self.spec.reference_position)
+
     # --- what the endpoints do ---------------------------------------------------------------
 
     def rank(
@@ -123,7 +138,7 @@ class RankingEngine:
     ) -> Ranked:
         model, snapshot = self.model(alias), self.snapshot()
         frame = self.candidate_frame(context, candidates, snapshot)
-        predicted = model.predict(snapshot.features(frame, self.spec.reference_position))
+        predicted = model.predict(self._features(snapshot, frame))
         bids = frame[BID].to_numpy(np.float64) if self.contract.has_bid else None
         scores = predicted if bids is None else predicted * bids
         order = np.argsort(-scores, kind="stable")[:k]
@@ -134,7 +149,7 @@ class RankingEngine:
     ) -> tuple[LoadedModel, str, dict[str, Any], Explanation]:
         model, snapshot = self.model(alias), self.snapshot()
         frame = self.candidate_frame(context, [candidate], snapshot, loc=("body", "candidate"))
-        features = snapshot.features(frame, self.spec.reference_position)
+        features = self._features(snapshot, frame)
         (explanation,) = model.explain(features)
         frame = model.frame(features)
         values = {name: _plain(frame[name].iloc[0]) for name in frame.columns}
@@ -165,7 +180,7 @@ class RankingEngine:
             if pd.api.types.is_numeric_dtype(ts)
             else pd.to_datetime(ts, utc=True)
         )
-        return model, snapshot.version, model.predict(snapshot.features(frame, self.spec.reference_position))
+        return model, snapshot.version, model.predict(self._features(snapshot, frame))
 
 
 def _plain(value: Any) -> Any:

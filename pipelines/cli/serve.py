@@ -31,7 +31,8 @@ def build_app(settings: Settings, features: str = "auto", ttl_s: float = DEFAULT
     resources = build_resources(settings)
     # outside a run, EnvVar settings are resolved here
     registry = resources["model_registry"].process_config_and_initialize()
-    contract = resources["log_contract"].process_config_and_initialize().get()
+    contract_resource = resources["log_contract"].process_config_and_initialize()
+    contract = contract_resource.get()
     spec = FeatureSpec.from_contract(contract)
     use_redis = features == "redis" or (
         features == "auto" and bool(settings.resource("online_store").get("url"))
@@ -44,7 +45,7 @@ def build_app(settings: Settings, features: str = "auto", ttl_s: float = DEFAULT
     else:
         source = WarehouseFeatures(resources["warehouse"].process_config_and_initialize().get(), spec, ttl_s)
     models = ModelCache(registry, (CHAMPION_ALIAS, CHALLENGER_ALIAS), ttl_s)
-    return create_app(RankingEngine(contract, models, source))
+    return create_app(RankingEngine(contract, models, source, contract_resource.pseudonymiser()))
 
 
 @click.command(name="clickloop-ranker")

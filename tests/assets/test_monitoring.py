@@ -21,6 +21,7 @@ from resources.landing import LandingFolder
 from resources.monitoring_store import MonitoringStore
 from resources.reports import ReportsSite
 from resources.simulator import AdServerSimulator
+from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 from tests.assets.history import DRIFT_SAMPLE_ROWS, History
 from tests.assets.support import CALENDAR, CONTRACT, KEYS
@@ -175,11 +176,13 @@ def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     simulator.ensure_day(KEYS[3])
     store = MonitoringStore(data_dir=str(tmp_path / "data"))
     reports = ReportsSite(root=str(tmp_path / "data" / REPORTS_FOLDER), base_url="http://127.0.0.1:3001")
+    registry = ModelRegistry(data_dir=str(tmp_path / "data"))
     resources = {
         "warehouse": warehouse,
         "monitoring_store": store,
         "log_source": simulator,
         "reports": reports,
+        "model_registry": registry,
     }
     graph = [
         AssetSpec("features", partitions_def=CALENDAR.partitions),

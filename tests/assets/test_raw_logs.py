@@ -17,6 +17,7 @@ from clickloop.storage import Warehouse
 from pipelines.cli.runner import LoopRunner
 from pipelines.definitions import build_defs
 from pipelines.settings import Settings
+from resources.contract import LogContractResource
 from resources.landing import LandingFolder
 from resources.warehouse import WarehouseResource
 from tests.assets.history import History, open_test_instance
@@ -164,6 +165,7 @@ def ingest(tmp_path: Path, lines: list[str]):
         resources={
             "log_source": LandingFolder(landing_dir=str(tmp_path / "landing")),
             "warehouse": WarehouseResource(data_dir=str(tmp_path / "data")),
+            "log_contract": LogContractResource(),
         },
         raise_on_error=False,
     )
@@ -201,6 +203,15 @@ def test_a_handful_of_stray_rows_is_quarantined_and_the_day_passes(tmp_path: Pat
     assert evaluation.metadata["failed_expectations"].value == 0
     assert evaluation.metadata["rows_checked"].value == 1_996
     assert materialized == {AssetKey("raw_impressions"), AssetKey("next_step")}
+    # the users are pseudonyms in the partition, and redacted from the quarantined lines
+    assert metadata["pseudonymised"] == "user_id"
+    warehouse = Warehouse(tmp_path / "data")
+    stored = set(pq.read_table(warehouse.partition_path("raw_impressions", DAY))["user_id"].to_pylist())
+    raw_users = {r["user_id"] for r in records}
+    assert stored.isdisjoint(raw_users) and all(len(u) == 64 for u in stored)
+    quarantined = pq.read_table(warehouse.quarantine_path("raw_impressions", DAY))["raw_line"].to_pylist()
+    assert not any(f'"{u}"' in line for line in quarantined for u in raw_users)
+    assert all('"user_id": "<redacted>"' in line for line in quarantined)
 
 
 def test_prices_logged_in_cents_fail_the_day(tmp_path: Path) -> None:

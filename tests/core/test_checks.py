@@ -23,6 +23,7 @@ from clickloop.checks import events_rules, features_rules, quarantine_rules, raw
 from clickloop.contract import LINE_NUMBER, SOURCE_FILE, LogKind
 from clickloop.expectations import SuiteOutcome, outcome_markdown, run_rules
 from clickloop.features import build_feature_stats, build_features
+from clickloop.privacy import pseudonymiser_for
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts
 from clickloop.storage import Warehouse, one_row
 from tests.core.synthetic import (
@@ -215,7 +216,7 @@ def ingest_and_judge(tmp_path: Path, lines: list[str], kind: LogKind = "impressi
     landed.parent.mkdir(parents=True)
     landed.write_text("\n".join(lines) + "\n")
     table = RAW_TABLES[kind]
-    done = ingest_day(wh, [landed], CONTRACT.log(kind), table, DAY)
+    done = ingest_day(wh, [landed], CONTRACT.log(kind), table, DAY, pseudonymiser_for(CONTRACT, None))
     with wh.duckdb() as con:
         quarantined = quarantined_counts(con, wh.quarantine_path(table, KEY))
         (valid,) = one_row(con, f"SELECT count(*) FROM read_parquet('{done.path}')")

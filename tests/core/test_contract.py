@@ -80,6 +80,9 @@ def test_the_simulator_contract_and_its_roles() -> None:
     assert contract.log("clicks").columns == ("click_id", "impression_id", TIME)
     assert contract.impressions.typed_columns[-2:] == ("source_file", "line_number")
     assert "user_segment" not in contract.impressions.required_columns
+    assert (
+        contract.impressions.personal_columns == (USER_ID,) and contract.log("clicks").personal_columns == ()
+    )
     # ad-side columns (chosen by the policy) never count as request context
     assert contract.ad_side == ("ad_id", "campaign_id", "advertiser_id", "ad_category", BID)
     assert contract.request_context == ("user_segment", "site_category", "device_type", "os", "country")
@@ -212,6 +215,11 @@ def test_a_range_on_a_string_and_a_format_on_a_number_are_refused(tmp_path: Path
             "the loop's column 'ad_id' has type string",
         ),
         (lambda r: r["impressions"]["fields"][3].update(colour="red"), "unknown key(s) ['colour']"),
+        (
+            lambda r: r["impressions"]["fields"][4].update(personal=True),
+            "fields[4] (price): a personal id is stored as a pseudonym (text): type string, not float",
+        ),
+        (lambda r: r["impressions"]["fields"][3].update(personal="yes"), "personal is true or false"),
         (lambda r: r["impressions"]["fields"].append({"source": "id"}), "duplicate source(s) ['id']"),
         (lambda r: r.update(label="is_click"), "declare either a clicks log or a label column"),
         (lambda r: r["features"].update(user_activity=True), "features.user_activity: needs a 'user_id'"),

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from clickloop.contract import LogSpec
 from clickloop.contract_file import load_contract
 from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
+from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
 from clickloop.readers import iter_line_chunks, read_lines
 
@@ -111,6 +112,7 @@ def write_lines(path: Path, lines: list[str], gz: bool = True, newline: str = "\
 def parse(
     files: list[Path], spec: LogSpec = IMPRESSIONS, window: TimeWindow | None = WINDOW, **kw
 ) -> ParsedLogs:
+    kw.setdefault("pseudonymiser", pseudonymiser_for(CONTRACT, None))
     with duckdb.connect() as con:
         return parse_log_files(con, files, spec, window, **kw)
 
@@ -308,7 +310,9 @@ def test_csv_lines_are_typed_or_quarantined_line_by_line(tmp_path: Path, gz: boo
     assert rows[0]["position"] == 1 and rows[0]["bid_cpc"] == 0.42
     assert rows[0]["user_segment"] is None  # a contract field the header lacks: null (optional)
     raw = {r["line_number"]: r["raw_line"] for r in parsed.quarantine.to_pylist()}
-    assert raw[6] == CSV_CASES[4][0]  # verbatim, without the carriage return
+    # verbatim, without the carriage return, the user id redacted (clickloop.privacy)
+    assert raw[9] == CSV_CASES[7][0].replace(",u1,", f",{REDACTED},")
+    assert raw[6] == WITHHELD  # a record that does not split: where its user id is is unknown
     assert (
         parsed.valid.schema == parse([write_lines(tmp_path / "j.jsonl", [variant()], gz=False)]).valid.schema
     )

@@ -110,6 +110,7 @@ def test_rank_returns_the_top_k_by_expected_revenue(ranker: Ranker) -> None:
         ranker.history.warehouse.partition_path(STATS_TABLE, ranker.day),
         ranker.history.resources["log_contract"].features(),
         newest_from_tags(version, registry.version_tags(version)),
+        ranker.history.resources["log_contract"].pseudonymiser(),
     )
     assert not policy.calibration.is_identity  # the service serves calibrated probabilities
     np.testing.assert_allclose([r["predicted_ctr"] for r in ranked], policy.predict_ctr(frame), rtol=1e-12)
@@ -178,12 +179,15 @@ def test_the_simulator_ranks_through_the_service(ranker: Ranker) -> None:
     contract = ranker.history.resources["log_contract"].get()
     policy = HttpRankingPolicy(ranker.url, contract.candidate_columns)
     assert policy.version == "ctr_model-v1"
-    version, booster = ranker.history.registry.champion()
+    registry = ranker.history.registry
+    version, booster = registry.champion()
     local = ChampionPolicy(
         version,
         booster,
         ranker.history.warehouse.partition_path(STATS_TABLE, ranker.day),
         ranker.history.resources["log_contract"].features(),
+        newest_from_tags(version, registry.version_tags(version)),
+        ranker.history.resources["log_contract"].pseudonymiser(),
     )
     np.testing.assert_allclose(policy.predict_ctr(frame), local.predict_ctr(frame), rtol=1e-12)
 

@@ -120,3 +120,13 @@ def test_simulator_settings_from_the_environment(code_location: dict) -> None:
         "landing_dir": str(Path(code_location["data_dir"]).resolve() / "landing"),
     }
     assert "unknown scenario 'no_such_scenario'" in code_location["bad_scenario"]
+
+
+def test_the_pseudonym_key_reaches_the_contract_resource_as_an_env_var(tmp_path: Path) -> None:
+    settings = Settings.from_env({"CLICKLOOP_DATA_DIR": str(tmp_path), "CLICKLOOP_PSEUDONYM_KEY": "s3cret"})
+    contract = build_resources(settings)["log_contract"]
+    assert env_var_name(contract.pseudonym_key) == "CLICKLOOP_PSEUDONYM_KEY"  # never the value itself
+    assert "s3cret" not in repr(settings)
+    # unset: the simulator's contract gets its public key
+    plain = build_resources(Settings(data_dir=tmp_path))["log_contract"]
+    assert plain.pseudonymiser() is not None and plain.pseudonym_key == ""

@@ -19,6 +19,7 @@ from clickloop.champion_stack import (
     previous_in,
     pushed,
 )
+from clickloop.gains import PROMOTED_AT_TAG
 from clickloop.model import DOWNSAMPLING_ATTR, model_categories, predict_ctr
 from clickloop.training import TrainingParams, fit_ctr_model
 from resources.tracking import ModelRegistry, metric_entities, relocate_mlflow_store
@@ -210,3 +211,14 @@ def test_a_copied_store_is_relocated(mlflow_data_dir: Path, tmp_path: Path) -> N
     dm = xgb.DMatrix(x, feature_names=["a", "b", "c"])
     np.testing.assert_array_equal(moved.load_version(version).predict(dm), booster.predict(dm))
     assert relocate_mlflow_store(target / "mlflow" / "mlflow.db", mlflow_data_dir, target) == 0  # done once
+
+
+def test_tags_set_on_versions_are_read_back_for_all_versions_at_once(mlflow_data_dir: Path) -> None:
+    reg = registry(mlflow_data_dir, "tagged_model")
+    (v1, _, _), (v2, _, _) = log_and_register(reg, seed=7), log_and_register(reg, seed=8)
+    reg.set_version_tags(v1, {"offline_ne": "0.9", "offline_reference": "base_rate"})
+    reg.promote(v1)
+    tags = reg.tags_by_version()
+    assert set(tags) == {v1, v2}
+    assert tags[v1]["offline_ne"] == "0.9" and tags[v1]["offline_reference"] == "base_rate"
+    assert PROMOTED_AT_TAG in tags[v1] and PROMOTED_AT_TAG not in tags[v2]
