@@ -17,7 +17,15 @@ FIRST = date(2026, 10, 12)
 def rows(version: str, captures: list[float]) -> list[DayRow]:
     """A random-policy day (not served by a model: left out), then one served day per capture."""
     served = [
-        DayRow(str(FIRST + timedelta(days=i)), version, 0.05, 1.1, 0.88, c) for i, c in enumerate(captures)
+        DayRow(
+            str(FIRST + timedelta(days=i)),
+            served_by=version,
+            ctr=0.05,
+            calibration=1.1,
+            normalized_entropy=0.88,
+            oracle_capture=c,
+        )
+        for i, c in enumerate(captures)
     ]
     return [DayRow(str(FIRST - timedelta(days=1)), "-"), *served]
 
