@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export CLICKLOOP_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
-.PHONY: install run real test test-fast ui bench rollback scenario lint clean serve
+.PHONY: install run real test test-fast ui bench rollback scenario staleness lint clean serve
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,13 +53,20 @@ serve: $(STAMP)
 rollback: $(STAMP)
 	$(PY) -m pipelines.cli.rollback
 
-# make scenario name=device_shift [SCENARIO_ARGS="--days 20"]; name=rollout: shadow, canary, promotion, rollback
+# make scenario name=device_shift [SCENARIO_ARGS="--days 20"]; name=rollout: shadow, canary, promotion, rollback;
+# name=staleness: a frozen champion against the retraining loop over 28 days of slow_drift (= make staleness)
 scenario: $(STAMP)
 ifeq ($(name),rollout)
 	$(PY) -m pipelines.cli.rollout $(SCENARIO_ARGS)
+else ifeq ($(name),staleness)
+	$(PY) -m pipelines.cli.staleness $(SCENARIO_ARGS)
 else
 	$(PY) -m pipelines.cli.scenario $(name) $(SCENARIO_ARGS)
 endif
+
+# the cost of staleness (ML Test Score M4): writes $(CLICKLOOP_DATA_DIR)/staleness/staleness.{json,md}
+staleness: $(STAMP)
+	$(PY) -m pipelines.cli.staleness $(SCENARIO_ARGS)
 
 # the benchmark lives outside the installed package: bench/
 bench: $(STAMP)

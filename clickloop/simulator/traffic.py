@@ -297,6 +297,7 @@ def oracle_expected_revenue(
             ads,
             world.scenario_offset(context.ts_ms[rows])[:, None],
             np.ones(1),
+            world.drift_progress(context.ts_ms[rows])[:, None],
         )
         best_two = np.partition(relevance * world.ad_bid_cpc[ads], k - 2, axis=1)[:, -2:]
         total += float((top * best_two.max(axis=1) + second * best_two.min(axis=1)).sum())
@@ -450,6 +451,7 @@ def simulate_day(
         ads,
         world.scenario_offset(ts_ms),
         position_factor(impressions["position"].to_numpy()),
+        world.drift_progress(ts_ms),
     )
     oracle = oracle_expected_revenue(world, context, candidates, chunk_requests)
     clicked = click_rng.random(len(true_ctr)) < true_ctr

@@ -7,7 +7,7 @@ draws a world from these; :mod:`clickloop.simulator.traffic` draws a day of traf
 
 import numpy as np
 
-SCENARIOS = ("stable", "device_shift", "ctr_drop", "new_campaigns", "price_unit_bug")
+SCENARIOS = ("stable", "device_shift", "ctr_drop", "new_campaigns", "price_unit_bug", "slow_drift")
 
 SEGMENTS = (
     "sports_fans",
@@ -107,6 +107,13 @@ CTR_DROP_OFFSET = -0.9
 SMART_TV_SHARE = 0.4
 NEW_CAMPAIGN_SHARE = 0.5
 PRICE_UNIT_FACTOR = 100.0
+#: slow_drift: the world moves towards a drifted one continuously from the start, this share of the
+#: way per day (no day is a step: the logit of a (segment, ad) pair moves by ~3 % of the drift's
+#: spread a day), and keeps going past 28 days. The drift: a new segment x category affinity
+#: component and a per-campaign quality change (campaigns wear out, others rise).
+SLOW_DRIFT_PER_DAY = 1 / 28
+SLOW_DRIFT_AFFINITY_SD = 0.8
+SLOW_DRIFT_CAMPAIGN_SD = 0.5
 
 SHORT_DELAY_MEDIAN_S = 120.0
 SHORT_DELAY_LOG_SD = 0.9

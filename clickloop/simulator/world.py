@@ -5,10 +5,13 @@ model)::
 
     p_click = position_factor[position] * sigmoid(base + affinity[user_segment, ad_category]
               + site_effect[site_id] + device_effect[device_type] + hour_effect[hour]
-              + ad_quality[ad_id] + scenario_offset)
+              + ad_quality[ad_id] + scenario_offset
+              + drift * (affinity_drift[user_segment, ad_category] + campaign_drift[campaign_id]))
 
 ``base`` is calibrated so that random serving on the stable world has a 3 % click-through rate.
 A :class:`Scenario` changes the world from its start day on; days before it are untouched.
+``drift`` is 0 except under ``slow_drift``, where it grows continuously with the time since the
+start (:meth:`World.drift_progress`).
 """
 
 from __future__ import annotations
@@ -20,15 +23,13 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from clickloop.simulator.catalog import draw_ad_block
 from clickloop.simulator.clock import MS_PER_DAY, MS_PER_HOUR, as_date, day_start_ms, timestamps_ms
 from clickloop.simulator.vocabulary import (
     AD_QUALITY_SD,
     ADVERTISER_EFFECT_SD,
     AFFINITY_SD,
     BASE_DEVICE_MIX,
-    BID_LOG_SD,
-    BID_MEDIAN,
-    BID_RANGE,
     CATEGORIES,
     COUNTRIES,
     COUNTRY_SHARES,
@@ -52,6 +53,9 @@ from clickloop.simulator.vocabulary import (
     SITE_CATEGORY_EFFECT_SD,
     SITE_EFFECT_SD,
     SITE_ZIPF_EXPONENT,
+    SLOW_DRIFT_AFFINITY_SD,
+    SLOW_DRIFT_CAMPAIGN_SD,
+    SLOW_DRIFT_PER_DAY,
     SMART_TV,
     SMART_TV_SHARE,
     TARGET_CTR,
@@ -168,6 +172,7 @@ class World:
         self._build_effects(rng)
         self._build_ads(rng, np.random.default_rng([seed, 2]), n_ads)
         self._build_group_effects(np.random.default_rng([seed, 4]))
+        self._build_slow_drift(np.random.default_rng([seed, 5]))
         self._build_vocabularies()
         self.base_logit = self._calibrate_base(np.random.default_rng([seed, 3]))
         self.average_ctr = TARGET_CTR
@@ -204,8 +209,8 @@ class World:
     def _build_ads(self, rng: np.random.Generator, wave_rng: np.random.Generator, n_ads: int) -> None:
         """The ad catalog: the base pool, then the ``new_campaigns`` wave with fresh ids."""
         n_new = max(2, n_ads // 2)
-        base = _draw_ad_block(rng, n_ads, 0, 0, 0.0, AD_QUALITY_SD)
-        wave = _draw_ad_block(
+        base = draw_ad_block(rng, n_ads, 0, 0, 0.0, AD_QUALITY_SD)
+        wave = draw_ad_block(
             wave_rng, n_new, base.n_campaigns, base.n_advertisers, NEW_AD_QUALITY_MEAN, NEW_AD_QUALITY_SD
         )
         self.n_base_ads = n_ads
@@ -233,6 +238,15 @@ class World:
         self.ad_quality = (
             self.ad_quality + rng.normal(0.0, ADVERTISER_EFFECT_SD, n_advertisers)[self.ad_advertiser]
         )
+
+    def _build_slow_drift(self, rng: np.random.Generator) -> None:
+        """Where ``slow_drift`` takes the world (its own random stream: every other draw of the world
+        is the same with or without it): a centred segment x category affinity change and a
+        per-campaign quality change, spread over each campaign's ads."""
+        affinity = rng.normal(0.0, SLOW_DRIFT_AFFINITY_SD, (len(SEGMENTS), len(CATEGORIES)))
+        self.affinity_drift = affinity - affinity.mean()
+        campaign = rng.normal(0.0, SLOW_DRIFT_CAMPAIGN_SD, len(self.campaign_advertiser))
+        self.ad_drift = (campaign - campaign.mean())[self.ad_campaign]
 
     def _build_vocabularies(self) -> None:
         """Categorical dtypes (for fast columns) and lookup indexes (for ground truth)."""
@@ -265,6 +279,7 @@ class World:
             context.hour,
             ads,
             np.zeros(n),
+            np.zeros(n),
         )
         low, high = -12.0, 2.0
         for _ in range(60):
@@ -286,8 +301,10 @@ class World:
         hour: np.ndarray,
         ad: np.ndarray,
         offset: np.ndarray,
+        drift: np.ndarray,
     ) -> np.ndarray:
-        """Sum of all logit terms but the base, from integer codes."""
+        """Sum of all logit terms but the base, from integer codes (``drift``: the slow drift's
+        progress, 0 outside ``slow_drift``, so the other worlds' sums are bit for bit unchanged)."""
         return (
             self.affinity[segment, category]
             + self.site_effect[site]
@@ -295,6 +312,7 @@ class World:
             + self.hour_effect[hour]
             + self.ad_quality[ad]
             + offset
+            + drift * (self.affinity_drift[segment, category] + self.ad_drift[ad])
         )
 
     def true_ctr_codes(
@@ -307,9 +325,13 @@ class World:
         ad: np.ndarray,
         offset: np.ndarray,
         position_factor: np.ndarray,
+        drift: np.ndarray | float = 0.0,
     ) -> np.ndarray:
-        """Ground-truth click probability from integer codes (the engine's fast path)."""
-        logit = self.base_logit + self._logit_without_base(segment, category, site, device, hour, ad, offset)
+        """Ground-truth click probability from integer codes (the engine's fast path); ``drift`` is
+        :meth:`drift_progress` of the impressions' timestamps."""
+        logit = self.base_logit + self._logit_without_base(
+            segment, category, site, device, hour, ad, offset, np.asarray(drift)
+        )
         return position_factor * _sigmoid(logit)
 
     def scenario_offset(self, ts_ms: np.ndarray) -> np.ndarray:
@@ -319,6 +341,15 @@ class World:
         if self.scenario.name == "ctr_drop" and self.scenario.start is not None:
             offset[ts_ms >= day_start_ms(self.scenario.start)] = CTR_DROP_OFFSET
         return offset
+
+    def drift_progress(self, ts_ms: np.ndarray) -> np.ndarray:
+        """How far ``slow_drift`` has moved the world at each timestamp: ``SLOW_DRIFT_PER_DAY`` × the
+        (fractional) days since the start, 0 before it and in every other scenario."""
+        ts_ms = np.asarray(ts_ms, dtype=np.int64)
+        if self.scenario.name != "slow_drift" or self.scenario.start is None:
+            return np.zeros(ts_ms.shape)
+        days = (ts_ms - day_start_ms(self.scenario.start)) / MS_PER_DAY
+        return np.maximum(days, 0.0) * SLOW_DRIFT_PER_DAY
 
     def codes(self, column: str, values: pd.Series | Sequence) -> np.ndarray:
         """Integer codes of logged values of ``column`` (e.g. ``ad_id``) in this world."""
@@ -336,6 +367,7 @@ class World:
             "device": self.codes("device_type", frame["device_type"]),
             "hour": (ts_ms % MS_PER_DAY) // MS_PER_HOUR,
             "offset": self.scenario_offset(ts_ms),
+            "drift": self.drift_progress(ts_ms),
         }
 
     def ground_truth_ctr(self, impressions: pd.DataFrame) -> np.ndarray:
@@ -358,6 +390,7 @@ class World:
             self.codes("ad_id", impressions["ad_id"]),
             ctx["offset"],
             position_factor(impressions["position"].to_numpy()),
+            ctx["drift"],
         )
 
     def candidate_ctr(
@@ -386,6 +419,7 @@ class World:
             ads,
             ctx["offset"],
             position_factor(position),
+            ctx["drift"],
         )
 
     def bid_cpc(self, ad_ids: Sequence | np.ndarray | pd.Series) -> np.ndarray:
@@ -421,38 +455,6 @@ class World:
         if self.scenario.is_on("new_campaigns", day):
             return base, np.arange(self.n_base_ads, self.n_ads_total), NEW_CAMPAIGN_SHARE
         return base, np.arange(0), 0.0
-
-
-@dataclass(frozen=True)
-class _AdBlock:
-    """One block of the ad catalog (codes relative to the whole catalog)."""
-
-    campaign: np.ndarray
-    campaign_advertiser: np.ndarray
-    campaign_category: np.ndarray
-    bid_cpc: np.ndarray
-    quality: np.ndarray
-    n_campaigns: int
-    n_advertisers: int
-
-
-def _draw_ad_block(
-    rng: np.random.Generator,
-    n_ads: int,
-    first_campaign: int,
-    first_advertiser: int,
-    quality_mean: float,
-    quality_sd: float,
-) -> _AdBlock:
-    """Ads grouped into campaigns (~5 ads each) of advertisers (~6 campaigns each)."""
-    n_campaigns = max(1, round(n_ads / 5))
-    n_advertisers = max(1, round(n_campaigns / 6))
-    campaign = rng.permutation(np.arange(n_ads) % n_campaigns) + first_campaign
-    advertiser = rng.permutation(np.arange(n_campaigns) % n_advertisers) + first_advertiser
-    category = rng.integers(0, len(CATEGORIES), n_campaigns).astype(np.int8)
-    bid = np.round(np.clip(rng.lognormal(np.log(BID_MEDIAN), BID_LOG_SD, n_ads), *BID_RANGE), 2)
-    quality = rng.normal(quality_mean, quality_sd, n_ads)
-    return _AdBlock(campaign, advertiser, category, bid, quality, n_campaigns, n_advertisers)
 
 
 @dataclass(frozen=True)

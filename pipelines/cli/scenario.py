@@ -54,6 +54,7 @@ class DayRow:
     served_by: str = "-"
     ctr: float | None = None
     calibration: float | None = None
+    normalized_entropy: float | None = None
     oracle_capture: float | None = None
     drift_share: float | None = None
     context_drift: float | None = None
@@ -79,9 +80,12 @@ def scenario_settings(base: Settings, name: str, start_key: str, requests: int) 
 class ScenarioRun:
     """One scenario on its own instance: warm-up, then the daemon's work day by day."""
 
-    def __init__(self, settings: Settings, keys: list[str]) -> None:
+    def __init__(self, settings: Settings, keys: list[str], retrain: bool = True) -> None:
         self.settings = settings
         self.keys = keys
+        #: False: the retraining sensors are never evaluated (a frozen champion, the staleness
+        #: experiment's baseline); the refresh chain runs as always
+        self.retrain = retrain
         self.defs: Definitions = build_defs(settings)
         self.instance = DagsterInstance.from_config(
             str(ensure_dagster_home(settings.data_dir / "dagster_home"))
@@ -138,7 +142,7 @@ class ScenarioRun:
         for request in requests:
             self.follow_chain(self.runner.run("ingest_job", request.partition_key))
         resources = self.repo.get_top_level_resources()
-        for name in RETRAINING_SENSORS:
+        for name in RETRAINING_SENSORS if self.retrain else ():
             sensor_def = self.repo.get_sensor_def(name)
             with build_sensor_context(
                 instance=self.instance, repository_def=self.repo, resources=resources, sensor_name=name
@@ -191,6 +195,7 @@ class ScenarioRun:
                 main = max(online, key=lambda r: r["impressions"])
                 row.served_by = ", ".join(r["model_version"] for r in online)
                 row.ctr, row.calibration = main["ctr"], main["calibration"]
+                row.normalized_entropy = main["normalized_entropy"]
                 row.oracle_capture = main["oracle_capture"]
             drift = store.drift_for(key)
             if drift:
@@ -218,8 +223,10 @@ def run_scenario(
     requests: int,
     warmup_from: Path | None = None,
     warmup_only: bool = False,
+    retrain: bool = True,
 ) -> tuple[list[DayRow], str]:
-    """The scenario's day rows (none with ``warmup_only``) and its first day."""
+    """The scenario's day rows (none with ``warmup_only``) and its first day; ``retrain=False``
+    keeps the first champion serving (no retraining sensor is evaluated)."""
     calendar = Calendar(base.start_date, base.feature_window_days)
     keys = calendar.keys()[: days + 1]
     start_key = keys[start]
@@ -227,7 +234,7 @@ def run_scenario(
     record = {"warmup_days": warmup, "requests_per_day": requests, "start_date": base.start_date}
     if warmup_from is not None:
         copy_warmup(warmup_from, settings.data_dir, record)
-    scenario = ScenarioRun(settings, keys)
+    scenario = ScenarioRun(settings, keys, retrain)
     if warmup_from is None:
         scenario.warm_up(warmup)
         atomic_write_text(settings.data_dir / WARMUP_RECORD, json.dumps(record))
@@ -272,7 +279,9 @@ def write_json(rows: list[DayRow], name: str, start_key: str, path: Path) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("name", help="stable, device_shift, ctr_drop, new_campaigns or price_unit_bug")
+    parser.add_argument(
+        "name", help="stable, device_shift, ctr_drop, new_campaigns, price_unit_bug or slow_drift"
+    )
     parser.add_argument("--warmup-days", type=int, default=SCENARIO_DEFAULTS["warmup"])
     parser.add_argument(
         "--start-day",

@@ -484,6 +484,31 @@ def test_price_unit_bug_multiplies_logged_bids_only(world: World) -> None:
     np.testing.assert_array_equal(after.true_bid_cpc, stable.true_bid_cpc)
 
 
+def test_slow_drift_moves_the_ground_truth_further_every_day(world: World) -> None:
+    """slow_drift: the same requests (random serving logs the stable world's rows) get true CTRs
+    that depart from the stable world's a little on the first day and more with every day after;
+    no day is a step, and the average CTR stays in its band."""
+    drifting = World(7, scenario="slow_drift", scenario_start=SHIFT)
+    gaps = []
+    for age in (0, 1, 7, 14, 27):
+        day = SHIFT + timedelta(days=age)
+        stable, drifted = (simulate_day(w, day, requests_per_day=2_000) for w in (world, drifting))
+        pd.testing.assert_frame_equal(drifted.impressions, stable.impressions)
+        gaps.append(float(np.mean(np.abs(np.log(drifted.true_ctr / stable.true_ctr)))))
+        assert 0.02 < drifted.true_ctr.mean() < 0.05
+    assert gaps == sorted(gaps) and gaps[0] < 0.05 < 0.5 < gaps[-1], gaps
+    # continuous: one day further changes the log-CTR of the same rows by a few percent only
+    assert gaps[1] - gaps[0] < 0.05
+    tomorrow = simulate_day(drifting, SHIFT + timedelta(days=14), requests_per_day=2_000).impressions
+    shifted = tomorrow.assign(ts=tomorrow["ts"] + pd.Timedelta(days=1))
+    day_step = np.log(drifting.ground_truth_ctr(shifted) / drifting.ground_truth_ctr(tomorrow))
+    assert 0.005 < float(np.mean(np.abs(day_step))) < 0.06
+    np.testing.assert_array_equal(
+        drifting.ground_truth_ctr(tomorrow),
+        World(7, scenario="slow_drift", scenario_start=SHIFT).ground_truth_ctr(tomorrow),
+    )
+
+
 def test_days_before_the_scenario_start_are_untouched(world: World) -> None:
     stable = simulate_day(world, SHIFT - timedelta(days=1), requests_per_day=1_000)
     for name in SCENARIOS:
