@@ -24,6 +24,7 @@ LOOP_ASSETS = {
     "raw_clicks",
     "ad_events",
     "feature_stats",
+    "serving_calibration",
     "features",
     "training_set",
     "test_set",
@@ -42,6 +43,7 @@ LOOP_EDGES = {
     ("ad_events", "feature_stats"),
     ("ad_events", "features"),
     ("feature_stats", "features"),
+    ("features", "serving_calibration"),
     ("features", "training_set"),
     ("features", "test_set"),
     ("training_set", "ctr_model"),
@@ -342,8 +344,8 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
         online = metadata_of(instance, "online_metrics", key)
         assert online["business_metric"] == "clicks_per_1000_requests"
         assert online["requests"] == expected[key]["requests"]
-        assert online["clicks_per_1000_requests"] == pytest.approx(
-            1000 * expected[key]["clicks"] / expected[key]["requests"]
+        assert online["clicks_per_1000_requests"] == pytest.approx(  # shown to 4 significant digits
+            1000 * expected[key]["clicks"] / expected[key]["requests"], rel=5e-4
         )
         assert online["business_value"] == online["clicks_per_1000_requests"]
         assert online["revenue"] is None and online["revenue_per_1000_requests"] is None
