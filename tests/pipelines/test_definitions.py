@@ -35,6 +35,7 @@ LOOP_ASSETS = {
     "rollout_decision",
     "ad_catalog",
     "online_features",
+    "validation_suite",
 }
 LOOP_EDGES = {
     ("raw_impressions", "ad_events"),
@@ -56,6 +57,8 @@ LOOP_EDGES = {
     ("ad_events", "ad_catalog"),
     ("feature_stats", "online_features"),
     ("ad_catalog", "online_features"),
+    ("training_set", "validation_suite"),
+    ("features", "validation_suite"),
 }
 
 
@@ -83,7 +86,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
     assert asset_edges(defs) == LOOP_EDGES
     assert check_names(defs) == {
         f"{a}_expectations" for a in ("raw_impressions", "raw_clicks", "ad_events", "features")
-    } | {"served_scores_match_model", "online_matches_offline"}
+    } | {"served_scores_match_model", "online_matches_offline", "features_learned_suite"}
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == {
         "feature_stats_job",
         "ingest_job",
