@@ -38,7 +38,7 @@ import duckdb
 import great_expectations as gx
 
 from clickloop.checks import missing_columns_rule
-from clickloop.contract import LABEL
+from clickloop.contract import LABEL, Pin
 from clickloop.expectations import Rule, suite_of
 from clickloop.features import TIME_FEATURES, FeatureSpec
 from clickloop.presentation import cell, markdown_table
@@ -74,16 +74,6 @@ class SuiteTolerances:
     max_domain_size: int = 100
     #: the day's CTR must lie in [lowest daily CTR / factor, highest daily CTR × factor]
     ctr_factor: float = 4.0
-
-
-@dataclass(frozen=True)
-class Pin:
-    """A person's override of one learned expectation (by name): fixed bounds, or disabled."""
-
-    name: str
-    low: float | None = None
-    high: float | None = None
-    disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -363,6 +353,11 @@ def learn_suite(
     learned.append(_ctr_rule(con, paths, tolerances))
     suite = LearnedSuite(VALIDATION_SUITE, tuple(days), rows, tuple(learned), tolerances)
     return apply_pins(suite, pins)
+
+
+def merged_pins(kept: Sequence[Pin], this_run: Sequence[Pin]) -> list[Pin]:
+    """The pins kept in the contract file, with this run's pins in place of any of the same name."""
+    return list({p.name: p for p in [*kept, *this_run]}.values())
 
 
 def apply_pins(suite: LearnedSuite, pins: Sequence[Pin]) -> LearnedSuite:

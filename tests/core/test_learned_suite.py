@@ -6,13 +6,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from clickloop.contract import Pin
 from clickloop.expectations import SuiteOutcome, run_rules
 from clickloop.learned_suite import (
     LearnedSuite,
-    Pin,
     SuiteTolerances,
     data_docs_dir,
     learn_suite,
+    merged_pins,
     read_suite,
     render_data_docs,
     write_suite,
@@ -127,3 +128,8 @@ def test_the_suite_is_stored_as_gx_json_and_rendered_as_data_docs(window) -> Non
     pages = [p.read_text() for p in data_docs_dir(warehouse.root).rglob("*.html")]
     assert any("validation_suite" in page for page in pages)
     assert not list(data_docs_dir(warehouse.root).parent.glob(".*"))  # no staging folder left
+
+
+def test_this_runs_pins_replace_the_contracts_of_the_same_name() -> None:
+    kept = (Pin("ctr", 0.01, 0.2), Pin("null_share:os", high=0.5))
+    assert merged_pins(kept, [Pin("ctr", disabled=True)]) == [Pin("ctr", disabled=True), kept[1]]
