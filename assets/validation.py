@@ -19,13 +19,13 @@ from assets.checks import partition_check
 from assets.guards import require_upstream_checks_passed
 from assets.model import ALL_FEATURES
 from assets.partitions import Calendar
-from clickloop.contract import LogContract
+from clickloop.contract import LogContract, Pin
 from clickloop.features import FeatureSpec
 from clickloop.learned_suite import (
     VALIDATION_SUITE,
-    Pin,
     SuiteTolerances,
     learn_suite,
+    merged_pins,
     read_suite,
     render_data_docs,
     suite_path,
@@ -102,7 +102,7 @@ def validation_suite_asset(contract: LogContract) -> AssetsDefinition:
         kinds={"great_expectations", "duckdb"},
         description="A Great Expectations suite learned from the features of the training window "
         "(null shares, value ranges and medians, categories, CTR band, with tolerances; pins from "
-        "run config), with its Data Docs. New days' features are validated against it by a "
+        "the contract file's validation_suite section and the run config), with its Data Docs. New days' features are validated against it by a "
         "blocking check.",
     )
     def _validation_suite(
@@ -118,7 +118,7 @@ def validation_suite_asset(contract: LogContract) -> AssetsDefinition:
                 days,
                 store.require_partition_paths(FEATURES, days),
                 config.tolerances(),
-                config.pin_list(),
+                merged_pins(contract.suite_pins, config.pin_list()),
             )
         path = write_suite(store.root, suite)
         docs = render_data_docs(store.root, suite)

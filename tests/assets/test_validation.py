@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 from dagster import (
+    AssetCheckKey,
     AssetExecutionContext,
     AssetKey,
     DagsterInstance,
@@ -14,15 +15,18 @@ from dagster import (
     materialize,
 )
 
+from assets.guards import check_problem
 from assets.validation import LEARNED_SUITE_CHECK, learned_suite_check, validation_suite_asset
 from clickloop.split import SplitParams, TimeSplit, build_sets
 from resources.warehouse import WarehouseResource
+from tests.assets.history import History
 from tests.assets.support import CALENDAR, CONTRACT, KEYS
 from tests.core.synthetic import features_day
 
 ROWS = 800
 TRAIN, VALIDATION, TEST, NEW_DAY = KEYS[:3], KEYS[3], KEYS[4], KEYS[5]
 ALL_NULL = "device_type"
+CHECK_KEY = AssetCheckKey(AssetKey("features"), LEARNED_SUITE_CHECK)
 
 
 def test_the_learned_suite_blocks_a_day_whose_column_arrives_all_null(tmp_path: Path) -> None:
@@ -77,3 +81,20 @@ def test_the_learned_suite_blocks_a_day_whose_column_arrives_all_null(tmp_path: 
     assert evaluation.metadata["failed"].value == [f"null_share:{ALL_NULL}", f"not_all_null:{ALL_NULL}"]
     assert evaluation.metadata["suite_training_window"].value == ", ".join(TRAIN)
     assert {e.asset_key for e in result.get_asset_materialization_events()} == {AssetKey("features")}
+
+
+def test_the_loop_learns_the_suite_when_it_trains_and_the_champions_day_passes_it(history: History) -> None:
+    """In the shared history ``training_job`` learns the suite from the training window; the days
+    whose events are built after it (the last random day, the champion's first served day, whose
+    CTR the champion more than doubled) are checked against it and pass."""
+    metadata = history.metadata("validation_suite")
+    assert metadata["training_window"] == history.metadata("training_set")["train_days"]
+    assert Path(metadata["data_docs"]).exists()
+    checked = [history.random_days[-1], history.champion_days[0]]
+    for day in checked:
+        report = history.day(day)
+        assert report.checks[LEARNED_SUITE_CHECK], day
+        assert check_problem(history.instance, CHECK_KEY, day) is None
+    # the days built before the first suite passed with the note
+    first = history.random_days[0]
+    assert history.day(first).checks[LEARNED_SUITE_CHECK]
