@@ -49,6 +49,7 @@ from clickloop.storage import (
     one_row,
     parquet_list_sql,
     parquet_sql,
+    publish,
 )
 
 #: The asset (and folder under the warehouse) of the learned suite.
@@ -431,8 +432,9 @@ def render_data_docs(root: StoragePath, suite: LearnedSuite) -> StoragePath:
         context.build_data_docs(site_names=[VALIDATION_SUITE])
         if not (site / "index.html").exists():
             raise RuntimeError(f"Great Expectations wrote no Data Docs index under {site}")
-        if is_remote(target):
-            target.fs.put(str(site), str(target), recursive=True)
+        if is_remote(target):  # each page is one whole object once uploaded (the site is not)
+            for page in sorted(p for p in site.rglob("*") if p.is_file()):
+                publish(page, target / page.relative_to(site).as_posix())
         else:
             staged = target.with_name(f".{target.name}.new")
             shutil.rmtree(staged, ignore_errors=True)
