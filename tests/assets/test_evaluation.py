@@ -19,8 +19,9 @@ CHAIN = ["ctr_model", "model_evaluation", "champion_model"]
 WEAK = {"n_trials": 0, "max_depth": 1, "num_boost_round": 8, "learning_rate": 0.3, "nthread": 1}
 #: the upstream checks of a model trained on days 1..9 of the history: the features of its 9 days,
 #: the events of days 0..9 (the days and their histories), their impressions (days 0..9) and
-#: clicks (days 0..10: the late clicks of day 9); the features days also have the skew check
-CHECKS_OF_THE_FIRST_SPLIT = 9 + 10 + 10 + 11 + 9
+#: clicks (days 0..10: the late clicks of day 9); the features days also have the skew check and
+#: the learned suite's check
+CHECKS_OF_THE_FIRST_SPLIT = 9 + 10 + 10 + 11 + 9 + 9
 
 
 def decision_of(result) -> dict:

@@ -289,7 +289,8 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     assert check_names(defs) == {
         f"{a}_expectations" for a in ("raw_impressions", "ad_events", "features")
     } | {
-        "online_matches_offline"  # no served predictions logged: no skew check
+        "online_matches_offline",  # no served predictions logged: no skew check
+        "features_learned_suite",
     }
 
     keys = ["2026-10-01", "2026-10-02", "2026-10-03"]
@@ -327,6 +328,9 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
             assert all(report.checks.values()), (job, key, report.checks)
     training = runner.run("training_job", echo=False)
     assert training.success, training.failures
+    # the suite learned from this contract's features: its own categorical columns
+    learned = metadata_of(instance, "validation_suite")["expectations"]
+    assert "new_category:platform" in learned and "new_category:brand" in learned
 
     for key in keys:
         raw = metadata_of(instance, "raw_impressions", key)
@@ -383,5 +387,6 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     assert "| platform | app |" in slices and "| position | 3 |" in slices
     gate = training.metadata["champion_model"]
     assert gate["decision"] == "promoted", gate["criteria"]
-    # its upstream checks: the features, events and impressions of the 3 days (no click log)
-    assert gate["upstream_checks_verified"] == 9
+    # its upstream checks: the features (its suite and the learned suite's), events and
+    # impressions of the 3 days (no click log)
+    assert gate["upstream_checks_verified"] == 12
