@@ -71,6 +71,21 @@ def test_the_learned_suite_blocks_a_day_whose_column_arrives_all_null(tmp_path: 
         Path(metadata["data_docs"].value).name == "index.html" and Path(metadata["data_docs"].value).exists()
     )
     assert Path(metadata["path"].value).exists()
+    assert metadata["pinned"].value == []
+
+    # a person pins the CTR band and disables a median in the run config: the suite says so
+    pins = [{"name": "ctr", "low": 0.001, "high": 0.5}, {"name": "median:hist_ad_ctr", "disabled": True}]
+    result = materialize(
+        [*daily, suite_asset],
+        selection=[suite_asset],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"validation_suite": {"config": {"pins": pins}}}},
+    )
+    (event,) = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    assert (metadata["pinned"].value, metadata["disabled"].value) == (["ctr"], ["median:hist_ad_ctr"])
+    assert "| ctr | the day's click-through rate | in [0.001, 0.5] |" in metadata["expectations"].value
 
     # the new day: the check fails on the all-null column and stops what is built on the day
     result = materialize(
