@@ -22,6 +22,7 @@ from assets.serving import (
     online_features_check,
     serving_skew_check,
 )
+from assets.validation import learned_suite_check, validation_suite_asset
 from clickloop.contract import LogContract
 
 
@@ -40,6 +41,7 @@ def loop_assets(
         ctr_model_asset(contract),
         model_evaluation_asset(contract),
         champion_model,
+        validation_suite_asset(contract),
         drift_report_asset(calendar, contract),
         online_metrics_asset(calendar, contract),
         rollout_decision_asset(contract),
@@ -50,6 +52,7 @@ def loop_assets(
         *raw_checks,
         ad_events_check(calendar, contract),
         features_check(calendar, contract),
+        learned_suite_check(calendar),
         online_features_check(calendar, contract),
     ]
     if contract.has_served_predictions:  # the logs say which version served and what it predicted

@@ -30,8 +30,10 @@ def rule_check(
     relation: str,
     suite_name: str,
     rules: Sequence[Rule],
+    metadata: dict[str, Any] | None = None,
 ) -> AssetCheckResult:
-    """Validate the rules on the relation's profile; a failure is an ERROR (blocking)."""
+    """Validate the rules on the relation's profile; a failure is an ERROR (blocking). ``metadata``
+    is added to the result's (where the suite came from)."""
     outcome, observed = run_rules(con, relation, suite_name, rules)
     if not outcome.success:
         context.log.warning(
@@ -41,7 +43,7 @@ def rule_check(
     return AssetCheckResult(
         passed=outcome.success,
         severity=AssetCheckSeverity.ERROR,
-        metadata=outcome_metadata(outcome, observed),
+        metadata={**outcome_metadata(outcome, observed), **(metadata or {})},
     )
 
 
@@ -55,12 +57,18 @@ RulesFor = Callable[[Warehouse, duckdb.DuckDBPyConnection, str, list[str]], Sequ
 
 
 def partition_check(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, table: str, rules_for: RulesFor
+    context: AssetCheckExecutionContext,
+    warehouse: WarehouseResource,
+    table: str,
+    rules_for: RulesFor,
+    suite_name: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> AssetCheckResult:
-    """The blocking check of one partition of ``table``: its rules, validated on its profile."""
+    """The blocking check of one partition of ``table``: its rules, validated on its profile (the
+    suite is named after the table unless ``suite_name`` says otherwise)."""
     store = warehouse.get()
     (path,) = store.require_partition_paths(table, [context.partition_key])
     relation = parquet_sql(path)
     with store.duckdb() as con:
         rules = rules_for(store, con, relation, table_columns(con, relation))
-        return rule_check(context, con, relation, table, rules)
+        return rule_check(context, con, relation, suite_name or table, rules, metadata)

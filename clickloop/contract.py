@@ -185,6 +185,17 @@ class DayQuality:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """A person's override of one expectation of the learned validation suite, by its name
+    (``ctr``, ``null_share:os``…): fixed bounds (None: unbounded on that side), or disabled."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
 class LogContract:
     """Everything the loop knows about one ad server's logs."""
 
@@ -201,6 +212,8 @@ class LogContract:
     #: slices the evaluation and the promotion gate compare on
     slices: tuple[str, ...] = ()
     quality: DayQuality = field(default_factory=DayQuality)
+    #: pins of the learned validation suite, kept across trainings (the file's ``validation_suite``)
+    suite_pins: tuple[Pin, ...] = ()
     #: the attribution window (hours) clicks are joined within; labelled logs ignore it
     attribution_window_hours: float = 24.0
     description: str = ""

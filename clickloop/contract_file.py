@@ -3,7 +3,7 @@ and written back."""
 
 import math
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from clickloop.contract import (
     LogContract,
     LogKind,
     LogSpec,
+    Pin,
 )
 
 DEFAULT_CONTRACT_PATH = Path(__file__).resolve().parent / "contracts" / "simulator.yaml"
@@ -235,6 +236,7 @@ def parse_contract(raw: Any, where: str = "<contract>") -> LogContract:
     )
     if not 0 < quality.max_quarantine_share <= 1:
         raise _fail(f"{where}: quality.max_quarantine_share", "must be in (0, 1]")
+    suite_pins = _parse_pins(raw.get("validation_suite") or {}, f"{where}: validation_suite")
     window = float(raw.get("attribution_window_hours", 24.0))
     if not 0 < window <= 24:
         raise _fail(f"{where}: attribution_window_hours", "must be in (0, 24]")
@@ -247,9 +249,34 @@ def parse_contract(raw: Any, where: str = "<contract>") -> LogContract:
         user_activity=user_activity,
         slices=slices,
         quality=quality,
+        suite_pins=suite_pins,
         attribution_window_hours=window,
         description=str(raw.get("description", "")),
     )
+
+
+def _parse_pins(raw: Any, where: str) -> tuple[Pin, ...]:
+    """``validation_suite: {pins: [{name, low, high, disabled}, ...]}``: expectations of the learned
+    suite pinned to fixed bounds or disabled, whatever a training learns."""
+    if not isinstance(raw, Mapping) or set(raw) - {"pins"}:
+        raise _fail(where, f"expected a mapping with 'pins', got {raw!r}")
+    pins = []
+    for i, pin in enumerate(raw.get("pins") or ()):
+        here = f"{where}.pins[{i}]"
+        if (
+            not isinstance(pin, Mapping)
+            or "name" not in pin
+            or set(pin) - {"name", "low", "high", "disabled"}
+        ):
+            raise _fail(here, f"expected {{name, low, high, disabled}}, got {pin!r}")
+        low, high = _number(pin.get("low"), f"{here}.low"), _number(pin.get("high"), f"{here}.high")
+        if low is not None and high is not None and low > high:
+            raise _fail(here, f"low {low:g} is above high {high:g}")
+        pins.append(Pin(str(pin["name"]), low, high, bool(pin.get("disabled", False))))
+    names = [p.name for p in pins]
+    if len(set(names)) != len(names):
+        raise _fail(f"{where}.pins", f"an expectation is pinned twice: {names}")
+    return tuple(pins)
 
 
 def load_contract(path: str | Path | None = None) -> LogContract:
@@ -318,6 +345,13 @@ def contract_to_dict(contract: LogContract) -> dict[str, Any]:
         "ctr_range": list(q.ctr_range),
         **({"bid_median_range": list(q.bid_median_range)} if q.bid_median_range else {}),
     }
+    if contract.suite_pins:
+        out["validation_suite"] = {
+            "pins": [
+                {k: v for k, v in asdict(p).items() if v is not None and (k != "disabled" or v)}
+                for p in contract.suite_pins
+            ]
+        }
     out["attribution_window_hours"] = contract.attribution_window_hours
     return out
 

@@ -15,6 +15,7 @@ from assets.serving import ONLINE_FEATURES
 from clickloop.calibration import SERVING_CALIBRATION
 from clickloop.contract import LogContract
 from clickloop.evaluation import MODEL_EVALUATION
+from clickloop.learned_suite import VALIDATION_SUITE
 from clickloop.model import CTR_MODEL
 from clickloop.ranking import STATS_TABLE
 from clickloop.service.catalog import AD_CATALOG
@@ -70,10 +71,11 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
         training=define_asset_job(
             "training_job",
             selection=AssetSelection.assets(
-                TRAINING_SET, TEST_SET, CTR_MODEL, MODEL_EVALUATION, CHAMPION_MODEL
+                TRAINING_SET, TEST_SET, CTR_MODEL, MODEL_EVALUATION, CHAMPION_MODEL, VALIDATION_SUITE
             ),
             description="Split the latest features by time, train and track a model, evaluate it "
-            "against the champion, baselines and the ground truth, and promote it only if it earns it.",
+            "against the champion, baselines and the ground truth, and promote it only if it earns it; "
+            "learn the validation suite of new days from the training window.",
             tags=TRAINING_TAGS,
         ),
         rollout=define_asset_job(

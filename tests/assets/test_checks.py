@@ -25,13 +25,18 @@ RAW_CHECKS = dict(zip(("impressions", "clicks"), raw_log_assets(CALENDAR, CONTRA
 def test_checks_are_blocking_and_partitioned() -> None:
     _, checks = loop_assets(CALENDAR, CONTRACT)
     specs = [spec for check in checks for spec in check.check_specs]
-    assert len(specs) == 6
+    assert len(specs) == 7
     for spec in specs:
         assert spec.blocking, spec.name
         assert spec.partitions_def == CALENDAR.partitions, spec.name
-    # the serving checks (tests/assets/test_online_serving.py); the rest are the expectations
+    # the serving checks (tests/assets/test_online_serving.py) and the learned suite's
+    # (tests/assets/test_validation.py); the rest are the expectations
     serving = {(s.asset_key.to_user_string(), s.name) for s in specs if not s.name.endswith("_expectations")}
-    assert serving == {("features", "served_scores_match_model"), ("online_features", "online_matches_offline")}
+    assert serving == {
+        ("features", "served_scores_match_model"),
+        ("online_features", "online_matches_offline"),
+        ("features", "features_learned_suite"),
+    }
     specs = [s for s in specs if s.name.endswith("_expectations")]
     for spec in specs:
         assert spec.name == f"{spec.asset_key.to_user_string()}_expectations"

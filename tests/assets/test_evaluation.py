@@ -19,8 +19,9 @@ CHAIN = ["ctr_model", "model_evaluation", "champion_model"]
 WEAK = {"n_trials": 0, "max_depth": 1, "num_boost_round": 8, "learning_rate": 0.3, "nthread": 1}
 #: the upstream checks of a model trained on days 1..9 of the history: the features of its 9 days,
 #: the events of days 0..9 (the days and their histories), their impressions (days 0..9) and
-#: clicks (days 0..10: the late clicks of day 9); the features days also have the skew check
-CHECKS_OF_THE_FIRST_SPLIT = 9 + 10 + 10 + 11 + 9
+#: clicks (days 0..10: the late clicks of day 9); the features days also have the skew check and
+#: the learned suite's check
+CHECKS_OF_THE_FIRST_SPLIT = 9 + 10 + 10 + 11 + 9 + 9
 
 
 def decision_of(result) -> dict:
@@ -79,7 +80,8 @@ def test_train_evaluate_promote_loop(history: History, tmp_path: Path) -> None:
     assert report.verified == CHECKS_OF_THE_FIRST_SPLIT
     assert report.failed == [
         f"features:features_expectations on {bad_day}: failed",
-        # rewritten after the skew check last vouched for it
+        # rewritten after the learned suite's check and the skew check last vouched for it
+        f"features:features_learned_suite on {bad_day}: older than the latest materialization",
         f"features:served_scores_match_model on {bad_day}: older than the latest materialization",
     ]
     gate = {"champion_model": {"config": {"ne_margin": 0.0}}}
@@ -105,7 +107,8 @@ def test_train_evaluate_promote_loop(history: History, tmp_path: Path) -> None:
     assert checks_report().failed == report.failed
 
     fixed = loop.materialize(["features"], partition=bad_day)  # the real asset rebuilds the day
-    assert fixed.success and [e.passed for e in fixed.get_asset_check_evaluations()] == [True, True]
+    # its three blocking checks (the contract's suite, the learned suite, the skew check) pass
+    assert fixed.success and [e.passed for e in fixed.get_asset_check_evaluations()] == [True] * 3
     assert checks_report().failed == []
     promoted = decision_of(loop.materialize(["champion_model"], ops=gate))  # the same candidate passes
     assert promoted["decision"] == "promoted", promoted["criteria"]

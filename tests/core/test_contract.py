@@ -16,6 +16,7 @@ from clickloop.contract import (
     TIME,
     USER_ID,
     ContractError,
+    Pin,
     require_columns,
 )
 from clickloop.contract_file import (
@@ -109,6 +110,17 @@ def test_yaml_round_trip_gives_the_same_contract(tmp_path: Path) -> None:
     assert replace(copy, path=None) == replace(contract, path=None)
     assert copy.path == str((tmp_path / "copy.yaml").resolve())
     assert contract_to_dict(copy) == contract_to_dict(contract)
+
+
+def test_pins_of_the_learned_suite_are_read_and_written_back(tmp_path: Path) -> None:
+    raw = minimal()
+    raw["validation_suite"] = {
+        "pins": [{"name": "ctr", "low": 0.005, "high": 0.2}, {"name": "median:bid", "disabled": True}]
+    }
+    contract = load_contract(write(tmp_path, raw))
+    assert contract.suite_pins == (Pin("ctr", 0.005, 0.2), Pin("median:bid", disabled=True))
+    assert contract_to_dict(contract)["validation_suite"] == raw["validation_suite"]
+    assert load_contract().suite_pins == ()
 
 
 def test_labelled_contract_round_trips_and_describes_what_it_lacks(tmp_path: Path) -> None:
@@ -232,6 +244,18 @@ def test_a_range_on_a_string_and_a_format_on_a_number_are_refused(tmp_path: Path
         (lambda r: r.update(quality={"max_quarantine_share": 0}), "quality.max_quarantine_share"),
         (lambda r: r.update(quality={"ctr_range": [0.3, 0.1]}), "quality: expected low ≤ high"),
         (lambda r: r.update(attribution_window_hours=48), "attribution_window_hours: must be in (0, 24]"),
+        (
+            lambda r: r.update(validation_suite={"pins": [{"name": "ctr", "high": "a lot"}]}),
+            "validation_suite.pins[0].high: expected a number, got 'a lot'",
+        ),
+        (
+            lambda r: r.update(validation_suite={"pins": [{"name": "ctr", "low": 0.2, "high": 0.1}]}),
+            "validation_suite.pins[0]: low 0.2 is above high 0.1",
+        ),
+        (
+            lambda r: r.update(validation_suite={"pin": []}),
+            "validation_suite: expected a mapping with 'pins'",
+        ),
     ],
 )
 def test_other_mistakes_are_named(tmp_path: Path, change: Any, expected: str) -> None:

@@ -36,6 +36,7 @@ LOOP_ASSETS = {
     "rollout_decision",
     "ad_catalog",
     "online_features",
+    "validation_suite",
 }
 LOOP_EDGES = {
     ("raw_impressions", "ad_events"),
@@ -58,6 +59,8 @@ LOOP_EDGES = {
     ("ad_events", "ad_catalog"),
     ("feature_stats", "online_features"),
     ("ad_catalog", "online_features"),
+    ("training_set", "validation_suite"),
+    ("features", "validation_suite"),
 }
 
 
@@ -85,7 +88,7 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
     assert asset_edges(defs) == LOOP_EDGES
     assert check_names(defs) == {
         f"{a}_expectations" for a in ("raw_impressions", "raw_clicks", "ad_events", "features")
-    } | {"served_scores_match_model", "online_matches_offline"}
+    } | {"served_scores_match_model", "online_matches_offline", "features_learned_suite"}
     assert {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")} == {
         "feature_stats_job",
         "ingest_job",
@@ -289,7 +292,8 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     assert check_names(defs) == {
         f"{a}_expectations" for a in ("raw_impressions", "ad_events", "features")
     } | {
-        "online_matches_offline"  # no served predictions logged: no skew check
+        "online_matches_offline",  # no served predictions logged: no skew check
+        "features_learned_suite",
     }
 
     keys = ["2026-10-01", "2026-10-02", "2026-10-03"]
@@ -327,6 +331,9 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
             assert all(report.checks.values()), (job, key, report.checks)
     training = runner.run("training_job", echo=False)
     assert training.success, training.failures
+    # the suite learned from this contract's features: its own categorical columns
+    learned = metadata_of(instance, "validation_suite")["expectations"]
+    assert "new_category:platform" in learned and "new_category:brand" in learned
 
     for key in keys:
         raw = metadata_of(instance, "raw_impressions", key)
@@ -383,5 +390,6 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     assert "| platform | app |" in slices and "| position | 3 |" in slices
     gate = training.metadata["champion_model"]
     assert gate["decision"] == "promoted", gate["criteria"]
-    # its upstream checks: the features, events and impressions of the 3 days (no click log)
-    assert gate["upstream_checks_verified"] == 9
+    # its upstream checks: the features (its suite and the learned suite's), events and
+    # impressions of the 3 days (no click log)
+    assert gate["upstream_checks_verified"] == 12

@@ -35,6 +35,7 @@ def test_run_loop_reports_every_day_the_training_and_the_serving(history: Histor
         "ctr_model",
         "model_evaluation",
         "champion_model",
+        "validation_suite",
     }
     summary = model_summary(training)
     assert summary.startswith(f"model v1 on test day {history.keys[9]}")
