@@ -31,10 +31,13 @@ def rule_check(
     suite_name: str,
     rules: Sequence[Rule],
     metadata: dict[str, Any] | None = None,
+    warn_only: Callable[[Sequence[str]], bool] | None = None,
 ) -> AssetCheckResult:
-    """Validate the rules on the relation's profile; a failure is an ERROR (blocking). ``metadata``
-    is added to the result's (where the suite came from)."""
+    """Validate the rules on the relation's profile; a failure is an ERROR (blocking), or a WARN
+    (flagged, not blocking) when ``warn_only`` says so of the failed rules' names. ``metadata`` is
+    added to the result's (where the suite came from)."""
     outcome, observed = run_rules(con, relation, suite_name, rules)
+    warn = not outcome.success and warn_only is not None and warn_only(outcome.failed_names)
     if not outcome.success:
         context.log.warning(
             f"{suite_name} {context.partition_key if context.has_partition_key else ''}: "
@@ -42,7 +45,7 @@ def rule_check(
         )
     return AssetCheckResult(
         passed=outcome.success,
-        severity=AssetCheckSeverity.ERROR,
+        severity=AssetCheckSeverity.WARN if warn else AssetCheckSeverity.ERROR,
         metadata={**outcome_metadata(outcome, observed), **(metadata or {})},
     )
 
@@ -63,6 +66,7 @@ def partition_check(
     rules_for: RulesFor,
     suite_name: str | None = None,
     metadata: dict[str, Any] | None = None,
+    warn_only: Callable[[Sequence[str]], bool] | None = None,
 ) -> AssetCheckResult:
     """The blocking check of one partition of ``table``: its rules, validated on its profile (the
     suite is named after the table unless ``suite_name`` says otherwise)."""
@@ -71,4 +75,4 @@ def partition_check(
     relation = parquet_sql(path)
     with store.duckdb() as con:
         rules = rules_for(store, con, relation, table_columns(con, relation))
-        return rule_check(context, con, relation, suite_name or table, rules, metadata)
+        return rule_check(context, con, relation, suite_name or table, rules, metadata, warn_only)

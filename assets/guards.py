@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from dagster import (
     AssetCheckKey,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     AssetRecordsFilter,
@@ -85,7 +86,9 @@ def check_problem(instance: DagsterInstance, key: AssetCheckKey, partition: str 
     if not records:
         return "never evaluated"
     record = records[0]
-    if record.status == AssetCheckExecutionRecordStatus.FAILED:
+    evaluation = record.evaluation
+    warned = evaluation is not None and evaluation.severity == AssetCheckSeverity.WARN
+    if record.status == AssetCheckExecutionRecordStatus.FAILED and not warned:
         return "failed"
     latest = instance.fetch_materializations(
         AssetRecordsFilter(
@@ -95,7 +98,6 @@ def check_problem(instance: DagsterInstance, key: AssetCheckKey, partition: str 
     ).records
     if not latest:
         return None
-    evaluation = record.evaluation
     target = evaluation.target_materialization_data if evaluation else None
     current = (
         target.storage_id == latest[0].storage_id

@@ -26,6 +26,7 @@ from clickloop.learned_suite import (
     SuiteTolerances,
     learn_suite,
     merged_pins,
+    only_shifts,
     read_suite,
     render_data_docs,
     suite_path,
@@ -151,7 +152,9 @@ def learned_suite_check(calendar: Calendar) -> AssetChecksDefinition:
         blocking=True,
         description="The day's features against the latest learned validation suite (null shares, "
         "ranges, medians, new categories, CTR band of the training window). Passes with a note "
-        "before the first suite is learned. Blocking: training stops on a day that fails.",
+        "before the first suite is learned. Blocking: training stops on a day whose columns, null "
+        "shares or CTR fail (ERROR); a day whose values only moved (ranges, medians, a new "
+        "category's share) is flagged (WARN) and not stopped: the drift sensors judge shifts.",
     )
     def _check(context: AssetCheckExecutionContext, warehouse: WarehouseResource) -> AssetCheckResult:
         store = warehouse.get()
@@ -167,6 +170,7 @@ def learned_suite_check(calendar: Calendar) -> AssetChecksDefinition:
             FEATURES,
             lambda _store, _con, _relation, present: suite.day_rules(present),
             suite_name=VALIDATION_SUITE,
+            warn_only=only_shifts,
             metadata={
                 "suite": MetadataValue.path(str(suite_path(store.root))),
                 "suite_training_window": ", ".join(suite.training_days),

@@ -55,6 +55,18 @@ from clickloop.storage import (
 #: The asset (and folder under the warehouse) of the learned suite.
 VALIDATION_SUITE = "validation_suite"
 SUITE_FILE = "suite.json"
+#: Rules about how the values are distributed (ranges, medians, a new category's share) describe how
+#: the world and the serving policy move: a day failing only these is flagged for a person (a warning,
+#: the drift sensors decide about retraining), not stopped. The other rules (the columns, the rows,
+#: null shares, a column all null, the CTR band) say the data is broken, and block.
+SHIFT_RULE_PREFIXES = ("outside_range:", "median:", "new_category:")
+
+
+def only_shifts(failed: Sequence[str]) -> bool:
+    """Whether every failed rule is a distribution shift (a warning, not a block)."""
+    return bool(failed) and all(name.startswith(SHIFT_RULE_PREFIXES) for name in failed)
+
+
 #: The quantiles whose band the day's median must lie in.
 MEDIAN_BAND = (0.05, 0.95)
 

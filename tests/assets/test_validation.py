@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 from dagster import (
     AssetCheckKey,
+    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
     DagsterInstance,
@@ -96,6 +97,30 @@ def test_the_learned_suite_blocks_a_day_whose_column_arrives_all_null(tmp_path: 
     assert evaluation.metadata["failed"].value == [f"null_share:{ALL_NULL}", f"not_all_null:{ALL_NULL}"]
     assert evaluation.metadata["suite_training_window"].value == ", ".join(TRAIN)
     assert {e.asset_key for e in result.get_asset_materialization_events()} == {AssetKey("features")}
+
+    # a day whose values only moved (a new device type takes 30 % of it) is flagged, not stopped:
+    # the check fails with a warning, what is built on the day is built, and the guards accept it
+    shifted = KEYS[6]
+
+    @asset(name="features", partitions_def=CALENDAR.partitions)
+    def moved(context: AssetExecutionContext) -> MaterializeResult:
+        day = features_day(context.partition_key, ROWS)
+        devices = day["device_type"].to_pylist()
+        devices[: int(0.3 * ROWS)] = ["smart_tv"] * int(0.3 * ROWS)
+        i = day.schema.get_field_index("device_type")
+        day = day.set_column(i, day.schema.field(i), pa.array(devices, pa.string()))
+        warehouse.get().write_partition("features", context.partition_key, day)
+        return MaterializeResult()
+
+    result = materialize(
+        [moved, training_input, check], partition_key=shifted, instance=instance, resources=resources
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
+    assert evaluation.metadata["failed"].value == ["new_category:device_type"]
+    assert AssetKey("training_input") in {e.asset_key for e in result.get_asset_materialization_events()}
+    assert check_problem(instance, CHECK_KEY, shifted) is None
+    assert check_problem(instance, CHECK_KEY, NEW_DAY) == "failed"
 
 
 def test_the_loop_learns_the_suite_when_it_trains_and_the_champions_day_passes_it(history: History) -> None:
