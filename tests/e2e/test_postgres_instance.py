@@ -72,8 +72,9 @@ def test_materialization_with_the_instance_on_postgres(
         )
         assert cur.fetchone()[0] == 1
         cur.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'")
-        # 2 raw checks x 2 days + ad_events' + features' two (expectations, served scores)
-        assert cur.fetchone()[0] == 7
+        # 2 raw checks x 2 days + ad_events' + features' three (expectations, served scores, the
+        # learned suite)
+        assert cur.fetchone()[0] == 8
 
 
 def test_deployment_creates_mlflows_database_once() -> None:
