@@ -299,6 +299,8 @@ def _type_chunk(
             "and no pseudonymiser: they would be stored raw"
         )
     view = f"ingest_chunk_{id(chunk):x}"
+    if pseudonymiser is not None:
+        pseudonymiser.bind(con)
     con.register(view, chunk.table)
     try:
         rows = con.sql(

@@ -23,6 +23,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -42,6 +43,8 @@ WITHHELD = "<withheld: personal fields not locatable>"
 #: Reasons a line cannot be searched for its personal fields by value or key.
 UNLOCATABLE_REASONS: tuple[str, ...] = ("bad_row:field_count", "not_an_object")
 _BLOCK = 64  # SHA-256's block size in bytes
+#: the DuckDB variables holding the padded keys (set by :meth:`Pseudonymiser.bind`)
+_INNER_PAD, _OUTER_PAD = "clickloop_pseudonym_ipad", "clickloop_pseudonym_opad"
 
 
 class PrivacyError(ValueError):
@@ -66,13 +69,20 @@ class Pseudonymiser:
         key = key.ljust(_BLOCK, b"\0")
         return bytes(b ^ 0x36 for b in key).hex(), bytes(b ^ 0x5C for b in key).hex()
 
-    def sql(self, value: str) -> str:
-        """The DuckDB expression of the pseudonym (lower-case hex) of the text ``value``; NULL
-        stays NULL. HMAC = H(key ^ opad || H(key ^ ipad || message)) from DuckDB's ``sha256``."""
+    def bind(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Give a connection the padded keys :meth:`sql` reads, as DuckDB variables set through
+        query parameters: the key never appears in a query's text (which an error may echo)."""
         inner, outer = self._pads()
-        return (
-            f"sha256(unhex('{outer}') || unhex(sha256(unhex('{inner}') || encode(CAST({value} AS VARCHAR)))))"
-        )
+        con.execute(f"SET VARIABLE {_INNER_PAD} = unhex($1)", [inner])
+        con.execute(f"SET VARIABLE {_OUTER_PAD} = unhex($1)", [outer])
+
+    @staticmethod
+    def sql(value: str) -> str:
+        """The DuckDB expression of the pseudonym (lower-case hex) of the text ``value`` on a
+        connection :meth:`bind` prepared; NULL stays NULL. HMAC = H(key ^ opad || H(key ^ ipad ||
+        message)) from DuckDB's ``sha256``."""
+        inner, outer = f"getvariable('{_INNER_PAD}')", f"getvariable('{_OUTER_PAD}')"
+        return f"sha256({outer} || unhex(sha256({inner} || encode(CAST({value} AS VARCHAR)))))"
 
     def value(self, text: str) -> str:
         """The pseudonym of one id (Python's :mod:`hmac`)."""

@@ -78,9 +78,13 @@ def test_duckdb_hmac_equals_pythons(tmp_path: Path) -> None:
     long_key = Pseudonymiser(b"k" * 100)  # a key longer than SHA-256's block is hashed first
     with duckdb.connect() as con:
         for p in (KEY, long_key):
-            got = con.sql(f"SELECT {p.sql('v')} FROM (SELECT unnest(?) AS v)", params=[ids]).fetchall()
+            p.bind(con)
+            query = f"SELECT {p.sql('v')} FROM (SELECT unnest(?) AS v)"
+            got = con.sql(query, params=[ids]).fetchall()
             expected = [hmac.new(p.key, i.encode(), hashlib.sha256).hexdigest() for i in ids]
             assert [g for (g,) in got] == expected == [p.value(i) for i in ids]
+            # the key is bound as a variable, never written into the query's text
+            assert p.key.hex() not in query and p._pads()[0] not in query
         assert con.sql(f"SELECT {KEY.sql('NULL')}").fetchall() == [(None,)]
 
 
