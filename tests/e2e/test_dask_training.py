@@ -94,8 +94,10 @@ def test_dask_training_matches_one_machine(warehouse: Warehouse, cluster: str) -
         data = dask_model_data(client, SPEC, rows, model_categories(single.final.booster))
         features = client.persist(data.features)
         wait(features)
-        holders = {w for keys in client.who_has(features).values() for w in keys}
-        assert len(holders) == 2, holders
+        # spread pins the model rows' partitions to the workers in turn: both hold some (a column
+        # selection computed from them may be gathered on one worker, so those keys are not asked)
+        holders = {w for w, keys in client.has_what().items() if keys}
+        assert len(holders) == 2, client.has_what()
     print(f"dask training: {seconds:.1f}s, one machine: search {single.search_seconds:.1f}s")
 
     assert (distributed.train_rows, distributed.valid_rows) == (single.train_rows, single.valid_rows)
