@@ -140,8 +140,6 @@ def model_evaluation_asset(contract: LogContract):
         for warning in outcome.warnings:
             context.log.warning(warning)
         evaluation = outcome.evaluation
-        # kept on the version: the offline side of online_metrics' offline-vs-online gain table
-        model_registry.set_version_tags(evaluation.version, offline_gain_tags(evaluation))
         context.log.info(
             f"model_evaluation v{evaluation.version} on {evaluation.test_day}: "
             + ", ".join(f"{n} NE {m.normalized_entropy:.4f}" for n, m in evaluation.metrics.items())
@@ -152,7 +150,10 @@ def model_evaluation_asset(contract: LogContract):
         ablation = ablate_test_set(booster, test)
         # what the ad server applies to this version's scores until it has served a labelled day
         calibration = fit_day(booster, test, spec, evaluation.version, evaluation.test_day)
-        model_registry.set_version_tags(evaluation.version, calibration.to_tags(PROMOTION_TAGS))
+        # kept on the version, in one registry write: the offline side of online_metrics'
+        # offline-vs-online gain table, and the calibration fitted at evaluation
+        tags = {**offline_gain_tags(evaluation), **calibration.to_tags(PROMOTION_TAGS)}
+        model_registry.set_version_tags(evaluation.version, tags)
         png = shap_summary_png(importance, f"Mean |SHAP| of v{evaluation.version} on {evaluation.test_day}")
         return MaterializeResult(
             metadata={
