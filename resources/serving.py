@@ -13,6 +13,7 @@ from clickloop.calibration import Calibration, calibration_served
 from clickloop.ranking import STATS_TABLE, ChampionPolicy, serving_stats_key
 from clickloop.service.client import HttpRankingPolicy
 from clickloop.simulator.allocation import ServingPlan
+from clickloop.storage import Warehouse
 from resources.contract import LogContractResource
 from resources.rollout import RolloutResource
 from resources.tracking import ModelRegistry
@@ -30,9 +31,9 @@ class ChampionServing(ConfigurableResource):
     #: the ranking service's base URL (``CLICKLOOP_RANKER_URL``); empty: the champion ranks in-process
     ranker_url: str = ""
 
-    def calibration(self, day: str, version: str) -> Calibration:
+    def calibration(self, warehouse: Warehouse, day: str, version: str) -> Calibration:
         """The calibration a version is served with on ``day`` (:func:`calibration_served`)."""
-        return calibration_served(self.warehouse.get(), day, version, self.registry.version_tags(version))
+        return calibration_served(warehouse, day, version, self.registry.version_tags(version))
 
     def policy_for(self, day: date | str) -> ChampionPolicy | HttpRankingPolicy | ServingPlan | None:
         """The champion's policy for ``day``, or None while no model has been promoted; with a
@@ -62,7 +63,7 @@ class ChampionServing(ConfigurableResource):
         spec, pseudonymiser = self.log_contract.features(), self.log_contract.pseudonymiser()
         version, booster = champion
         policy = ChampionPolicy(
-            version, booster, stats_path, spec, self.calibration(key, version), pseudonymiser
+            version, booster, stats_path, spec, self.calibration(warehouse, key, version), pseudonymiser
         )
         challenger = self.registry.challenger()
         if challenger is None:
@@ -73,7 +74,7 @@ class ChampionServing(ConfigurableResource):
             self.registry.load_version(rival_version),
             stats_path,
             spec,
-            self.calibration(key, rival_version),
+            self.calibration(warehouse, key, rival_version),
             pseudonymiser,
         )
         share = (self.rollout or RolloutResource()).canary_share
