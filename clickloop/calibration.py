@@ -2,12 +2,22 @@
 
 A CTR model's ranking ages slower than its probabilities. The champion's predictions drift away from
 the observed click rate when the traffic moves (a CTR drop), and even on a stable stream, because the
-champion ranks the traffic its own history features are then computed from. Every day the loop fits
-``p = sigmoid(a · logit(s) + b)`` on the newest day whose labels are final, where ``s`` is the
-champion's score of each impression exactly as the ad server computed it (the day's point-in-time
-features at the reference slot, corrected for downsampling) and the label is the click. The served
-probability is then calibrated to the impressions as they were shown (their slots, their ads), which is
-what the online calibration measures and what a CTR × bid auction needs.
+champion ranks the traffic its own history features are then computed from. The map is
+``p = sigmoid(a · logit(s) + b)``, where ``s`` is the version's score of each impression exactly as the
+ad server computed it (the day's point-in-time features at the reference slot, corrected for
+downsampling) and the label is the click:
+
+* at promotion, both ``a`` and ``b`` are fitted on the test day (:func:`fit_platt`);
+* every day after, only ``b`` is refitted on the newest day whose labels are final, the slope kept
+  from promotion (:func:`fit_intercept`). A new slope would re-rank ads of different scores against
+  each other in the CTR × bid auction, change which impressions the champion shows, and so miss the
+  next day's clicks again (at 20,000 requests a day a daily two-parameter fit swung the served
+  calibration to 1.15-1.17 for two days before it settled). A shifted intercept scales every
+  small probability by nearly the same factor: the auction's order stays, the level follows the
+  traffic (a CTR drop is exactly such a shift).
+
+The served probability is calibrated to the impressions as they were shown (their slots, their ads),
+which is what the online calibration measures and what a CTR × bid auction needs.
 
 Platt scaling, not isotonic regression: two numbers, monotone (the champion's ranking of one ad against
 another at the same bid is kept), stable on a day of a few hundred clicks, and small enough to live in
@@ -27,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xgboost as xgb
-from sklearn.linear_model import LogisticRegression
+from scipy.optimize import brentq
 
 from clickloop.contract import LABEL, MODEL_VERSION, POSITION
 from clickloop.features import FeatureSpec
@@ -124,6 +134,8 @@ def fit_platt(
         return Calibration(
             model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
         )
+    from sklearn.linear_model import LogisticRegression  # (a second to import: only when fitting)
+
     logits = np.log(s / (1.0 - s)).reshape(-1, 1)
     # (nearly) unregularised maximum likelihood: two parameters, thousands of rows
     fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(logits, y)
@@ -134,6 +146,43 @@ def fit_platt(
             model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
         )
     fitted = Calibration(model_version, slope, intercept, day, len(y), clicks, before)
+    return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
+
+
+#: the daily intercept is searched within ± this many logits (a factor of e^8 on small probabilities)
+_INTERCEPT_BOUND = 8.0
+
+
+def fit_intercept(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    model_version: str,
+    day: str,
+    slope: float,
+    min_clicks: int = MIN_CLICKS,
+) -> Calibration:
+    """The intercept ``b`` of ``sigmoid(slope · logit(s) + b)`` that predicts the day's clicks, the
+    slope held (its maximum-likelihood equation: Σ p = Σ clicks); the identity in slope's place when
+    the day has fewer than ``min_clicks`` clicks or only one class."""
+    if not (math.isfinite(slope) and slope > 0.0):
+        raise ValueError(f"the slope of a calibration must be a positive number, got {slope}")
+    s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+    y = np.asarray(labels, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
+    clicks = int(y.sum())
+    before = _ratio(y, s)
+    if clicks < min_clicks or clicks == len(y):
+        return Calibration(
+            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
+        )
+    z = slope * np.log(s / (1.0 - s))
+
+    def excess(b: float) -> float:
+        return float((1.0 / (1.0 + np.exp(-(z + b)))).sum()) - clicks
+
+    intercept = brentq(excess, -_INTERCEPT_BOUND, _INTERCEPT_BOUND, xtol=1e-6)
+    fitted = Calibration(model_version, slope, float(intercept), day, len(y), clicks, before)
     return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
 
 
@@ -167,12 +216,27 @@ def served_by(table: pa.Table, logged_version: str) -> pa.Table:
 
 
 def fit_day(
-    booster: xgb.Booster, table: pa.Table, spec: FeatureSpec, model_version: str, day: str
+    booster: xgb.Booster,
+    table: pa.Table,
+    spec: FeatureSpec,
+    model_version: str,
+    day: str,
+    slope: float | None = None,
 ) -> Calibration:
-    """Fit a version's calibration on one labelled day of features (the impressions it served)."""
+    """Fit a version's calibration on one labelled day of features (the impressions it served): both
+    parameters (at promotion), or the intercept under the given ``slope`` (the daily refit)."""
     table = served_by(table, served_version(model_version))
     labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
-    return fit_platt(served_scores(booster, table, spec), labels, model_version, day)
+    scores = served_scores(booster, table, spec)
+    if slope is None:
+        return fit_platt(scores, labels, model_version, day)
+    return fit_intercept(scores, labels, model_version, day, slope)
+
+
+def daily_slope(model_version: str, tags: Mapping[str, str]) -> float:
+    """The slope the daily refits of a version keep: the one fitted at its promotion (1 without one)."""
+    promoted = Calibration.from_tags(model_version, tags, PROMOTION_TAGS)
+    return promoted.slope if promoted is not None else 1.0
 
 
 # --- Stored per serving day -----------------------------------------------------------------------
