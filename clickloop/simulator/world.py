@@ -235,9 +235,8 @@ class World:
             self.site_effect + rng.normal(0.0, SITE_CATEGORY_EFFECT_SD, len(CATEGORIES))[self.site_category]
         )
         n_advertisers = int(self.campaign_advertiser.max()) + 1
-        self.ad_quality = (
-            self.ad_quality + rng.normal(0.0, ADVERTISER_EFFECT_SD, n_advertisers)[self.ad_advertiser]
-        )
+        self.advertiser_effect = rng.normal(0.0, ADVERTISER_EFFECT_SD, n_advertisers)
+        self.ad_quality = self.ad_quality + self.advertiser_effect[self.ad_advertiser]
 
     def _build_slow_drift(self, rng: np.random.Generator) -> None:
         """Where ``slow_drift`` takes the world (its own random stream: every other draw of the world
@@ -302,15 +301,17 @@ class World:
         ad: np.ndarray,
         offset: np.ndarray,
         drift: np.ndarray,
+        quality: np.ndarray | None = None,
     ) -> np.ndarray:
         """Sum of all logit terms but the base, from integer codes (``drift``: the slow drift's
-        progress, 0 outside ``slow_drift``, so the other worlds' sums are bit for bit unchanged)."""
+        progress, 0 outside ``slow_drift``, so the other worlds' sums are bit for bit unchanged;
+        ``quality``: every ad's quality as a policy believes it, the true one by default)."""
         return (
             self.affinity[segment, category]
             + self.site_effect[site]
             + self.device_effect[device]
             + self.hour_effect[hour]
-            + self.ad_quality[ad]
+            + (self.ad_quality if quality is None else quality)[ad]
             + offset
             + drift * (self.affinity_drift[segment, category] + self.ad_drift[ad])
         )
@@ -326,11 +327,13 @@ class World:
         offset: np.ndarray,
         position_factor: np.ndarray,
         drift: np.ndarray | float = 0.0,
+        quality: np.ndarray | None = None,
     ) -> np.ndarray:
         """Ground-truth click probability from integer codes (the engine's fast path); ``drift`` is
-        :meth:`drift_progress` of the impressions' timestamps."""
+        :meth:`drift_progress` of the impressions' timestamps; ``quality`` replaces the ads' true
+        quality (what a policy that knows all but the ads believes, see ``simulator.bounds``)."""
         logit = self.base_logit + self._logit_without_base(
-            segment, category, site, device, hour, ad, offset, np.asarray(drift)
+            segment, category, site, device, hour, ad, offset, np.asarray(drift), quality
         )
         return position_factor * _sigmoid(logit)
 
