@@ -23,14 +23,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
-from evidently import DataDefinition, Dataset, Report
-from evidently.core.report import Snapshot
-from evidently.metrics import ValueDrift
-from evidently.presets import DataDriftPreset
 
 from clickloop.contract import IMPRESSION_ID, LABEL, PREDICTED_CTR
 from clickloop.features import FeatureSpec
@@ -38,6 +34,9 @@ from clickloop.model import read_model_manifest, served_version
 from clickloop.presentation import REPORTS_FOLDER, figure_png, markdown_table, new_figure
 from clickloop.split import FEATURES, read_split_manifest
 from clickloop.storage import Warehouse, atomic_write_text, parquet_list_sql, parquet_sql
+
+if TYPE_CHECKING:  # Evidently takes seconds to import: only where a report is computed
+    from evidently.core.report import Snapshot
 
 #: Left out of the drift report: one value per day by construction (always "drifts").
 DRIFT_EXCLUDED: tuple[str, ...] = ("weekday",)
@@ -310,6 +309,10 @@ def compute_drift(
     to the two-proportion z-test, see the module docstring). Logs without predictions (the
     prediction column empty on either side) get no prediction drift (``prediction`` None).
     """
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
     categorical, numeric = list(columns.categorical), list(columns.numeric)
     prediction, target = columns.prediction, columns.target
     features_ = [*categorical, *numeric]

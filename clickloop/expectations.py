@@ -21,17 +21,18 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import great_expectations as gx
 import pandas as pd
-from great_expectations.core.batch_definition import BatchDefinition
-from great_expectations.data_context import AbstractDataContext
-from great_expectations.data_context.types.base import ProgressBarsConfig
-from great_expectations.expectations.expectation import Expectation
 
 from clickloop.presentation import cell, markdown_table
+
+if TYPE_CHECKING:  # Great Expectations takes seconds to import: only where a suite is built or run
+    import great_expectations as gx
+    from great_expectations.core.batch_definition import BatchDefinition
+    from great_expectations.data_context import AbstractDataContext
+    from great_expectations.expectations.expectation import Expectation
 
 #: How many unexpected values each expectation keeps as examples.
 EXAMPLE_COUNT = 5
@@ -83,6 +84,8 @@ def named_expectation(name: str, description: str, expectation: Expectation) -> 
 
 def suite_of(name: str, rules: Sequence[Rule]) -> gx.ExpectationSuite:
     """The GX suite of the rules: each metric between its bounds, on the profile row."""
+    import great_expectations as gx
+
     return gx.ExpectationSuite(
         name=name,
         expectations=[
@@ -160,6 +163,9 @@ _GX_LOCK = threading.Lock()
 @functools.cache
 def _gx_runtime() -> _GxRuntime:
     """Build (once per process) the ephemeral context; progress bars off so logs stay readable."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
     # GX wraps metric computation in tqdm bars on stderr unless the context's progress_bars
     # setting says otherwise (Validator._determine_progress_bars reads it).
@@ -244,6 +250,8 @@ def validate(df: pd.DataFrame, suite: gx.ExpectationSuite) -> SuiteOutcome:
     The caller's suite is left untouched: a copy under a unique name is registered, run and removed
     again (with its stored result), so the context does not grow over a long backfill.
     """
+    import great_expectations as gx
+
     with _GX_LOCK:
         runtime = _gx_runtime()
         context = runtime.context

@@ -32,16 +32,19 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import great_expectations as gx
 
 from clickloop.checks import missing_columns_rule
 from clickloop.contract import LABEL, Pin
 from clickloop.expectations import Rule, suite_of
 from clickloop.features import TIME_FEATURES, FeatureSpec
 from clickloop.presentation import cell, markdown_table
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+
 from clickloop.storage import (
     StoragePath,
     atomic_write_text,
@@ -429,6 +432,8 @@ def render_data_docs(root: StoragePath, suite: LearnedSuite) -> StoragePath:
     """Render the suite with GX's own Data Docs into a temporary folder, then put the site in place
     (the previous site is replaced only once the new one is complete). Returns its ``index.html``."""
     target = data_docs_dir(root)
+    import great_expectations as gx
+
     with tempfile.TemporaryDirectory(prefix=".data_docs.") as tmp:
         site = Path(tmp) / "site"
         context = gx.get_context(mode="ephemeral")

@@ -17,6 +17,8 @@ Embedded default: ``sqlite:///<data_dir>/mlflow/mlflow.db`` with artifacts under
 environment) and ``artifact_location`` a shared store.
 """
 
+from __future__ import annotations
+
 import fcntl
 import json
 import logging
@@ -26,15 +28,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import xgboost as xgb
 from dagster import ConfigurableResource
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from clickloop.champion_stack import (
     HISTORY_TAG,
@@ -46,6 +44,10 @@ from clickloop.champion_stack import (
 )
 from clickloop.faults import fault_point
 from clickloop.gains import PROMOTED_AT_TAG
+
+if TYPE_CHECKING:  # MLflow takes a second or two to import: only where the registry is used
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
 CHAMPION_ALIAS = "champion"
 PREVIOUS_CHAMPION_ALIAS = "previous_champion"
@@ -59,6 +61,9 @@ MODEL_FORMAT = "ubj"
 #: MLflow refuses more than 1000 metrics in one batch.
 _METRIC_BATCH = 1000
 _QUIET_LOGGERS = ("mlflow", "alembic", "urllib3")
+#: MLflow's error codes (the names of its protobuf enum) the registry expects and handles
+RESOURCE_ALREADY_EXISTS = "RESOURCE_ALREADY_EXISTS"
+RESOURCE_DOES_NOT_EXIST = "RESOURCE_DOES_NOT_EXIST"
 
 
 def quiet_mlflow_logging() -> None:
@@ -116,15 +121,19 @@ class TrackedRun:
     model_uri: str
 
 
-def _is(exc: MlflowException, code: int) -> bool:
-    """Whether an MLflow error carries the given protobuf error code."""
-    return exc.error_code == ErrorCode.Name(code)
+def _is(exc: BaseException, code: str) -> bool:
+    """Whether ``exc`` is an MLflow error carrying the given error code."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code == code
 
 
 def metric_entities(
     metrics: Mapping[str, float], history: Mapping[str, Sequence[float]], timestamp_ms: int
 ) -> list[Metric]:
     """Final metrics (step 0) and per-step curves as MLflow metric entities."""
+    from mlflow.entities import Metric
+
     entities = [Metric(k, float(v), timestamp_ms, 0) for k, v in metrics.items()]
     for key, values in history.items():
         entities.extend(Metric(key, float(v), timestamp_ms, step) for step, v in enumerate(values))
@@ -177,6 +186,8 @@ class ModelRegistry(ConfigurableResource):
 
     def client(self) -> MlflowClient:
         """An MLflow client bound to this registry's stores (no global MLflow state is touched)."""
+        from mlflow import MlflowClient
+
         quiet_mlflow_logging()
         uri = self.resolved_tracking_uri()
         client = MlflowClient(tracking_uri=uri, registry_uri=self.registry_uri or uri)
@@ -195,7 +206,7 @@ class ModelRegistry(ConfigurableResource):
             return client.create_experiment(
                 self.experiment_name, artifact_location=self.resolved_artifact_location()
             )
-        except MlflowException as exc:  # another process created it meanwhile
+        except Exception as exc:  # another process created it meanwhile
             if not _is(exc, RESOURCE_ALREADY_EXISTS):
                 raise
             return client.get_experiment_by_name(self.experiment_name).experiment_id
@@ -230,6 +241,8 @@ class ModelRegistry(ConfigurableResource):
         ``feature_importance`` is logged as an MLflow table and a CSV; ``artifacts`` maps an
         artifact file name to text content (e.g. a JSON summary of the hyper-parameter search).
         """
+        from mlflow.entities import Param
+
         client = self.client()
         run = client.create_run(self.experiment_id(client), run_name=run_name, tags=dict(tags or {}))
         run_id = run.info.run_id
@@ -277,7 +290,7 @@ class ModelRegistry(ConfigurableResource):
     def _ensure_registered_model(self, client: MlflowClient) -> None:
         try:
             client.get_registered_model(self.registered_model_name)
-        except MlflowException as exc:
+        except Exception as exc:
             if not _is(exc, RESOURCE_DOES_NOT_EXIST):
                 raise
             try:
@@ -285,7 +298,7 @@ class ModelRegistry(ConfigurableResource):
                     self.registered_model_name,
                     description="Click-through-rate model of clickloop (XGBoost, UBJSON).",
                 )
-            except MlflowException as exc2:
+            except Exception as exc2:
                 if not _is(exc2, RESOURCE_ALREADY_EXISTS):
                     raise
 
@@ -328,7 +341,7 @@ class ModelRegistry(ConfigurableResource):
         """The version an alias points at; None if the alias (or the registered model) is absent."""
         try:
             aliases = client.get_registered_model(self.registered_model_name).aliases
-        except MlflowException as exc:
+        except Exception as exc:
             if _is(exc, RESOURCE_DOES_NOT_EXIST):
                 return None
             raise

@@ -112,3 +112,25 @@ def test_the_core_is_importable_without_dagster() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+#: Libraries that take seconds to import, loaded only where their work is done: every process that
+#: loads the code location (the webserver's and the daemon's code servers, each run and each step
+#: process, every Celery worker) would otherwise pay for them before doing anything.
+LAZY_LIBRARIES = ("evidently", "great_expectations", "mlflow")
+
+
+def test_loading_the_code_location_leaves_the_heavy_libraries_unimported() -> None:
+    """``pipelines.definitions`` (every asset, resource, sensor and job) imports none of them, while
+    the functions that use them still work (the tiers that compute drift, validate suites and
+    track models import them on the way)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport pipelines.definitions\n"
+        f"loaded = sorted(m for m in {LAZY_LIBRARIES!r} if m in sys.modules)\n"
+        "print(loaded)\nraise SystemExit(1 if loaded else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
