@@ -3,14 +3,24 @@
 ``tests/e2e`` (real processes and services: PostgreSQL, the daemon, the webserver, a browser, the
 scenarios, the benchmark). Everything under ``tests/e2e`` is marked ``e2e``, so
 ``pytest -m "not e2e"`` is the inner loop and ``make test`` runs every tier.
+
+When the session selects end-to-end tests that need long background work (the daemon's history, the
+drift scenarios, the rollout scenario), that work starts at the session's first test, whatever its
+tier, and runs at a lower CPU priority beside the rest: on 2 cores the faster tiers' single-threaded
+tests leave a core free for it, and its tests find it done when they run last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.support import Background, PostgresDatabases
 
 E2E = Path(__file__).resolve().parent / "e2e"
 
@@ -30,3 +40,80 @@ def pytest_runtest_makereport(
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def _background_modules(session: pytest.Session) -> frozenset[str]:
+    """The selected end-to-end modules whose results are built in the background."""
+    cached = getattr(session, "_clickloop_background_modules", None)
+    if cached is None:
+        from tests.e2e.support import BACKGROUND_MODULES
+
+        cached = frozenset(
+            item.path.name
+            for item in session.items
+            if item.path.name in BACKGROUND_MODULES and E2E in item.path.parents
+        )
+        session._clickloop_background_modules = cached  # type: ignore[attr-defined]
+    return cached
+
+
+@pytest.fixture(scope="session")
+def session_databases() -> Iterator[PostgresDatabases]:
+    """Databases that live as long as the session (those built in the background)."""
+    from tests.e2e.support import PostgresDatabases
+
+    databases = PostgresDatabases()
+    try:
+        yield databases
+    finally:
+        databases.drop_all()
+
+
+@pytest.fixture(scope="session")
+def background(session_databases: PostgresDatabases) -> Iterator[Background]:
+    """The background jobs, ``SCENARIO_WORKERS`` at a time: the daemon's history beside the
+    scenarios' warm-up, then the rollout scenario and the scenarios. (Stopped before their
+    databases are dropped.)"""
+    from tests.e2e.support import SCENARIO_WORKERS, Background
+
+    jobs = Background(workers=SCENARIO_WORKERS)
+    try:
+        yield jobs
+    finally:
+        jobs.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _start_background_work(request: pytest.FixtureRequest) -> None:
+    """At the session's first test: start what the selected daemon, scenario and rollout tests will
+    need (once per session; nothing when none of them is selected)."""
+    selected = _background_modules(request.session)
+    if not selected:
+        return
+    from tests.e2e.support import (
+        DAEMON_MODULE,
+        ROLLOUT_MODULE,
+        SCENARIO_MODULE,
+        SCENARIO_ORDER,
+        build_daemon_history,
+        build_scenario_warmup,
+        run_rollout,
+        run_scenario,
+    )
+
+    jobs: Background = request.getfixturevalue("background")
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    if DAEMON_MODULE in selected and not jobs.started("daemon_history"):
+        url = request.getfixturevalue("session_databases").create()
+        jobs.submit("daemon_history", build_daemon_history, factory.mktemp("daemon"), url, datetime.now(UTC))
+    scenarios = SCENARIO_MODULE in selected and not jobs.started("warmup")
+    if scenarios:
+        root = factory.mktemp("scenarios")
+        warmup = jobs.submit("warmup", build_scenario_warmup, root)
+    # the rollout scenario next: the first worker free (after the daemon's history) takes it
+    if ROLLOUT_MODULE in selected and not jobs.started("rollout"):
+        jobs.submit("rollout", run_rollout, factory.mktemp("rollout"))
+    if scenarios:
+        # the longest first, so the workers finish together; each waits for the warm-up
+        for name in SCENARIO_ORDER:
+            jobs.submit(name, lambda n=name: run_scenario(n, root, warmup.result()))

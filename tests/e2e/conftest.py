@@ -1,16 +1,16 @@
 """Fixtures of the end-to-end tier (real processes, PostgreSQL, a browser); the helpers they use
 are in ``tests/e2e/support.py``.
 
-The long work of the tier runs in the background from the first test of the tier on, at a lower
-CPU priority, while the other tests run: the daemon test's history (``make scenario`` on
-PostgreSQL), then the scenarios' shared warm-up, then the five scenarios from copies of it. The
-scenario tests run last and wait for their results.
+The long work of the tier runs in the background from the session's first test on (the root
+``tests/conftest.py`` starts it when this tier's tests are selected), at a lower CPU priority, while
+the other tiers and tests run: the daemon test's history (``make scenario`` on PostgreSQL), then
+the scenarios' shared warm-up, then the five scenarios from copies of it. The scenario tests run
+last and wait for their results.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +18,24 @@ import pytest
 
 from tests.e2e.support import (
     DAEMON_HISTORY_TIMEOUT_S,
+    DAEMON_MODULE,
+    ROLLOUT_MODULE,
     ROLLOUT_TIMEOUT_S,
-    SCENARIO_ORDER,
+    SCENARIO_MODULE,
     SCENARIO_TIMEOUT_S,
-    SCENARIO_WORKERS,
     Background,
     DaemonHistory,
     PostgresDatabases,
     RolloutRun,
-    build_daemon_history,
-    build_scenario_warmup,
-    run_rollout,
-    run_scenario,
 )
 
 E2E = Path(__file__).resolve().parent
-#: The modules whose results are built in the background.
-DAEMON_MODULE = "test_daemon.py"
-SCENARIO_MODULE = "test_scenarios.py"
 #: This tier's modules, in the order they run: the tests without background work first (the
-#: daemon's history, the scenarios' warm-up and the rollout scenario are built beside them), then
-#: the daemon test, the scenario tests and the rollout test, which wait for what ran in the
-#: background meanwhile. (The
-#: benchmark, also in this folder, is not one of them: it runs before the first of them, with the
-#: machine to itself.)
-ROLLOUT_MODULE = "test_rollout.py"
+#: daemon's history, the scenarios' warm-up and the rollout scenario are built beside them, and
+#: beside the other tiers before them), then the daemon test, the scenario tests and the rollout
+#: test, which wait for what ran in the background meanwhile. (The benchmark's smoke test, also in
+#: this folder, is not one of them: it runs where it was collected, before them; it asserts what
+#: the benchmark measures and writes, never how fast.)
 MODULE_ORDER = (
     "test_celery_backfill.py",
     "test_postgres_instance.py",
@@ -79,56 +72,6 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
         yield databases
     finally:
         databases.drop_all()
-
-
-@pytest.fixture(scope="session")
-def session_databases() -> Iterator[PostgresDatabases]:
-    """Databases that live as long as the session (those built in the background)."""
-    databases = PostgresDatabases()
-    try:
-        yield databases
-    finally:
-        databases.drop_all()
-
-
-@pytest.fixture(scope="session")
-def background(session_databases: PostgresDatabases) -> Iterator[Background]:
-    """The background jobs, ``SCENARIO_WORKERS`` at a time: the daemon's history beside the
-    scenarios' warm-up, then the scenarios. (Stopped before their databases are dropped.)"""
-    jobs = Background(workers=SCENARIO_WORKERS)
-    try:
-        yield jobs
-    finally:
-        jobs.shutdown()
-
-
-def _selected_modules(session: pytest.Session) -> set[str]:
-    return {item.path.name for item in session.items if E2E in item.path.parents}
-
-
-@pytest.fixture(autouse=True)
-def _start_background_work(request: pytest.FixtureRequest) -> None:
-    """At the first test of this tier's own modules: start what the selected daemon, scenario and
-    rollout tests will need (once per session)."""
-    if request.node.path.name not in OWN_MODULES or E2E not in request.node.path.parents:
-        return
-    selected = _selected_modules(request.session)
-    jobs: Background = request.getfixturevalue("background")
-    if DAEMON_MODULE in selected and not jobs.started("daemon_history"):
-        root = request.getfixturevalue("tmp_path_factory").mktemp("daemon")
-        url = request.getfixturevalue("session_databases").create()
-        jobs.submit("daemon_history", build_daemon_history, root, url, datetime.now(UTC))
-    scenarios = SCENARIO_MODULE in selected and not jobs.started("warmup")
-    if scenarios:
-        root = request.getfixturevalue("tmp_path_factory").mktemp("scenarios")
-        warmup = jobs.submit("warmup", build_scenario_warmup, root)
-    # the rollout scenario next: the first worker free (after the daemon's history) takes it
-    if ROLLOUT_MODULE in selected and not jobs.started("rollout"):
-        jobs.submit("rollout", run_rollout, request.getfixturevalue("tmp_path_factory").mktemp("rollout"))
-    if scenarios:
-        # the longest first, so the workers finish together; each waits for the warm-up
-        for name in SCENARIO_ORDER:
-            jobs.submit(name, lambda n=name: run_scenario(n, root, warmup.result()))
 
 
 @pytest.fixture()

@@ -507,6 +507,12 @@ class Background:
 
 # --- the scenarios (``make scenario``) and the daemon's history --------------------------------
 
+#: The end-to-end modules whose results are built in the background (``tests/conftest.py``).
+DAEMON_MODULE = "test_daemon.py"
+SCENARIO_MODULE = "test_scenarios.py"
+ROLLOUT_MODULE = "test_rollout.py"
+BACKGROUND_MODULES = (DAEMON_MODULE, SCENARIO_MODULE, ROLLOUT_MODULE)
+
 #: How the scenarios are run (what each must show is in ``tests/e2e/test_scenarios.py``): every
 #: scenario starts from a copy of one warm-up, built once per session. 10 days served by the random
 #: policy (days 0..9; their events train the first model), the champion from day 11, the scenario
