@@ -119,34 +119,62 @@ class Calibration:
         }
 
 
+@dataclass(frozen=True)
+class _Day:
+    """One day's scores (clipped) and labels, as both fits read them."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    model_version: str
+    day: str
+
+    @classmethod
+    def of(cls, scores: np.ndarray, labels: np.ndarray, model_version: str, day: str) -> _Day:
+        s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+        y = np.asarray(labels, dtype=np.float64)
+        if s.shape != y.shape:
+            raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
+        return cls(s, y, model_version, day)
+
+    @property
+    def clicks(self) -> int:
+        return int(self.labels.sum())
+
+    @property
+    def logits(self) -> np.ndarray:
+        return np.log(self.scores / (1.0 - self.scores))
+
+    def too_few_clicks(self, min_clicks: int) -> bool:
+        return self.clicks < min_clicks or self.clicks == len(self.labels)
+
+    def calibration(self, slope: float = 1.0, intercept: float = 0.0) -> Calibration:
+        """The map with the day's figures (the identity with its own figures by default)."""
+        rows, before = len(self.labels), _ratio(self.labels, self.scores)
+        fitted = Calibration(self.model_version, slope, intercept, self.day, rows, self.clicks, before)
+        if fitted.is_identity:
+            return fitted
+        return Calibration(
+            **{**asdict(fitted), "calibration_after": _ratio(self.labels, fitted.apply(self.scores))}
+        )
+
+
 def fit_platt(
     scores: np.ndarray, labels: np.ndarray, model_version: str, day: str, min_clicks: int = MIN_CLICKS
 ) -> Calibration:
     """The Platt map from ``scores`` to ``labels`` (the identity, with the day's figures, when the
     day has fewer than ``min_clicks`` clicks or only one class)."""
-    s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
-    y = np.asarray(labels, dtype=np.float64)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
-    clicks = int(y.sum())
-    before = _ratio(y, s)
-    if clicks < min_clicks or clicks == len(y):
-        return Calibration(
-            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
-        )
+    data = _Day.of(scores, labels, model_version, day)
+    if data.too_few_clicks(min_clicks):
+        return data.calibration()
     from sklearn.linear_model import LogisticRegression  # (a second to import: only when fitting)
 
-    logits = np.log(s / (1.0 - s)).reshape(-1, 1)
     # (nearly) unregularised maximum likelihood: two parameters, thousands of rows
-    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(logits, y)
+    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(data.logits.reshape(-1, 1), data.labels)
     slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if not (math.isfinite(slope) and math.isfinite(intercept)) or slope <= 0.0:
         # a flat or inverted fit says the scores carry no signal today: never invert the ranking
-        return Calibration(
-            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
-        )
-    fitted = Calibration(model_version, slope, intercept, day, len(y), clicks, before)
-    return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
+        return data.calibration()
+    return data.calibration(slope, intercept)
 
 
 #: the daily intercept is searched within ± this many logits (a factor of e^8 on small probabilities)
@@ -166,24 +194,15 @@ def fit_intercept(
     the day has fewer than ``min_clicks`` clicks or only one class."""
     if not (math.isfinite(slope) and slope > 0.0):
         raise ValueError(f"the slope of a calibration must be a positive number, got {slope}")
-    s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
-    y = np.asarray(labels, dtype=np.float64)
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
-    clicks = int(y.sum())
-    before = _ratio(y, s)
-    if clicks < min_clicks or clicks == len(y):
-        return Calibration(
-            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
-        )
-    z = slope * np.log(s / (1.0 - s))
+    data = _Day.of(scores, labels, model_version, day)
+    if data.too_few_clicks(min_clicks):
+        return data.calibration()
+    z, clicks = slope * data.logits, data.clicks
 
     def excess(b: float) -> float:
         return float((1.0 / (1.0 + np.exp(-(z + b)))).sum()) - clicks
 
-    intercept = brentq(excess, -_INTERCEPT_BOUND, _INTERCEPT_BOUND, xtol=1e-6)
-    fitted = Calibration(model_version, slope, float(intercept), day, len(y), clicks, before)
-    return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
+    return data.calibration(slope, float(brentq(excess, -_INTERCEPT_BOUND, _INTERCEPT_BOUND, xtol=1e-6)))
 
 
 def _ratio(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
