@@ -9,12 +9,10 @@ downsampling) and the label is the click:
 
 * at promotion, both ``a`` and ``b`` are fitted on the test day (:func:`fit_platt`);
 * every day after, only ``b`` is refitted on the newest day whose labels are final, the slope kept
-  from promotion (:func:`fit_intercept`). A new slope would re-rank ads of different scores against
-  each other in the CTR × bid auction, change which impressions the champion shows, and so miss the
-  next day's clicks again (at 20,000 requests a day a daily two-parameter fit swung the served
-  calibration to 1.15-1.17 for two days before it settled). A shifted intercept scales every
-  small probability by nearly the same factor: the auction's order stays, the level follows the
-  traffic (a CTR drop is exactly such a shift).
+  from promotion (:func:`fit_intercept`). A new slope fitted on a day's few hundred clicks would
+  re-rank ads of different scores against each other in the CTR × bid auction; a shifted intercept
+  scales every small probability by nearly the same factor: the auction's order stays, the level
+  follows the traffic (a CTR drop is exactly such a shift).
 
 The served probability is calibrated to the impressions as they were shown (their slots, their ads),
 which is what the online calibration measures and what a CTR × bid auction needs.
