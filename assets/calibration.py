@@ -4,13 +4,7 @@ from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, Materiali
 
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
-from clickloop.calibration import (
-    DAILY_TAGS,
-    SERVING_CALIBRATION,
-    daily_slope,
-    fit_day,
-    write_serving_calibration,
-)
+from clickloop.calibration import DAILY_TAGS, SERVING_CALIBRATION, fit_day, write_serving_calibration
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
 from clickloop.presentation import markdown_table
@@ -28,9 +22,9 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         deps=[AssetDep(FEATURES, partition_mapping=calendar.newest_labelled_day)],
         group_name="serving",
         kinds={"xgboost", "parquet"},
-        description="The champion's Platt calibration for serving day D: the slope fitted at its "
-        "promotion, the intercept refitted on the newest day whose labels were final when D began "
-        "(D-2): its score of each impression as the ad server computed it, against the click. The ad server applies it on D; the newest one is also on the "
+        description="The champion's Platt calibration for serving day D, fitted on the newest day "
+        "whose labels were final when D began (D-2): its score of each impression as the ad server "
+        "computed it, against the click. The ad server applies it on D; the newest one is also on the "
         "model version's page in the registry (tags daily_calibration.*).",
     )
     def _serving_calibration(
@@ -48,10 +42,7 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
             return MaterializeResult(metadata={"status": f"not fitted: {why}"})
         require_upstream_checks_passed(context, {FEATURES: labelled})
         version, booster = champion
-        slope = daily_slope(version, model_registry.version_tags(version))
-        fitted = fit_day(
-            booster, store.read_partition(FEATURES, labelled[0]), spec, version, labelled[0], slope
-        )
+        fitted = fit_day(booster, store.read_partition(FEATURES, labelled[0]), spec, version, labelled[0])
         path = write_serving_calibration(store, day, fitted)
         model_registry.set_version_tags(version, fitted.to_tags(DAILY_TAGS))
         summary = fitted.summary()

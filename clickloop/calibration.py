@@ -2,20 +2,12 @@
 
 A CTR model's ranking ages slower than its probabilities. The champion's predictions drift away from
 the observed click rate when the traffic moves (a CTR drop), and even on a stable stream, because the
-champion ranks the traffic its own history features are then computed from. The map is
-``p = sigmoid(a · logit(s) + b)``, where ``s`` is the version's score of each impression exactly as the
-ad server computed it (the day's point-in-time features at the reference slot, corrected for
-downsampling) and the label is the click:
-
-* at promotion, both ``a`` and ``b`` are fitted on the test day (:func:`fit_platt`);
-* every day after, only ``b`` is refitted on the newest day whose labels are final, the slope kept
-  from promotion (:func:`fit_intercept`). A new slope fitted on a day's few hundred clicks would
-  re-rank ads of different scores against each other in the CTR × bid auction; a shifted intercept
-  scales every small probability by nearly the same factor: the auction's order stays, the level
-  follows the traffic (a CTR drop is exactly such a shift).
-
-The served probability is calibrated to the impressions as they were shown (their slots, their ads),
-which is what the online calibration measures and what a CTR × bid auction needs.
+champion ranks the traffic its own history features are then computed from. Every day the loop fits
+``p = sigmoid(a · logit(s) + b)`` on the newest day whose labels are final, where ``s`` is the
+champion's score of each impression exactly as the ad server computed it (the day's point-in-time
+features at the reference slot, corrected for downsampling) and the label is the click. The served
+probability is then calibrated to the impressions as they were shown (their slots, their ads), which is
+what the online calibration measures and what a CTR × bid auction needs.
 
 Platt scaling, not isotonic regression: two numbers, monotone (the champion's ranking of one ad against
 another at the same bid is kept), stable on a day of a few hundred clicks, and small enough to live in
@@ -35,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xgboost as xgb
-from scipy.optimize import brentq
 
 from clickloop.contract import LABEL, MODEL_VERSION, POSITION
 from clickloop.features import FeatureSpec
@@ -117,90 +108,34 @@ class Calibration:
         }
 
 
-@dataclass(frozen=True)
-class _Day:
-    """One day's scores (clipped) and labels, as both fits read them."""
-
-    scores: np.ndarray
-    labels: np.ndarray
-    model_version: str
-    day: str
-
-    @classmethod
-    def of(cls, scores: np.ndarray, labels: np.ndarray, model_version: str, day: str) -> _Day:
-        s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
-        y = np.asarray(labels, dtype=np.float64)
-        if s.shape != y.shape:
-            raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
-        return cls(s, y, model_version, day)
-
-    @property
-    def clicks(self) -> int:
-        return int(self.labels.sum())
-
-    @property
-    def logits(self) -> np.ndarray:
-        return np.log(self.scores / (1.0 - self.scores))
-
-    def too_few_clicks(self, min_clicks: int) -> bool:
-        return self.clicks < min_clicks or self.clicks == len(self.labels)
-
-    def calibration(self, slope: float = 1.0, intercept: float = 0.0) -> Calibration:
-        """The map with the day's figures (the identity with its own figures by default)."""
-        rows, before = len(self.labels), _ratio(self.labels, self.scores)
-        fitted = Calibration(self.model_version, slope, intercept, self.day, rows, self.clicks, before)
-        if fitted.is_identity:
-            return fitted
-        return Calibration(
-            **{**asdict(fitted), "calibration_after": _ratio(self.labels, fitted.apply(self.scores))}
-        )
-
-
 def fit_platt(
     scores: np.ndarray, labels: np.ndarray, model_version: str, day: str, min_clicks: int = MIN_CLICKS
 ) -> Calibration:
     """The Platt map from ``scores`` to ``labels`` (the identity, with the day's figures, when the
     day has fewer than ``min_clicks`` clicks or only one class)."""
-    data = _Day.of(scores, labels, model_version, day)
-    if data.too_few_clicks(min_clicks):
-        return data.calibration()
+    s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+    y = np.asarray(labels, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
+    clicks = int(y.sum())
+    before = _ratio(y, s)
+    if clicks < min_clicks or clicks == len(y):
+        return Calibration(
+            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
+        )
     from sklearn.linear_model import LogisticRegression  # (a second to import: only when fitting)
 
+    logits = np.log(s / (1.0 - s)).reshape(-1, 1)
     # (nearly) unregularised maximum likelihood: two parameters, thousands of rows
-    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(data.logits.reshape(-1, 1), data.labels)
+    fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(logits, y)
     slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
     if not (math.isfinite(slope) and math.isfinite(intercept)) or slope <= 0.0:
         # a flat or inverted fit says the scores carry no signal today: never invert the ranking
-        return data.calibration()
-    return data.calibration(slope, intercept)
-
-
-#: the daily intercept is searched within ± this many logits (a factor of e^8 on small probabilities)
-_INTERCEPT_BOUND = 8.0
-
-
-def fit_intercept(
-    scores: np.ndarray,
-    labels: np.ndarray,
-    model_version: str,
-    day: str,
-    slope: float,
-    min_clicks: int = MIN_CLICKS,
-) -> Calibration:
-    """The intercept ``b`` of ``sigmoid(slope · logit(s) + b)`` that predicts the day's clicks, the
-    slope held (its maximum-likelihood equation: Σ p = Σ clicks); the identity in slope's place when
-    the day has fewer than ``min_clicks`` clicks or only one class."""
-    if not (math.isfinite(slope) and slope > 0.0):
-        raise ValueError(f"the slope of a calibration must be a positive number, got {slope}")
-    data = _Day.of(scores, labels, model_version, day)
-    if data.too_few_clicks(min_clicks):
-        return data.calibration()
-    z, clicks = slope * data.logits, data.clicks
-
-    def excess(b: float) -> float:
-        return float((1.0 / (1.0 + np.exp(-(z + b)))).sum()) - clicks
-
-    return data.calibration(slope, float(brentq(excess, -_INTERCEPT_BOUND, _INTERCEPT_BOUND, xtol=1e-6)))
+        return Calibration(
+            model_version, fitted_on=day, rows=len(y), clicks=clicks, calibration_before=before
+        )
+    fitted = Calibration(model_version, slope, intercept, day, len(y), clicks, before)
+    return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
 
 
 def _ratio(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
@@ -233,27 +168,12 @@ def served_by(table: pa.Table, logged_version: str) -> pa.Table:
 
 
 def fit_day(
-    booster: xgb.Booster,
-    table: pa.Table,
-    spec: FeatureSpec,
-    model_version: str,
-    day: str,
-    slope: float | None = None,
+    booster: xgb.Booster, table: pa.Table, spec: FeatureSpec, model_version: str, day: str
 ) -> Calibration:
-    """Fit a version's calibration on one labelled day of features (the impressions it served): both
-    parameters (at promotion), or the intercept under the given ``slope`` (the daily refit)."""
+    """Fit a version's calibration on one labelled day of features (the impressions it served)."""
     table = served_by(table, served_version(model_version))
     labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
-    scores = served_scores(booster, table, spec)
-    if slope is None:
-        return fit_platt(scores, labels, model_version, day)
-    return fit_intercept(scores, labels, model_version, day, slope)
-
-
-def daily_slope(model_version: str, tags: Mapping[str, str]) -> float:
-    """The slope the daily refits of a version keep: the one fitted at its promotion (1 without one)."""
-    promoted = Calibration.from_tags(model_version, tags, PROMOTION_TAGS)
-    return promoted.slope if promoted is not None else 1.0
+    return fit_platt(served_scores(booster, table, spec), labels, model_version, day)
 
 
 # --- Stored per serving day -----------------------------------------------------------------------

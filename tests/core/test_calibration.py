@@ -11,8 +11,6 @@ from clickloop.calibration import (
     Calibration,
     calibration_for,
     calibration_served,
-    daily_slope,
-    fit_intercept,
     fit_platt,
     newest_from_tags,
     write_serving_calibration,
@@ -41,46 +39,11 @@ def test_platt_scaling_recovers_a_known_miscalibration() -> None:
     assert np.all(np.diff(fitted.apply(np.sort(scores))) >= 0)
 
 
-def test_the_daily_refit_moves_the_intercept_and_keeps_the_promotion_slope() -> None:
-    # the traffic dropped by 0.9 logits since promotion, where the slope 0.8 was fitted
-    scores, labels = miscalibrated(200_000, slope=0.8, intercept=-0.6 - 0.9, seed=3)
-    fitted = fit_intercept(scores, labels, "3", "2026-10-07", slope=0.8)
-    assert fitted.slope == 0.8
-    assert fitted.intercept == pytest.approx(-1.5, abs=0.05)
-    # the intercept's maximum-likelihood equation: as many clicks predicted as happened
-    assert fitted.calibration_after == pytest.approx(1.0, abs=1e-4)
-    assert fitted.calibration_before is not None and fitted.calibration_before > 1.5
-    # the auction (the two best of 32 candidates by calibrated CTR × bid) hardly changes under the
-    # refit; under a refitted slope it would
-    rng = np.random.default_rng(5)
-    candidates = 1.0 / (1.0 + np.exp(-rng.normal(-3.5, 0.7, (2000, 32))))
-    bids = rng.lognormal(np.log(0.5), 0.6, (2000, 32))
-
-    def shown(calibration: Calibration) -> np.ndarray:
-        return np.sort(np.argsort(-calibration.apply(candidates) * bids, axis=1)[:, :2], axis=1)
-
-    earlier = shown(Calibration("3", 0.8, -0.6))
-    assert (shown(fitted) == earlier).all(axis=1).mean() >= 0.95
-    assert (shown(Calibration("3", 0.7, -0.9)) == earlier).all(axis=1).mean() < 0.9
-    with pytest.raises(ValueError, match="positive"):
-        fit_intercept(scores, labels, "3", "2026-10-07", slope=0.0)
-
-
-def test_the_daily_slope_is_the_one_fitted_at_promotion() -> None:
-    promoted = Calibration("4", 0.85, -0.3, "2026-10-03", 5000, 150)
-    assert daily_slope("4", promoted.to_tags(PROMOTION_TAGS)) == 0.85
-    # a daily refit's tags do not change it; a version without a promotion fit keeps its raw slope
-    tags = {**promoted.to_tags(PROMOTION_TAGS), **Calibration("4", 0.5, 0.1).to_tags(DAILY_TAGS)}
-    assert daily_slope("4", tags) == 0.85
-    assert daily_slope("4", {}) == 1.0
-
-
 def test_a_day_with_too_few_clicks_keeps_the_raw_scores() -> None:
     scores, labels = miscalibrated(2_000, slope=1.0, intercept=-1.0)
     labels[np.flatnonzero(labels)[MIN_CLICKS - 1 :]] = 0.0
     fitted = fit_platt(scores, labels, "1", "2026-10-05")
     assert fitted.is_identity and fitted.clicks == MIN_CLICKS - 1
-    assert fit_intercept(scores, labels, "1", "2026-10-05", slope=0.9).is_identity
     np.testing.assert_array_equal(fitted.apply(scores), scores)
     with pytest.raises(ValueError, match="differ in length"):
         fit_platt(scores, labels[:-1], "1", "2026-10-05")
