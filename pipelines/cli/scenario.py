@@ -2,8 +2,9 @@
 schedule and sensors, day by day.
 
 The stream starts with ``--warmup-days`` served by the random policy and a first training (or a copy
-of such a warm-up, ``--warmup-from``: the days before a scenario starts are the same whatever the
-scenario). Then, for each following day, in the order the daemon would run them: the daily schedule
+of a warm-up, ``--warmup-from``: the days before a scenario starts are the same whatever the
+scenario, so ``--warmup-only`` runs every one of them, the champion's days before the start
+included, and a copy goes on from the start day). Then, for each following day, in the order the daemon would run them: the daily schedule
 is evaluated at its tick and its run executed; the run-status sensors of the refresh chain are
 evaluated on the run that just ended and their runs executed; then the retraining sensors are
 evaluated and any training they request is executed (a ``run_key`` already launched is not launched
@@ -44,6 +45,8 @@ from resources.tracking import relocate_mlflow_store
 
 SCENARIO_DEFAULTS = {"requests": 20_000, "warmup": 10, "start": 13, "days": 18}
 WARMUP_RECORD = "warmup.json"
+#: what the warm-up's days before the start told (requests, refusals): the copies report them too
+WARMUP_ROWS = "warmup_rows.json"
 
 
 @dataclass
@@ -105,6 +108,22 @@ class ScenarioRun:
                 self.runner.run("events_job", self.keys[i - 1])
         self.runner.run("training_job")
         self.runner.run("feature_stats_job", self.keys[warmup + 1])
+
+    def save_warmup_rows(self, path: Path, keys: list[str]) -> None:
+        """What the sensors said on ``keys`` (the served days before the start) and the runs they
+        launched, for the scenarios that start from a copy of this warm-up."""
+        rows = {
+            k: {"fired": r.fired, "triggers": r.triggers, "blocked": r.blocked}
+            for k, r in self.rows.items()
+            if k in keys
+        }
+        atomic_write_text(path, json.dumps({"rows": rows, "launched": sorted(self.launched)}))
+
+    def load_warmup_rows(self, path: Path) -> None:
+        saved = json.loads(path.read_text())
+        for key, fields in saved["rows"].items():
+            self.rows[key] = replace(self.rows.get(key, DayRow(key)), **fields)
+        self.launched.update(saved["launched"])
 
     def follow_chain(self, report: RunReport) -> None:
         """Evaluate the chain's run-status sensors on a finished run, as the daemon would, and
@@ -228,19 +247,32 @@ def run_scenario(
     """The scenario's day rows (none with ``warmup_only``) and its first day; ``retrain=False``
     keeps the first champion serving (no retraining sensor is evaluated)."""
     calendar = Calendar(base.start_date, base.feature_window_days)
-    keys = calendar.keys()[: days + 1]
+    keys = calendar.keys()[: max(days, start) + 1]
     start_key = keys[start]
     settings = scenario_settings(base, name, start_key, requests)
-    record = {"warmup_days": warmup, "requests_per_day": requests, "start_date": base.start_date}
+    record = {
+        "warmup_days": warmup,
+        "start_day": start,
+        "requests_per_day": requests,
+        "start_date": base.start_date,
+    }
     if warmup_from is not None:
         copy_warmup(warmup_from, settings.data_dir, record)
     scenario = ScenarioRun(settings, keys, retrain)
     if warmup_from is None:
         scenario.warm_up(warmup)
-        atomic_write_text(settings.data_dir / WARMUP_RECORD, json.dumps(record))
+    first = warmup + 1
     if warmup_only:
+        # the served days before the start too: they are the same whatever the scenario
+        for i in range(first, start):
+            scenario.serve(keys[i])
+        scenario.save_warmup_rows(settings.data_dir / WARMUP_ROWS, keys[first:start])
+        atomic_write_text(settings.data_dir / WARMUP_RECORD, json.dumps(record))
         return [], start_key
-    for i in range(warmup + 1, days + 1):
+    if warmup_from is not None:
+        scenario.load_warmup_rows(settings.data_dir / WARMUP_ROWS)
+        first = start
+    for i in range(first, days + 1):
         scenario.serve(keys[i])
     return scenario.table_rows(days), start_key
 
@@ -298,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         help="start from a copy of this scenario data folder's warm-up (same settings)",
     )
     parser.add_argument(
-        "--warmup-only", action="store_true", help="stop after the warm-up (for others to start from a copy)"
+        "--warmup-only",
+        action="store_true",
+        help="stop after the warm-up and the served days before the start (for others to start from a copy)",
     )
     args = parser.parse_args(argv)
     if args.start_day <= args.warmup_days:

@@ -2,8 +2,9 @@
 the retraining sensors, evaluated day by day on a simulated stream; see ``pipelines/cli/scenario.py``).
 
 Every scenario starts the same way: 10 days served by the random policy, the first model, two days
-served by it (the pre-scenario level), then the scenario from its start day on. That warm-up is
-built once (``--warmup-only``) and every scenario starts from a copy of it (``--warmup-from``). What
+served by it (the pre-scenario level), then the scenario from its start day on. That warm-up, the
+two served days included, is built once (``--warmup-only``) and every scenario starts from a copy
+of it at its start day (``--warmup-from``). What
 must hold:
 
 * ``stable`` for 14 served days: no sensor asks for a retraining, and once the champion is
