@@ -1,7 +1,8 @@
 """The benchmark of clickloop: each step of the loop next to the bare library doing the same work.
 
-``make bench`` (``python -m bench`` from the repository root) simulates days of 1M and 5M
-impressions (``--sizes``; ``--quick`` is one day of 100k, each step at its first point) and, for
+``make bench`` (``python -m bench`` from the repository root) simulates days of 1M impressions
+(``--sizes 1000000 5000000`` adds 5M; ``--quick`` is one day of 100k, each step at its first
+point; the daily refresh is also measured at 10M and 50M at full scale) and, for
 each size, runs every step of :data:`bench.steps.STEPS` twice on the same files in the same run:
 clickloop's own function (the domain core, ``clickloop/``; the daily refresh through the Dagster
 jobs of ``pipelines/``), and a *floor*, the bare library (DuckDB, pyarrow, XGBoost, Evidently) doing

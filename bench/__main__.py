@@ -30,14 +30,16 @@ from bench.harness import (
     QUICK_SIZE,
     ROLES,
     SEED,
+    ChildFailed,
     Run,
+    Step,
     child_run,
     data_dir,
     progress,
     run_child,
     size_label,
 )
-from bench.report import atomic_write_text, fastest, machine, markdown, result_row
+from bench.report import atomic_write_text, failure_row, fastest, machine, markdown, result_row
 from bench.steps import NOTES, STEPS, required_steps, step_named
 from bench.steps_serving import DRIFT_SCALE
 
@@ -87,6 +89,7 @@ def run_benchmark(
             "(--repeat); the CPU-time ratio, less sensitive to a busy machine, is in results.json.",
         ],
         "rows": [],
+        "failures": [],
     }
     try:
         for size in sizes:
@@ -97,29 +100,26 @@ def run_benchmark(
                     label = f"{size_label(size)} {step.name}" + (
                         "" if rows == size else f" at {size_label(rows)}"
                     )
-                    if step.prepare is not None:
-                        progress(f"{label}: preparing")
-                        run_child("prepare", step, size, work, rows)
-                    if step.name not in selected:
-                        run = run_child("ours", step, size, work, rows)
-                        progress(f"{label}: run for the steps that need it ({run.wall_s:.2f} s)")
+                    try:
+                        if step.prepare is not None:
+                            progress(f"{label}: preparing")
+                            run_child("prepare", step, size, work, rows)
+                        if step.name not in selected:
+                            run = run_child("ours", step, size, work, rows)
+                            progress(f"{label}: run for the steps that need it ({run.wall_s:.2f} s)")
+                            continue
+                        row = measure(step, size, work, rows, repeat)
+                    except ChildFailed as error:
+                        # a point that fails (out of memory, out of disk) is reported and the run
+                        # goes on: the rows measured before and after it are kept
+                        results["failures"].append(failure_row(size, step, rows, error))
+                        progress(f"{label}: FAILED\n{error}")
                         continue
-                    ours_runs: list[Run] = []
-                    floor_runs: list[Run] = []
-                    for _ in range(repeat):
-                        ours_runs.append(run_child("ours", step, size, work, rows))
-                        if step.floor is not None:
-                            floor_runs.append(run_child("floor", step, size, work, rows))
-                    ours = fastest(ours_runs)
-                    floor = fastest(floor_runs) if floor_runs else None
-                    row = result_row(size, step, ours, floor, rows)
-                    row["ours"]["all_seconds"] = [run.wall_s for run in ours_runs]
-                    if floor_runs:
-                        row["floor"]["all_seconds"] = [run.wall_s for run in floor_runs]
                     results["rows"].append(row)
+                    ours, floor = row["ours"], row["floor"]
                     ratio = "" if row["ratio"] is None else f", ratio {row['ratio']:.2f}"
-                    floor_s = "" if floor is None else f", floor {floor.wall_s:.2f} s"
-                    progress(f"{label}: clickloop {ours.wall_s:.2f} s{floor_s}{ratio}")
+                    floor_s = "" if floor is None else f", floor {floor['seconds']:.2f} s"
+                    progress(f"{label}: clickloop {ours['seconds']:.2f} s{floor_s}{ratio}")
     finally:
         if not keep_work:
             shutil.rmtree(work_root, ignore_errors=True)
@@ -138,12 +138,35 @@ def run_benchmark(
     return results
 
 
+def measure(step: Step, size: int, work: Path, rows: int, repeat: int) -> dict[str, Any]:
+    """One step at one point: clickloop and its floor alternately ``repeat`` times, the fastest
+    of each kept (:func:`bench.report.fastest`); the row as results.json keeps it."""
+    ours_runs: list[Run] = []
+    floor_runs: list[Run] = []
+    for _ in range(repeat):
+        ours_runs.append(run_child("ours", step, size, work, rows))
+        if step.floor is not None:
+            floor_runs.append(run_child("floor", step, size, work, rows))
+    ours = fastest(ours_runs)
+    floor = fastest(floor_runs) if floor_runs else None
+    row = result_row(size, step, ours, floor, rows)
+    row["ours"]["all_seconds"] = [run.wall_s for run in ours_runs]
+    if floor_runs:
+        row["floor"]["all_seconds"] = [run.wall_s for run in floor_runs]
+    return row
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="clickloop's steps side by side with the bare libraries doing the same work.",
     )
-    parser.add_argument("--sizes", type=int, nargs="+", help="impressions per day (default: 1000000 5000000)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        help="impressions per day (default: 1000000; the daily refresh also at 10M and 50M)",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -216,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print((bench_dir / "results.md").read_text())
     regressions = results.get("comparison", {}).get("regressions", 0)
+    if results["failures"]:
+        return 1
     return REGRESSION_EXIT_CODE if regressions else 0
 
 

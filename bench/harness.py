@@ -25,7 +25,9 @@ from typing import Any
 
 #: The repository root: children run ``python -m bench`` with it on PYTHONPATH.
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SIZES: tuple[int, ...] = (1_000_000, 5_000_000)
+#: ``make bench``: every step at 1M impressions a day, and the daily refresh also at 10M and 50M
+#: (:data:`bench.refresh.LARGE_POINTS`); ``--sizes 1000000 5000000`` adds the steps at 5M.
+DEFAULT_SIZES: tuple[int, ...] = (1_000_000,)
 QUICK_SIZE = 100_000
 #: Both sides of every comparison use the warehouse's DuckDB settings (clickloop.storage.DuckDBSettings).
 DUCKDB_THREADS = 2

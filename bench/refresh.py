@@ -266,8 +266,12 @@ def refresh_floor(ctx: Ctx) -> dict[str, object]:
 def refresh_detail(row: dict[str, Any]) -> str:
     ours = row["ours"]["info"]
     floor = (row.get("floor") or {}).get("info", {})
+    per_million = 1e6 / row["size"]
+    floor_s = (row.get("floor") or {}).get("seconds")
     text = (
-        f"{ours['events']:,} events of D; clickloop: ingest_job {ours['ingest_job_seconds']:.1f} s, "
+        f"{row['ours']['seconds'] * per_million:.1f} s per 1M impressions"
+        + ("" if floor_s is None else f" (floor {floor_s * per_million:.1f} s)")
+        + f"; {ours['events']:,} events of D; clickloop: ingest_job {ours['ingest_job_seconds']:.1f} s, "
         f"events_job {ours['events_job_seconds']:.1f} s, feature_stats_job "
         f"{ours['feature_stats_job_seconds']:.1f} s"
     )

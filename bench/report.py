@@ -82,6 +82,17 @@ def result_row(
     }
 
 
+def failure_row(size: int, step: Step, rows: int | None, error: BaseException) -> dict[str, object]:
+    """A point that could not be measured, with the end of the failed child's log."""
+    return {
+        "size": rows or size,
+        "day_size": size,
+        "step": step.name,
+        "title": step.title,
+        "error": str(error),
+    }
+
+
 def fastest(runs: Sequence[Run]) -> Run:
     """The fastest of repeated runs (the least disturbed by a busy machine), with the highest
     peak memory of them all."""
@@ -113,6 +124,12 @@ def markdown(results: dict[str, Any], steps: Sequence[Step]) -> str:
             f"{_num(floor and floor['seconds'], digits)} | {ratio} | {_num(ours['peak_mib'], 0)} | "
             f"{_num(floor and floor['peak_mib'], 0)} | {detail} |"
         )
+    failures = results.get("failures", [])
+    if failures:
+        lines += ["", "**Failed** (not measured; the end of each failed child's log is in results.json):", ""]
+        for failure in failures:
+            first = next((line for line in str(failure["error"]).splitlines() if line.strip()), "")
+            lines.append(f"- {size_label(failure['size'])} {failure['title']}: {first}")
     measured = {row["step"] for row in results["rows"]}
     lines += ["", "Floors:", ""]
     lines += [f"- {step.title}: {step.floor_label}" for step in steps if step.name in measured]
