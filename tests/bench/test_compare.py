@@ -113,3 +113,22 @@ def test_a_run_keeps_the_results_it_replaces_and_compares_with_them(tmp_path: Pa
     with pytest.raises(ValueError, match="not a benchmark results file"):
         run_benchmark([], tmp_path / "third", baseline=tmp_path / "bad.json")
     assert not (tmp_path / "third" / "results.json").exists()
+
+
+def test_a_point_that_fails_is_reported_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh day over 1M impressions must be whole copies of the 1M day: 1.5M fails in its
+    child's prepare, and the run records it instead of losing the rows around it."""
+    from bench.__main__ import run_benchmark
+
+    monkeypatch.setenv("CLICKLOOP_BENCH_REFRESH_POINTS", "1500000")
+    results = run_benchmark([1_000], tmp_path, steps=["refresh"])
+    assert results["rows"] == []
+    (failure,) = results["failures"]
+    assert (failure["step"], failure["size"], failure["day_size"]) == ("refresh", 1_500_000, 1_000)
+    assert "refresh/prepare at 1,500,000" in failure["error"]
+    assert "must be a multiple of it" in failure["error"]
+    assert json.loads((tmp_path / "results.json").read_text())["failures"] == [failure]
+    report = (tmp_path / "results.md").read_text()
+    assert "**Failed**" in report and "- 1500k daily refresh (3 runs): refresh/prepare at 1,500,000" in report
