@@ -71,6 +71,10 @@ def read_set(
     )
     if split:  # the filter prunes row groups; this keeps exactly the split's rows
         frame = frame[frame[SPLIT_COLUMN] == split]
+    # the partitions it will be computed in: Dask fuses small row groups once a filter and a
+    # column selection shrink them (two row groups of a validation day became one, and a worker
+    # of two got no validation rows: XGBoost refuses an empty worker with categorical features)
+    frame = frame.optimize()
     if frame.npartitions < min_partitions:
         frame = frame.repartition(npartitions=min_partitions)
     return frame

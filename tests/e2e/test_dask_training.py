@@ -30,7 +30,17 @@ from clickloop.model import (
     predict_ctr,
     read_model_manifest,
 )
-from clickloop.split import TEST_SET, TRAIN, TRAINING_SET, SplitParams, TimeSplit, build_sets, set_path
+from clickloop.split import (
+    SPLIT_COLUMN,
+    TEST_SET,
+    TRAIN,
+    TRAINING_SET,
+    VALIDATION,
+    SplitParams,
+    TimeSplit,
+    build_sets,
+    set_path,
+)
 from clickloop.storage import Warehouse
 from clickloop.training import TrainingParams, fit_ctr_model, read_training_data
 from resources.dask_cluster import DaskCluster
@@ -148,3 +158,26 @@ def test_the_model_asset_trains_on_the_cluster_and_registers(warehouse: Warehous
     assert booster.attr(DOWNSAMPLING_ATTR) == repr(RATE)
     assert booster.num_boosted_rounds() == model.best_iteration + 1
     assert ModelRegistry(data_dir=data).versions() == ["1"]
+
+
+def test_validation_rows_in_two_row_groups_reach_both_workers(
+    warehouse: Warehouse, cluster: str, tmp_path: Path
+) -> None:
+    """Dask fuses row groups that a filter and a column selection shrink: a validation day split
+    over two row groups became one partition, one worker of two had no validation rows, and
+    XGBoost refused to train ("A worker cannot have empty input", seen in ``make bench``)."""
+    table = pq.read_table(set_path(warehouse, TRAINING_SET))
+    splits = table.column(SPLIT_COLUMN).to_pylist()
+    n_valid = splits.count(VALIDATION)
+    assert splits[-n_valid:] == [VALIDATION] * n_valid  # the validation rows come last
+    path = tmp_path / "training_set.parquet"
+    # the first row group ends halfway through the validation rows
+    pq.write_table(table, path, row_group_size=table.num_rows - n_valid // 2)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2
+    rows = read_set(str(path), [*SPEC.columns, LABEL], VALIDATION, min_partitions=2)
+    lengths = rows.map_partitions(len).compute().tolist()
+    assert len(rows.to_delayed()) == len(lengths) >= 2 and min(lengths) > 0 and sum(lengths) == n_valid
+    params = TrainingParams(n_trials=0, num_boost_round=20, early_stopping_rounds=20, nthread=1)
+    with Client(cluster) as client:
+        fit = fit_ctr_model_dask(client, SPEC, str(path), params, RATE)
+    assert fit.valid_rows == n_valid and fit.final.booster.num_boosted_rounds() == 20
