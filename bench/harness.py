@@ -285,14 +285,56 @@ class ChildFailed(RuntimeError):
     """A child process exited with an error; the message holds the end of its log."""
 
 
+#: Set to 1, every "child" runs in the benchmark's own process, one after the other: no interpreter
+#: start and no imports per step, which is most of a smoke run's time (``tests/e2e/test_bench.py``).
+#: Times and CPU are the timed blocks', as in a child; a peak is the process's high-water mark so
+#: far, not the step's own: a measurement run never sets it.
+IN_PROCESS_ENV = "CLICKLOOP_BENCH_IN_PROCESS"
+
+
+def _run_in_process(role: str, step: Step, size: int, work: Path, rows: int, result: Path) -> Run:
+    """:func:`child_run` in this process, in the scratch folder as a child would be."""
+    import traceback
+
+    cwd = os.getcwd()
+    start = time.perf_counter()
+    try:
+        os.chdir(work)
+        child_run(step, role, size, work, result, rows)
+    except Exception as error:
+        raise ChildFailed(
+            f"{step.name}/{role} at {rows:,} (day {size:,}) failed in process:\n{traceback.format_exc()[-4000:]}"
+        ) from error
+    finally:
+        os.chdir(cwd)
+    return _run_of(json.loads(result.read_text()), _proc_status_mib("VmHWM"), time.perf_counter() - start)
+
+
+def _run_of(payload: dict[str, Any], peak_mib: float, child_wall_s: float) -> Run:
+    return Run(
+        wall_s=payload.get("wall_s", 0.0),
+        cpu_s=payload.get("cpu_s", 0.0),
+        peak_mib=peak_mib,
+        rss_start_mib=payload.get("rss_start_mib", 0.0),
+        hwm_end_mib=payload.get("hwm_end_mib", 0.0),
+        child_wall_s=child_wall_s,
+        info=payload.get("info", {}),
+        block_wall_s=payload.get("block_wall_s"),
+    )
+
+
 def run_child(role: str, step: Step, size: int, work: Path, rows: int | None = None) -> Run:
-    """Start one child, wait for it with ``os.wait4`` and return its timing and peak RSS."""
+    """Start one child, wait for it with ``os.wait4`` and return its timing and peak RSS (with
+    :data:`IN_PROCESS_ENV` set: run it in this process)."""
     rows = rows or size
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     result = logs / f"{step.name}-{rows}-{role}.json"
     log = logs / f"{step.name}-{rows}-{role}.log"
     result.unlink(missing_ok=True)
+    if os.getenv(IN_PROCESS_ENV) == "1":
+        work.mkdir(parents=True, exist_ok=True)
+        return _run_in_process(role, step, size, work, rows, result)
     command = [sys.executable, "-m", "bench", "--child", role, "--step", step.name]
     command += ["--size", str(size), "--rows", str(rows)]
     command += ["--work", str(work), "--result", str(result)]
@@ -315,15 +357,5 @@ def run_child(role: str, step: Step, size: int, work: Path, rows: int | None = N
     if proc.returncode != 0 or not result.exists():
         tail = log.read_text(errors="replace")[-4000:]
         raise ChildFailed(f"{step.name}/{role} at {rows:,} (day {size:,}) exited {proc.returncode}:\n{tail}")
-    payload = json.loads(result.read_text())
     peak = usage.ru_maxrss / 1024  # KiB on Linux
-    return Run(
-        wall_s=payload.get("wall_s", 0.0),
-        cpu_s=payload.get("cpu_s", 0.0),
-        peak_mib=peak,
-        rss_start_mib=payload.get("rss_start_mib", 0.0),
-        hwm_end_mib=payload.get("hwm_end_mib", 0.0),
-        child_wall_s=child_wall,
-        info=payload.get("info", {}),
-        block_wall_s=payload.get("block_wall_s"),
-    )
+    return _run_of(json.loads(result.read_text()), peak, child_wall)

@@ -8,19 +8,27 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness import IN_PROCESS_ENV
 from bench.steps import STEPS
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Impressions per day of the smoke run. Its time is mostly fixed costs (a fresh interpreter per
-#: child, Evidently's reports, the refresh's Dagster runs): 5k takes ~15 % less CPU than 20k, 2k no less.
+#: Impressions per day of the smoke run. Its time is mostly fixed costs (Evidently's reports, the
+#: refresh's Dagster runs): 5k takes ~15 % less CPU than 20k, 2k no less.
 SIZE = 5_000
 
 
 def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
-    # the ranker's load: 2 s at its rate instead of 30
-    env = {**os.environ, "CLICKLOOP_DATA_DIR": str(tmp_path), "CLICKLOOP_BENCH_RANKER_SECONDS": "2"}
+    # the ranker's load: 2 s at its rate instead of 30; every step in the one process (a fresh
+    # interpreter per child, 28 of them, was half the test's time; the children's own path is
+    # test_a_child_process_measures_a_step)
+    env = {
+        **os.environ,
+        "CLICKLOOP_DATA_DIR": str(tmp_path),
+        "CLICKLOOP_BENCH_RANKER_SECONDS": "2",
+        IN_PROCESS_ENV: "1",
+    }
     subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--sizes", str(SIZE)],
         cwd=ROOT,
@@ -62,6 +70,21 @@ def test_quick_bench_measures_every_step(tmp_path: Path) -> None:
     assert training["ours"]["info"]["rounds"] == training["floor"]["info"]["rounds"] == 100
     markdown = (tmp_path / "bench" / "results.md").read_text()
     assert "| size | step |" in markdown and "p99" in markdown
+    assert not (tmp_path / "bench" / "work").exists()
+
+
+def test_a_child_process_measures_a_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a measurement run does for every step: a child process, its peak from ``os.wait4``."""
+    from bench.__main__ import run_benchmark
+
+    monkeypatch.delenv(IN_PROCESS_ENV, raising=False)
+    monkeypatch.setenv("CLICKLOOP_DATA_DIR", str(tmp_path))
+    results = run_benchmark([1_000], tmp_path / "bench", steps=["simulate"])
+    (row,) = results["rows"]
+    assert (row["step"], row["size"], results["failures"]) == ("simulate", 1_000, [])
+    ours = row["ours"]
+    assert 0 < ours["seconds"] < ours["child_wall_seconds"]  # the interpreter's start is not timed
+    assert ours["peak_mib"] >= ours["hwm_end_mib"] > 0  # the child's own high-water mark
     assert not (tmp_path / "bench" / "work").exists()
 
 
