@@ -171,12 +171,14 @@ def serving_skew_check(calendar: Calendar, contract: LogContract) -> AssetChecks
     ) -> AssetCheckResult:
         day, store = context.partition_key, warehouse.get()
         (path,) = store.require_partition_paths(FEATURES, [day])
-        result = serving_skew(
-            path,
-            spec,
-            model_registry.load_version,
-            calibration_of=lambda v: calibration_served(store, day, v, model_registry.version_tags(v)),
-        )
+        with store.duckdb() as con:
+            result = serving_skew(
+                path,
+                spec,
+                model_registry.load_version,
+                calibration_of=lambda v: calibration_served(store, day, v, model_registry.version_tags(v)),
+                con=con,
+            )
         by_version = pd.Series(result.by_version, dtype="int64")
         return AssetCheckResult(
             passed=result.passed,

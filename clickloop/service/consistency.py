@@ -9,20 +9,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
 from clickloop.calibration import Calibration
-from clickloop.contract import AD_ID, IMPRESSION_ID, MODEL_VERSION, POSITION, PREDICTED_CTR
+from clickloop.contract import AD_ID, IMPRESSION_ID, MODEL_VERSION, POSITION, PREDICTED_CTR, sql_literal
 from clickloop.features import USER_KEY_TYPE, FeatureSpec
 from clickloop.model import model_frame_for, predict_frame, served_version
 from clickloop.service.store import RedisSnapshot, key_widths
-from clickloop.storage import read_parquet
+from clickloop.storage import StoragePath, connect, parquet_sql
 
 #: The largest |served - re-scored| predicted CTR the skew check accepts.
 SKEW_TOLERANCE = 1e-6
@@ -112,38 +112,57 @@ def registered_version(served: str) -> str | None:
 
 
 def serving_skew(
-    features_path: Path,
+    features_path: StoragePath,
     spec: FeatureSpec,
     load_version: Callable[[str], xgb.Booster],
     sample_rows: int = DEFAULT_SAMPLE_ROWS,
     seed: int = 0,
     tolerance: float = SKEW_TOLERANCE,
     calibration_of: Callable[[str], Calibration] | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> SkewResult:
     """Re-score a sample of the impressions a registered model served on one day of ``features``
     from their logged features, with the version that served them, at the reference position, and
-    its calibration of the day (``calibration_of(version)``; None: raw scores)."""
-    wanted: Sequence[str] = [IMPRESSION_ID, MODEL_VERSION, PREDICTED_CTR, *spec.columns]
-    table = read_parquet(features_path, columns=[c for c in dict.fromkeys(wanted)]).to_pandas()
-    table[MODEL_VERSION] = table[MODEL_VERSION].astype(object)
-    versions = {v: registered_version(str(v)) for v in table[MODEL_VERSION].dropna().unique()}
-    served = table[
-        table[MODEL_VERSION].map(lambda v: versions.get(v) is not None) & table[PREDICTED_CTR].notna()
-    ]
-    sample = _sample(served, sample_rows, seed)
+    its calibration of the day (``calibration_of(version)``; None: raw scores).
+
+    The served rows are counted and sampled in DuckDB (``con``: the warehouse's connection; a local
+    one by default), the rows with the smallest seeded hash of their impression id: only the sample
+    is loaded, so the check's memory does not grow with the day (reading the whole day into pandas
+    took 5.7 GiB at 10M impressions)."""
+    own = con is None
+    con = connect() if con is None else con
+    try:
+        source = parquet_sql(features_path)
+        logged = f"CAST({MODEL_VERSION} AS VARCHAR)"
+        counts = con.sql(
+            f"SELECT {logged}, count(*) FROM {source} "
+            f"WHERE {PREDICTED_CTR} IS NOT NULL AND {MODEL_VERSION} IS NOT NULL GROUP BY 1"
+        ).fetchall()
+        versions = {v: r for v, _ in counts if (r := registered_version(v)) is not None}
+        served = sum(n for v, n in counts if v in versions)
+        wanted = ", ".join(dict.fromkeys([IMPRESSION_ID, MODEL_VERSION, PREDICTED_CTR, *spec.columns]))
+        chosen = ", ".join(sql_literal(v) for v in versions) or "NULL"
+        sample = con.sql(
+            f"SELECT * REPLACE ({logged} AS {MODEL_VERSION}) FROM (SELECT {wanted} FROM {source} "
+            f"WHERE {PREDICTED_CTR} IS NOT NULL AND {logged} IN ({chosen}) "
+            f"ORDER BY hash({IMPRESSION_ID}, {int(seed)}), {IMPRESSION_ID} LIMIT {int(sample_rows)})"
+        ).df()
+    finally:
+        if own:
+            con.close()
     by_version: dict[str, int] = {}
     worst, worst_id = 0.0, None
-    for logged, rows in sample.groupby(MODEL_VERSION, observed=True):
-        booster = load_version(str(versions[logged]))
+    for logged_version, rows in sample.groupby(MODEL_VERSION, observed=True):
+        booster = load_version(versions[str(logged_version)])
         features = {c: rows[c] for c in spec.columns}
         if spec.has_position and spec.reference_position is not None:
             features[POSITION] = np.full(len(rows), spec.reference_position, dtype=np.int32)
         rescored = predict_frame(booster, model_frame_for(booster, features))
         if calibration_of is not None:
-            rescored = calibration_of(str(versions[logged])).apply(rescored)
+            rescored = calibration_of(versions[str(logged_version)]).apply(rescored)
         diff = np.abs(rescored - rows[PREDICTED_CTR].to_numpy(np.float64))
-        by_version[str(logged)] = len(rows)
+        by_version[str(logged_version)] = len(rows)
         if len(diff) and float(diff.max()) > worst:
             worst = float(diff.max())
             worst_id = str(rows[IMPRESSION_ID].iloc[int(diff.argmax())])
-    return SkewResult(len(served), len(sample), by_version, worst, worst_id, tolerance)
+    return SkewResult(served, len(sample), by_version, worst, worst_id, tolerance)
