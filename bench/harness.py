@@ -332,8 +332,7 @@ def run_child(role: str, step: Step, size: int, work: Path, rows: int | None = N
     result = logs / f"{step.name}-{rows}-{role}.json"
     log = logs / f"{step.name}-{rows}-{role}.log"
     result.unlink(missing_ok=True)
-    if os.getenv(IN_PROCESS_ENV) == "1":
-        work.mkdir(parents=True, exist_ok=True)
+    if os.getenv(IN_PROCESS_ENV) == "1":  # (``work`` exists: it holds ``logs``)
         return _run_in_process(role, step, size, work, rows, result)
     command = [sys.executable, "-m", "bench", "--child", role, "--step", step.name]
     command += ["--size", str(size), "--rows", str(rows)]

@@ -265,9 +265,9 @@ def refresh_floor(ctx: Ctx) -> dict[str, object]:
 
 def refresh_detail(row: dict[str, Any]) -> str:
     ours = row["ours"]["info"]
-    floor = (row.get("floor") or {}).get("info", {})
+    floor_row = row.get("floor") or {}
+    floor, floor_s = floor_row.get("info", {}), floor_row.get("seconds")
     per_million = 1e6 / row["size"]
-    floor_s = (row.get("floor") or {}).get("seconds")
     text = (
         f"{row['ours']['seconds'] * per_million:.1f} s per 1M impressions"
         + ("" if floor_s is None else f" (floor {floor_s * per_million:.1f} s)")

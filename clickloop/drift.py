@@ -33,7 +33,7 @@ from clickloop.features import FeatureSpec
 from clickloop.model import read_model_manifest, served_version
 from clickloop.presentation import REPORTS_FOLDER, figure_png, markdown_table, new_figure
 from clickloop.split import FEATURES, read_split_manifest
-from clickloop.storage import Warehouse, atomic_write_text, parquet_list_sql, parquet_sql
+from clickloop.storage import Warehouse, atomic_write_text, parquet_list_sql, parquet_sql, seeded_sample_sql
 
 if TYPE_CHECKING:  # Evidently takes seconds to import: only where a report is computed
     from evidently.core.report import Snapshot
@@ -180,8 +180,6 @@ def sample_sql(paths: Sequence[Path], n: int, seed: int, columns: DriftColumns) 
     """A deterministic uniform sample of at most ``n`` rows of the given partitions: the rows with
     the smallest seeded hash of the impression id (the same rows on every run, whatever the file
     order or thread count). Categoricals and the label become strings, numbers doubles."""
-    if n < 1:
-        raise ValueError(f"sample size must be >= 1, not {n}")
     select = []
     wanted = [*columns.features, *(c for c in (columns.prediction, columns.target) if c)]
     for name in dict.fromkeys(wanted):
@@ -191,10 +189,8 @@ def sample_sql(paths: Sequence[Path], n: int, seed: int, columns: DriftColumns) 
             select.append(f"CAST({name} AS VARCHAR) AS {name}")
         else:
             select.append(f"CAST({name} AS DOUBLE) AS {name}")
-    return (
-        f"SELECT {', '.join(select)} FROM {parquet_list_sql(paths)} "
-        f"ORDER BY hash({IMPRESSION_ID}, {int(seed)}), {IMPRESSION_ID} LIMIT {int(n)}"
-    )
+    order = seeded_sample_sql(IMPRESSION_ID, n, seed)
+    return f"SELECT {', '.join(select)} FROM {parquet_list_sql(paths)} {order}"
 
 
 def read_sample(

@@ -202,6 +202,16 @@ def parquet_list_sql(paths: Sequence[StoragePath]) -> str:
     return f"read_parquet([{quoted}], union_by_name = true, hive_partitioning = false)"
 
 
+def seeded_sample_sql(key: str, n: int, seed: int) -> str:
+    """The ``ORDER BY … LIMIT`` of a deterministic uniform sample of at most ``n`` rows: those with
+    the smallest seeded hash of ``key`` (the same rows on every run, whatever the file order or
+    thread count; DuckDB keeps only the top ``n`` while it reads, so memory does not grow with the
+    rows)."""
+    if n < 1:
+        raise ValueError(f"sample size must be >= 1, not {n}")
+    return f"ORDER BY hash({key}, {int(seed)}), {key} LIMIT {int(n)}"
+
+
 @dataclass(frozen=True)
 class DuckDBSettings:
     """How much of the machine DuckDB may use; it spills to ``temp_directory`` beyond the limit."""

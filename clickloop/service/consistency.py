@@ -22,7 +22,7 @@ from clickloop.contract import AD_ID, IMPRESSION_ID, MODEL_VERSION, POSITION, PR
 from clickloop.features import USER_KEY_TYPE, FeatureSpec
 from clickloop.model import model_frame_for, predict_frame, served_version
 from clickloop.service.store import RedisSnapshot, key_widths
-from clickloop.storage import StoragePath, connect, parquet_sql
+from clickloop.storage import StoragePath, connect, parquet_sql, seeded_sample_sql
 
 #: The largest |served - re-scored| predicted CTR the skew check accepts.
 SKEW_TOLERANCE = 1e-6
@@ -145,7 +145,7 @@ def serving_skew(
         sample = con.sql(
             f"SELECT * REPLACE ({logged} AS {MODEL_VERSION}) FROM (SELECT {wanted} FROM {source} "
             f"WHERE {PREDICTED_CTR} IS NOT NULL AND {logged} IN ({chosen}) "
-            f"ORDER BY hash({IMPRESSION_ID}, {int(seed)}), {IMPRESSION_ID} LIMIT {int(sample_rows)})"
+            f"{seeded_sample_sql(IMPRESSION_ID, sample_rows, seed)})"
         ).df()
     finally:
         if own:
@@ -153,15 +153,15 @@ def serving_skew(
     by_version: dict[str, int] = {}
     worst, worst_id = 0.0, None
     for logged_version, rows in sample.groupby(MODEL_VERSION, observed=True):
-        booster = load_version(versions[str(logged_version)])
+        booster = load_version(versions[logged_version])
         features = {c: rows[c] for c in spec.columns}
         if spec.has_position and spec.reference_position is not None:
             features[POSITION] = np.full(len(rows), spec.reference_position, dtype=np.int32)
         rescored = predict_frame(booster, model_frame_for(booster, features))
         if calibration_of is not None:
-            rescored = calibration_of(versions[str(logged_version)]).apply(rescored)
+            rescored = calibration_of(versions[logged_version]).apply(rescored)
         diff = np.abs(rescored - rows[PREDICTED_CTR].to_numpy(np.float64))
-        by_version[str(logged_version)] = len(rows)
+        by_version[logged_version] = len(rows)
         if len(diff) and float(diff.max()) > worst:
             worst = float(diff.max())
             worst_id = str(rows[IMPRESSION_ID].iloc[int(diff.argmax())])

@@ -8,8 +8,9 @@ included, and a copy goes on from the start day). Then, for each following day, 
 daemon would run them: the daily schedule is evaluated at its tick and its run executed; the
 run-status sensors of the refresh chain are evaluated on the run that just ended and their runs
 executed; then the retraining sensors are evaluated and any training they request is executed (a
-``run_key`` already launched is not launched again, as in the daemon). Everything runs in this process on the scenario's own instance in
-``<data dir>/scenarios/<name>/dagster_home``, so ``make ui`` pointed at it shows the runs.
+``run_key`` already launched is not launched again, as in the daemon). Everything runs in this
+process on the scenario's own instance in ``<data dir>/scenarios/<name>/dagster_home``, so
+``make ui`` pointed at it shows the runs.
 """
 
 import argparse
