@@ -31,6 +31,7 @@ from clickloop.model import (
     write_model_manifest,
 )
 from clickloop.presentation import significant
+from clickloop.search import trials_markdown
 from clickloop.split import (
     FEATURES,
     TEST,
@@ -51,7 +52,6 @@ from clickloop.training import (
     fit_ctr_model,
     importance_markdown,
     read_training_data,
-    trials_markdown,
 )
 from resources.dask_cluster import DaskCluster
 from resources.tracking import ModelRegistry
@@ -89,7 +89,12 @@ class CtrModelConfig(Config):
     early_stopping_rounds: int = Field(default=_TRAINING.early_stopping_rounds, ge=1)
     max_depth: int = Field(default=_TRAINING.max_depth, ge=1, le=16)
     learning_rate: float = Field(default=_TRAINING.learning_rate, gt=0.0, le=1.0)
-    min_child_weight: float = Field(default=_TRAINING.min_child_weight, ge=0.0)
+    min_child_weight: float | None = Field(
+        default=_TRAINING.min_child_weight,
+        ge=0.0,
+        description="Least hessian in a leaf; unset: 1 % of the training rows' (the same share of "
+        "the data at any scale).",
+    )
     subsample: float = Field(default=_TRAINING.subsample, gt=0.0, le=1.0)
     colsample_bytree: float = Field(default=_TRAINING.colsample_bytree, gt=0.0, le=1.0)
     reg_lambda: float = Field(default=_TRAINING.reg_lambda, ge=0.0)
@@ -105,6 +110,12 @@ class CtrModelConfig(Config):
         default=_TRAINING.search_max_rows,
         ge=0,
         description="Search trials train on a sample of this many training rows (0 = all).",
+    )
+    search_min_gain_se: float = Field(
+        default=_TRAINING.search_min_gain_se,
+        ge=0.0,
+        description="A searched configuration replaces the configured one only when its validation "
+        "log loss is lower by more than this many standard errors of the paired per-row difference.",
     )
     nthread: int = Field(default=_TRAINING.nthread, ge=1)
     seed: int = _TRAINING.seed
@@ -229,7 +240,14 @@ def ctr_model_asset(contract: LogContract):
             feature_importance=importance,
             tags={"dagster.run_id": context.run_id, "clickloop.test_day": split.split.test},
             artifacts={
-                "search_trials.json": json.dumps([asdict(t) for t in fit.trials], indent=2, default=str),
+                "search_trials.json": json.dumps(
+                    {
+                        "trials": [asdict(t) for t in fit.trials],
+                        "choice": None if fit.choice is None else asdict(fit.choice),
+                    },
+                    indent=2,
+                    default=str,
+                ),
                 "split.json": split.to_json(),
             },
         )
@@ -257,7 +275,9 @@ def ctr_model_asset(contract: LogContract):
         context.log.info(
             f"ctr_model v{version}: best iteration {final.best_iteration}, valid log loss "
             f"{final.valid_logloss:.5f}, {fit.train_rows:,} rows in {final.seconds:.1f}s "
-            f"(search {fit.search_seconds:.1f}s, {len(fit.trials)} trials)"
+            f"(search {fit.search_seconds:.1f}s, {len(fit.trials)} trials"
+            + ("" if fit.choice is None else f"; {fit.choice.text()}")
+            + ")"
         )
         return MaterializeResult(
             metadata={
@@ -272,7 +292,7 @@ def ctr_model_asset(contract: LogContract):
                 "search_seconds": round(fit.search_seconds, 1),
                 "negative_downsampling_rate": split.negative_downsampling_rate,
                 "feature_importance": MetadataValue.md(importance_markdown(importance)),
-                "search_trials": MetadataValue.md(trials_markdown(fit.trials)),
+                "search_trials": MetadataValue.md(trials_markdown(fit.trials, fit.choice)),
                 "params": MetadataValue.json(dict(final.params)),
                 "path": MetadataValue.path(str(model_path)),
             },

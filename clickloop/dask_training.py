@@ -30,23 +30,25 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import xgboost as xgb
 from distributed import Client
 from xgboost import dask as xgb_dask
 
 from clickloop.contract import LABEL, TIME
 from clickloop.features import FeatureSpec
-from clickloop.model import to_model_frame
+from clickloop.metrics import row_log_losses
+from clickloop.model import correct_downsampled, to_model_frame
+from clickloop.search import SearchChoice, TrialResult, search_with
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
 from clickloop.training import (
     _PROBABILITY_EPS,
     FitResult,
     TrainedBooster,
     TrainingParams,
-    TrialResult,
     base_params,
     early_stopping,
     finish_booster,
-    search_with,
+    leaf_min_weight,
     unscaled_recency_weights,
 )
 
@@ -220,6 +222,17 @@ def train_dask_booster(
     )
 
 
+def dask_validation_losses(
+    client: Client, booster: xgb.Booster, valid: DaskModelData, rate: float
+) -> np.ndarray:
+    """Per-row validation log loss of a trial, predicted on the cluster from the validation frame
+    (corrected for downsampling as the validation matrix's base margin is) and gathered here: one
+    day of floats."""
+    predicted = xgb_dask.inplace_predict(client, booster, valid.features)
+    probabilities = correct_downsampled(np.asarray(predicted.compute()), rate)
+    return row_log_losses(np.asarray(valid.labels.compute()), probabilities)
+
+
 def fit_ctr_model_dask(
     client: Client,
     spec: FeatureSpec,
@@ -245,8 +258,10 @@ def fit_ctr_model_dask(
         ctr = float((train_data.labels * train_data.weights).mean().compute())
     matrices = build_dask_matrices(client, train_data, valid_data, categories, ctr, params.max_bin, rate)
     start = time.perf_counter()
-    best: dict[str, Any] = base_params(params)
+    # recency weights have a mean of 1, so the rows' total weight is their count
+    best: dict[str, Any] = base_params(params, leaf_min_weight(params, n_train, ctr))
     trials: list[TrialResult] = []
+    choice: SearchChoice | None = None
     if params.n_trials > 0:
         search = matrices
         if 0 < params.search_max_rows < n_train:
@@ -260,13 +275,15 @@ def fit_ctr_model_dask(
                 params.max_bin,
                 rate,
             )
-        best, trials = search_with(
+        best, trials, choice = search_with(
             lambda trial, rounds: train_dask_booster(search, trial, rounds, params.early_stopping_rounds),
+            lambda trained: dask_validation_losses(client, trained.booster, valid_data, rate),
             best,
             params.n_trials,
             params.search_num_boost_round,
             params.seed,
+            params.search_min_gain_se,
         )
     search_seconds = time.perf_counter() - start
     final = train_dask_booster(matrices, best, params.num_boost_round, params.early_stopping_rounds)
-    return FitResult(final, trials, search_seconds, n_train, n_valid)
+    return FitResult(final, trials, search_seconds, n_train, n_valid, choice)

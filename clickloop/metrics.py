@@ -97,11 +97,16 @@ def clipped(probabilities: Floats) -> np.ndarray:
     return np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
 
 
-def log_loss_sum(labels: Floats, probabilities: Floats) -> float:
-    """Σ of the per-row log loss in nats (clipped as in :func:`log_loss_sql`)."""
+def row_log_losses(labels: Floats, probabilities: Floats) -> np.ndarray:
+    """Each row's log loss in nats (clipped as in :func:`log_loss_sql`)."""
     y, p = as_arrays(labels, probabilities)
     q = clipped(p)
-    return float(-(y * np.log(q) + (1.0 - y) * np.log(1.0 - q)).sum())
+    return -(y * np.log(q) + (1.0 - y) * np.log(1.0 - q))
+
+
+def log_loss_sum(labels: Floats, probabilities: Floats) -> float:
+    """Σ of the per-row log loss in nats (:func:`row_log_losses`)."""
+    return float(row_log_losses(labels, probabilities).sum())
 
 
 def log_loss(labels: Floats, probabilities: Floats) -> float:

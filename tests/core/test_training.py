@@ -14,24 +14,23 @@ import pytest
 from clickloop.contract import LABEL
 from clickloop.metrics import log_loss
 from clickloop.model import DOWNSAMPLING_ATTR, model_categories, predict_ctr, to_model_frame
+from clickloop.search import TUNED, NonFiniteModelError, choose_trial, trials_markdown
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION, TimeSplit, build_training_set
 from clickloop.storage import Warehouse
 from clickloop.training import (
-    TUNED,
-    NonFiniteModelError,
     TrainingParams,
     base_params,
     build_matrices,
     feature_importance,
     fit_ctr_model,
     importance_markdown,
+    leaf_min_weight,
     model_data,
     read_training_data,
     recency_weights,
     sample_rows,
     train_booster,
     training_frames,
-    trials_markdown,
 )
 from tests.core.synthetic import KEYS, SPEC, features_day, truth_of, write_features_days
 
@@ -113,6 +112,65 @@ def test_search_then_final_model_finds_the_signal(frames, searched) -> None:
     assert table.count("\n") == 3 and all(name in table.splitlines()[0] for name in TUNED)
 
 
+def test_a_trial_replaces_the_configured_parameters_only_beyond_the_noise() -> None:
+    """Paired on the same validation rows: a gain far below its standard error keeps trial 0, a
+    gain of many standard errors takes the trial; the lowest mean loss is always the one weighed."""
+    rng = np.random.default_rng(3)
+    configured = rng.exponential(0.2, 5000)
+    noise = rng.normal(0.0, 0.05, 5000)
+    losses = {0: configured, 1: configured + noise - 0.0002, 2: configured + noise * 0.1 - 0.004}
+    assert choose_trial({0: configured, 1: losses[1]}, 2.0).trial == 0  # 0.0002 against an SE of 0.0007
+    chosen = choose_trial({0: configured, 1: losses[1]}, 0.0)
+    assert (chosen.trial, chosen.best_trial) == (1, 1)  # 0: the lowest loss wins
+    choice = choose_trial(losses, 2.0)
+    assert (choice.trial, choice.best_trial) == (2, 2)
+    assert choice.gain == pytest.approx(0.004, abs=2e-4)
+    assert choice.gain > 2.0 * choice.standard_error > 0
+    assert "took trial 2" in choice.text()
+    assert choose_trial({0: configured, 1: configured + 0.01}, 2.0).text().startswith("the configured")
+
+
+def test_the_final_model_takes_the_chosen_trials_parameters(frames) -> None:
+    """With the noise rule off, the final model has the lowest-loss trial's parameters; with a rule
+    no trial can pass, the configured ones, whatever the trials scored."""
+    train, valid, _ = frames
+    base = TrainingParams(
+        n_trials=3, search_num_boost_round=40, num_boost_round=80, search_max_rows=4000, nthread=1
+    )
+    greedy = fit_ctr_model(SPEC, train, valid, replace(base, search_min_gain_se=0.0), rate=1.0)
+    lowest = min(greedy.trials, key=lambda t: t.valid_logloss)
+    assert greedy.choice is not None and greedy.choice.trial == lowest.number
+    assert all(greedy.final.params[k] == lowest.params[k] for k in TUNED)
+    strict = fit_ctr_model(SPEC, train, valid, replace(base, search_min_gain_se=1e9), rate=1.0)
+    assert strict.choice is not None and strict.choice.trial == 0
+    assert strict.trials[0].params["max_depth"] == base.max_depth  # trial 0: the configured ones
+    assert all(strict.final.params[k] == strict.trials[0].params[k] for k in TUNED)
+    assert [t.valid_logloss for t in strict.trials] == [t.valid_logloss for t in greedy.trials]
+    assert lowest.number != 0  # on these days a searched trial beats the configured one (5 SE)
+    # the choice's gain is the trials' validation loss difference, paired per row
+    gain = greedy.trials[0].valid_logloss - lowest.valid_logloss
+    assert greedy.choice.gain == pytest.approx(gain, rel=1e-3, abs=1e-6)
+    assert "(chosen)" in trials_markdown(strict.trials, strict.choice)
+
+
+def test_a_leaf_holds_the_same_share_of_the_data_at_any_scale(frames) -> None:
+    """Unset, ``min_child_weight`` is 1 % of the training rows' hessian: 10× the rows, 10× the
+    weight; a configured one is kept; the final model is trained with the resolved value."""
+    params = TrainingParams()
+    assert params.min_child_weight is None
+    small, large = leaf_min_weight(params, 40_000, 0.035), leaf_min_weight(params, 400_000, 0.035)
+    assert small == pytest.approx(0.01 * 40_000 * 0.035 * 0.965) and large == pytest.approx(10 * small)
+    assert leaf_min_weight(params, 50, 0.01) == 1.0  # never below one
+    assert leaf_min_weight(replace(params, min_child_weight=7.0), 400_000, 0.035) == 7.0
+    with pytest.raises(ValueError, match="min_child_weight is unset"):
+        base_params(params)
+    train, valid, _ = frames
+    fit = fit_ctr_model(SPEC, train, valid, replace(params, n_trials=0, num_boost_round=20, nthread=1), 1.0)
+    labels = train[LABEL].to_numpy().astype(float)
+    expected = 0.01 * len(labels) * labels.mean() * (1 - labels.mean())
+    assert fit.final.params["min_child_weight"] == pytest.approx(max(1.0, expected))
+
+
 def test_downsampled_model_is_recalibrated(tmp_path: Path) -> None:
     """Trained on 20 % of the negatives, the raw prediction is far too high; corrected, the mean
     prediction on real traffic matches the true click rate."""
@@ -170,7 +228,10 @@ def test_training_fails_on_a_diverging_loss(frames: tuple[pa.Table, pa.Table, pa
     train, valid, _ = frames
     train_data, valid_data = training_frames(SPEC, train, valid)
     matrices = build_matrices(train_data, valid_data, max_bin=64, rate=1.0)
-    diverging = {**base_params(TrainingParams(nthread=1, max_bin=64)), "learning_rate": float("inf")}
+    diverging = {
+        **base_params(TrainingParams(nthread=1, max_bin=64), min_child_weight=1.0),
+        "learning_rate": float("inf"),
+    }
     with pytest.raises(NonFiniteModelError, match=r"training diverged: \w+ logloss is nan from round \d"):
         train_booster(matrices, diverging, num_boost_round=5, early_stopping_rounds=5)
 

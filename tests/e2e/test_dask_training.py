@@ -21,7 +21,7 @@ from distributed import Client, wait
 from assets.model import ctr_model_asset
 from clickloop.contract import LABEL
 from clickloop.contract_file import load_contract
-from clickloop.dask_training import dask_model_data, fit_ctr_model_dask, read_set
+from clickloop.dask_training import dask_model_data, dask_validation_losses, fit_ctr_model_dask, read_set
 from clickloop.metrics import auc, log_loss
 from clickloop.model import (
     DOWNSAMPLING_ATTR,
@@ -108,10 +108,18 @@ def test_dask_training_matches_one_machine(warehouse: Warehouse, cluster: str) -
         # selection computed from them may be gathered on one worker, so those keys are not asked)
         holders = {w for w, keys in client.has_what().items() if keys}
         assert len(holders) == 2, client.has_what()
+        # the search's per-row validation losses (the noise rule pairs them): their mean is the
+        # final model's validation log loss, downsampling correction included
+        valid_rows = read_set(str(set_path(warehouse, TRAINING_SET)), [*SPEC.columns, LABEL], VALIDATION)
+        valid_data = dask_model_data(client, SPEC, valid_rows, model_categories(single.final.booster))
+        losses = dask_validation_losses(client, distributed.final.booster, valid_data, RATE)
     print(f"dask training: {seconds:.1f}s, one machine: search {single.search_seconds:.1f}s")
 
     assert (distributed.train_rows, distributed.valid_rows) == (single.train_rows, single.valid_rows)
     assert len(distributed.trials) == PARAMS.n_trials
+    assert distributed.choice is not None and distributed.choice.trial == 0  # the only trial
+    assert len(losses) == distributed.valid_rows
+    assert float(losses.mean()) == pytest.approx(distributed.final.valid_logloss, rel=1e-4)
     booster = distributed.final.booster
     # the model is the same kind of artefact: categories, downsampling rate, cut at the best iteration
     assert model_categories(booster) == model_categories(single.final.booster)
