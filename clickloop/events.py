@@ -70,29 +70,47 @@ class EventsAccounting:
         )
 
 
-def _partitions_sql(paths_by_key: Sequence[tuple[str, Path]]) -> str:
+def _partitions_sql(paths_by_key: Sequence[tuple[str, Path]], columns: str = "*") -> str:
     return " UNION ALL ".join(
-        f"SELECT *, '{key}' AS pk FROM {parquet_sql(path)}" for key, path in paths_by_key
+        f"SELECT {columns}, '{key}' AS pk FROM {parquet_sql(path)}" for key, path in paths_by_key
     )
 
 
-def _dedup_impressions(con: duckdb.DuckDBPyConnection, impressions: Sequence[tuple[str, Path]]) -> None:
-    """``imp_all``: every impression row, ``rn`` = 1 for the earliest of each id (across days)."""
+def _dedup_impressions(
+    con: duckdb.DuckDBPyConnection, day: str, impressions: Sequence[tuple[str, Path]]
+) -> None:
+    """``imp_keys``: the keys of every impression row of D-1 and D, ``rn`` = 1 for the earliest of
+    each id (across days); ``imp_day``: day D's rows, whole, with their ``rn``.
+
+    Only the narrow keys go through the window function: at 50M impressions a day, numbering whole
+    rows made DuckDB spill 49 GB to disk. A row is its (source file, line number) within its
+    partition.
+    """
+    keys = f"{IMPRESSION_ID}, {TIME}, {SOURCE_FILE}, {LINE_NUMBER}"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE imp_all AS
+        CREATE OR REPLACE TEMP TABLE imp_keys AS
         SELECT *, row_number() OVER (
                    PARTITION BY {IMPRESSION_ID} ORDER BY {TIME}, pk, {SOURCE_FILE}, {LINE_NUMBER}) AS rn
-        FROM ({_partitions_sql(impressions)})
+        FROM ({_partitions_sql(impressions, keys)})
+        """
+    )
+    (path,) = [p for k, p in impressions if k == day]
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP VIEW imp_day AS
+        SELECT d.*, k.rn FROM {parquet_sql(path)} d
+        JOIN (SELECT {SOURCE_FILE}, {LINE_NUMBER}, rn FROM imp_keys WHERE pk = '{day}') k
+          USING ({SOURCE_FILE}, {LINE_NUMBER})
         """
     )
 
 
-def _duplicates_sql(day: str) -> str:
+def _duplicates_sql() -> str:
     return f"""
         SELECT d.{SOURCE_FILE}, d.{LINE_NUMBER}, 'duplicate_impression' AS reason,
                to_json(d)::VARCHAR AS raw_line
-        FROM (SELECT * EXCLUDE (pk, rn) FROM imp_all WHERE pk = '{day}' AND rn > 1) d
+        FROM (SELECT * EXCLUDE (rn) FROM imp_day WHERE rn > 1) d
     """
 
 
@@ -100,7 +118,7 @@ def _accounting(
     con: duckdb.DuckDBPyConnection, day: str, events_path: Path, outcomes: dict[str, int]
 ) -> EventsAccounting:
     imp_in, dup_imp = one_row(
-        con, f"SELECT count(*), count(*) FILTER (rn > 1) FROM imp_all WHERE pk = '{day}'"
+        con, f"SELECT count(*), count(*) FILTER (rn > 1) FROM imp_keys WHERE pk = '{day}'"
     )
     n_events, clicked, late = one_row(
         con,
@@ -149,7 +167,7 @@ def join_events(
     if not any(k > day for k, _ in clicks):
         raise ValueError(f"clicks of the day after {day} are needed: its attribution window is still open")
     window_s = window_hours * 3600.0
-    _dedup_impressions(con, impressions)
+    _dedup_impressions(con, day, impressions)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE clk AS
@@ -163,7 +181,7 @@ def join_events(
                         WHEN date_diff('microsecond', i.{TIME}, c.{TIME}) / 1e6 > {window_s}
                             THEN 'outside_attribution_window'
                    END AS rejected
-            FROM c LEFT JOIN (SELECT * FROM imp_all WHERE rn = 1) i USING ({IMPRESSION_ID})
+            FROM c LEFT JOIN (SELECT * FROM imp_keys WHERE rn = 1) i USING ({IMPRESSION_ID})
         )
         SELECT *,
                CASE WHEN rejected IS NOT NULL THEN rejected
@@ -178,16 +196,16 @@ def join_events(
         """
     )
     events_sql = f"""
-        SELECT i.* EXCLUDE ({SOURCE_FILE}, {LINE_NUMBER}, pk, rn),
+        SELECT i.* EXCLUDE ({SOURCE_FILE}, {LINE_NUMBER}, rn),
                CAST(a.{CLICK_ID} IS NOT NULL AS TINYINT) AS {LABEL},
                a.{CLICK_ID}, a.click_ts, a.delay_s AS click_delay_s
-        FROM imp_all i
+        FROM imp_day i
         LEFT JOIN (SELECT * FROM clk WHERE outcome LIKE 'attributed%') a USING ({IMPRESSION_ID})
-        WHERE i.pk = '{day}' AND i.rn = 1
+        WHERE i.rn = 1
         ORDER BY i.{TIME}, i.{IMPRESSION_ID}
     """
     quarantine_sql = f"""
-        {_duplicates_sql(day)}
+        {_duplicates_sql()}
         UNION ALL
         SELECT {SOURCE_FILE}, {LINE_NUMBER}, outcome AS reason,
                to_json(struct_pack({CLICK_ID}, {IMPRESSION_ID}, {TIME} := click_ts))::VARCHAR AS raw_line
@@ -214,22 +232,22 @@ def label_events(
     (earliest row wins, across D-1 and D); the label of the kept row counts. A duplicate's clicks
     are accounted as ``duplicate_click``; there are no orphan or late clicks to reject."""
     _check_inputs(day, impressions, MAX_WINDOW_HOURS)
-    _dedup_impressions(con, impressions)
+    _dedup_impressions(con, day, impressions)
     events_sql = f"""
-        SELECT i.* EXCLUDE ({SOURCE_FILE}, {LINE_NUMBER}, pk, rn, {LABEL}),
+        SELECT i.* EXCLUDE ({SOURCE_FILE}, {LINE_NUMBER}, rn, {LABEL}),
                CAST(i.{LABEL} AS TINYINT) AS {LABEL}, NULL::VARCHAR AS {CLICK_ID},
                NULL::TIMESTAMPTZ AS click_ts, NULL::DOUBLE AS click_delay_s
-        FROM imp_all i WHERE i.pk = '{day}' AND i.rn = 1
+        FROM imp_day i WHERE i.rn = 1
         ORDER BY i.{TIME}, i.{IMPRESSION_ID}
     """
     atomic_copy_query_to_parquet(
-        con, f"{_duplicates_sql(day)} ORDER BY reason, {SOURCE_FILE}, {LINE_NUMBER}", quarantine_path
+        con, f"{_duplicates_sql()} ORDER BY reason, {SOURCE_FILE}, {LINE_NUMBER}", quarantine_path
     )
     atomic_copy_query_to_parquet(con, events_sql, events_path)
     kept, duplicated = one_row(
         con,
         f"SELECT coalesce(sum({LABEL}) FILTER (rn = 1), 0), coalesce(sum({LABEL}) FILTER (rn > 1), 0) "
-        f"FROM imp_all WHERE pk = '{day}'",
+        "FROM imp_day",
     )
     outcomes = {"attributed_same_day": int(kept), "duplicate_click": int(duplicated)}
     return _accounting(con, day, events_path, outcomes)
