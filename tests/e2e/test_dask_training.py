@@ -59,7 +59,7 @@ ROWS_PER_DAY = 15_000
 RATE = 0.5
 PARAMS = TrainingParams(
     learning_rate=0.1,
-    min_child_weight=5.0,
+    min_child_weight=None,  # resolved from the training rows on both paths (1 % of their hessian)
     reg_lambda=1.0,
     max_depth=5,
     num_boost_round=300,
@@ -118,6 +118,8 @@ def test_dask_training_matches_one_machine(warehouse: Warehouse, cluster: str) -
     assert (distributed.train_rows, distributed.valid_rows) == (single.train_rows, single.valid_rows)
     assert len(distributed.trials) == PARAMS.n_trials
     assert distributed.choice is not None and distributed.choice.trial == 0  # the only trial
+    weight = single.final.params["min_child_weight"]
+    assert weight > 1.0 and distributed.final.params["min_child_weight"] == pytest.approx(weight, rel=1e-3)
     assert len(losses) == distributed.valid_rows
     assert float(losses.mean()) == pytest.approx(distributed.final.valid_logloss, rel=1e-4)
     booster = distributed.final.booster
