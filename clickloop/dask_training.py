@@ -36,12 +36,11 @@ from xgboost import dask as xgb_dask
 
 from clickloop.contract import LABEL, TIME
 from clickloop.features import FeatureSpec
-from clickloop.metrics import row_log_losses
+from clickloop.metrics import PROBABILITY_EPS, row_log_losses
 from clickloop.model import correct_downsampled, to_model_frame
 from clickloop.search import SearchChoice, TrialResult, search_with
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
 from clickloop.training import (
-    _PROBABILITY_EPS,
     FitResult,
     TrainedBooster,
     TrainingParams,
@@ -180,7 +179,7 @@ def build_dask_matrices(
     is the sample's CTR and the validation rows get logit(CTR) + log(rate) as base margin."""
     base_score, margin = None, None
     if rate < 1.0:
-        base_score = float(np.clip(ctr, _PROBABILITY_EPS, 1 - _PROBABILITY_EPS))
+        base_score = float(np.clip(ctr, PROBABILITY_EPS, 1 - PROBABILITY_EPS))
         offset = math.log(base_score / (1.0 - base_score)) + math.log(rate)
         margin = (valid.labels * 0.0 + offset).astype(np.float32)
     dtrain = xgb_dask.DaskQuantileDMatrix(

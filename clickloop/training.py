@@ -27,14 +27,11 @@ import xgboost as xgb
 from clickloop.contract import LABEL, TIME
 from clickloop.faults import fault_point
 from clickloop.features import FeatureSpec
-from clickloop.metrics import row_log_losses
+from clickloop.metrics import PROBABILITY_EPS, row_log_losses
 from clickloop.model import CATEGORIES_ATTR, DOWNSAMPLING_ATTR, to_model_frame
 from clickloop.search import NonFiniteModelError, SearchChoice, TrialResult, search_with
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION
 from clickloop.storage import StoragePath, read_parquet
-
-_PROBABILITY_EPS = 1e-7
-
 
 #: With ``min_child_weight`` unset, a leaf holds at least this share of the training rows' total
 #: hessian, n × p(1 − p) at the training CTR. 1 %: at ``make run``'s 700,000 training rows that is
@@ -198,7 +195,7 @@ def build_matrices(train: ModelData, valid: ModelData, max_bin: int, rate: float
     base_score = None
     if rate < 1.0:
         ctr = float(
-            np.clip(np.average(train.labels, weights=train.weights), _PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+            np.clip(np.average(train.labels, weights=train.weights), PROBABILITY_EPS, 1 - PROBABILITY_EPS)
         )
         base_score = ctr
         dvalid.set_base_margin(np.full(valid.rows, _logit(ctr) + math.log(rate), dtype=np.float32))
@@ -392,10 +389,9 @@ def fit_ctr_model(
         raise ValueError("training and validation sets must not be empty")
     matrices = build_matrices(train_data, valid_data, params.max_bin, rate)
     start = time.perf_counter()
-    weights = train_data.weights
-    ctr = float(np.average(train_data.labels, weights=weights))
-    total = float(train_data.rows if weights is None else weights.sum())
-    best: dict[str, Any] = base_params(params, leaf_min_weight(params, total, ctr))
+    # recency weights have a mean of 1, so the rows' total weight is their count
+    ctr = float(np.average(train_data.labels, weights=train_data.weights))
+    best: dict[str, Any] = base_params(params, leaf_min_weight(params, train_data.rows, ctr))
     trials: list[TrialResult] = []
     choice: SearchChoice | None = None
     if params.n_trials > 0:
