@@ -176,8 +176,8 @@ STEPS: list[Step] = [
         "drift report",
         drift_ours,
         drift_floor,
-        "Evidently Report([DataDriftPreset]) on the same samples, already pandas frames "
-        "(no read, no prediction/target drift, no tests)",
+        "Evidently Report([DriftedColumnsCount, ValueDrift per feature]) on the same samples, already "
+        "pandas frames (no read, no prediction/target drift, no tests)",
         prepare=drift_prepare,
         needs=("features",),
         points=drift_points,
@@ -189,7 +189,7 @@ STEPS: list[Step] = [
         refresh_ours,
         refresh_floor,
         "the sum of the floors of the same work on the same files: DuckDB read_json → Parquet, "
-        "the bare join, GROUP BYs, LEFT JOINs, Evidently DataDriftPreset on 20k-row samples",
+        "the bare join, GROUP BYs, LEFT JOINs, Evidently drift metrics on 20k-row samples",
         prepare=refresh_prepare,
         points=refresh_points,
         detail=refresh_detail,

@@ -1,8 +1,11 @@
 """Drift: is today's traffic like the traffic the model learned from? (Evidently)
 
-An Evidently report of day D against a reference sample: data drift of every model feature
-(``DataDriftPreset``), prediction drift (what the serving policy predicted) and target drift (the
-click label). The reference is the training window of the model that served D when it is known,
+An Evidently report of day D against a reference sample: data drift of every model feature (a
+``ValueDrift`` each, and ``DriftedColumnsCount`` for their share), prediction drift (what the serving
+policy predicted) and target drift (the click label). These are the metrics Evidently's
+``DataDriftPreset`` generates, without the preset's summary table: that table computes every
+column's drift a third time and renders it again, a third of the report's time (8.8 s against 5.8 s
+on a scenario day here), and each column's drift, method, score and distribution stay in the report. The reference is the training window of the model that served D when it is known,
 else the window of the latest training set, else the ``reference_days`` days before D; only days
 before D that exist are used (:func:`choose_reference`). Current and reference are fixed-size
 samples (a seeded hash of the impression id, so a rerun picks the same rows and the cost does not
@@ -297,8 +300,9 @@ def compute_drift(
     columns: DriftColumns,
     params: DriftParams = DriftParams(),
 ) -> DriftSummary:
-    """Evidently drift of ``current`` against ``reference``: DataDriftPreset on the feature columns,
-    ValueDrift on the prediction and on the target (treated as a category).
+    """Evidently drift of ``current`` against ``reference``: ValueDrift on every feature column (and
+    DriftedColumnsCount for their share), on the prediction and on the target (treated as a
+    category).
 
     Each frame is first capped to ``params.sample_rows`` (seeded sample), so the cost is bounded
     whatever the inputs' size. Methods are Evidently's defaults unless given (the target's defaults
@@ -306,8 +310,7 @@ def compute_drift(
     prediction column empty on either side) get no prediction drift (``prediction`` None).
     """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import ValueDrift
-    from evidently.presets import DataDriftPreset
+    from evidently.metrics import DriftedColumnsCount, ValueDrift
 
     categorical, numeric = list(columns.categorical), list(columns.numeric)
     prediction, target = columns.prediction, columns.target
@@ -330,7 +333,10 @@ def compute_drift(
         numerical_columns=[*numeric, *([prediction] if prediction else [])],
         categorical_columns=[*categorical, *([target] if target else [])],
     )
-    metrics: list[Any] = [DataDriftPreset(columns=features_, drift_share=params.drift_share)]
+    metrics: list[Any] = [
+        DriftedColumnsCount(columns=features_, drift_share=params.drift_share),
+        *(ValueDrift(column=column) for column in features_),
+    ]
     if prediction is not None:
         metrics.append(ValueDrift(column=prediction, method=params.prediction_method))
     if target is not None:

@@ -687,7 +687,8 @@ def test_plots_are_drawn_and_the_drift_report_opens(
     written = dagster_dev.data_dir / REPORTS_FOLDER / report_url.removeprefix(dagster_dev.reports_url + "/")
     assert response.status == 200 and response.body() == written.read_bytes()
     expect(report).to_have_url(report_url)
-    expect(report.get_by_text("Dataset Drift").first).to_be_visible()
+    expect(report.get_by_text("Count of Drifted Columns").first).to_be_visible()
+    expect(report.get_by_text("Drift in column").first).to_be_visible()
     report.close()
 
     page.goto(f"{dagster_dev.url}/assets/model_evaluation?view=events&partition={days[1]}")
