@@ -133,10 +133,14 @@ def dask_model_data(
         return frame
 
     model_rows = spread(client, rows.map_partitions(frame_of, meta=frame_of(rows._meta)))
-    if newest is None:
-        return DaskModelData(model_rows[columns], model_rows[LABEL])
-    weights = model_rows[WEIGHT]
-    return DaskModelData(model_rows[columns], model_rows[LABEL], weights / weights.mean().compute())
+    weights = None
+    if newest is not None:
+        weights = model_rows[WEIGHT]
+        weights = spread(client, weights / weights.mean().compute())
+    # what XGBoost reads is pinned too: the scheduler may hand a task derived from a partition to the
+    # other worker (work stealing, on a busy machine), which then held both validation partitions and
+    # the first none ("A worker cannot have empty input ... categorical features")
+    return DaskModelData(spread(client, model_rows[columns]), spread(client, model_rows[LABEL]), weights)
 
 
 def training_categories(spec: FeatureSpec, train: dd.DataFrame) -> tuple[dict[str, list[str]], float, int]:
