@@ -10,10 +10,17 @@ export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip uv
 
+# uv resolves and installs the same versions as pip in a tenth of the time (5 min -> 30 s on 2 slow
+# cores); pip does it where uv can't reach the index (CLICKLOOP_INSTALLER=pip forces it)
+CLICKLOOP_INSTALLER ?= uv
 $(STAMP): pyproject.toml | $(PY)
+ifeq ($(CLICKLOOP_INSTALLER),uv)
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[dev]' || $(PY) -m pip install --quiet -e '.[dev]'
+else
 	$(PY) -m pip install --quiet -e '.[dev]'
+endif
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,14 +32,16 @@ run: $(STAMP)
 real: $(STAMP)
 	$(PY) -m pipelines.cli.real
 
-# every tier: core, assets, end-to-end (PostgreSQL, daemon, browser, scenarios)
+# every tier: core, assets, end-to-end (PostgreSQL, daemon, browser, scenarios), on TEST_WORKERS
+# pytest-xdist workers: the end-to-end tier on one, the rest beside it (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	@bash tests/ensure_chromium.sh
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # the inner loop: the core and the assets, no end-to-end tier
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not e2e" $(PYTEST_ARGS)
 
 # the UI on http://127.0.0.1:3000, and the HTML reports under $(CLICKLOOP_DATA_DIR)/reports (Evidently
 # drift, Data Docs) served on http://127.0.0.1:$(REPORTS_PORT) so the asset pages link to them

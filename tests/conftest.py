@@ -8,6 +8,12 @@ When the session selects end-to-end tests that need long background work (the da
 drift scenarios, the rollout scenario), that work starts at the session's first test, whatever its
 tier, and runs at a lower CPU priority beside the rest: on 2 cores the faster tiers' single-threaded
 tests leave a core free for it, and its tests find it done when they run last.
+
+``make test`` runs two pytest-xdist workers, which take the tests group by group
+(:func:`worker_group`): the end-to-end tier is one group on one worker (with the background work,
+started at its first test), the tiers that read the shared simulated history are another (the
+history is built once), and every other module is a group of its own, so a module's fixtures are
+built once. The two big groups are queued first, so each worker starts on one.
 """
 
 from __future__ import annotations
@@ -15,20 +21,58 @@ from __future__ import annotations
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from tests.e2e.support import Background, PostgresDatabases
 
-E2E = Path(__file__).resolve().parent / "e2e"
+TESTS = Path(__file__).resolve().parent
+E2E = TESTS / "e2e"
+#: the xdist groups: the end-to-end tier, and what reads the shared history (``tests/assets/history.py``)
+E2E_GROUP = "e2e"
+HISTORY_GROUP = "history"
+#: the tiers, and the end-to-end module, whose tests read the shared history
+HISTORY_READERS = (TESTS / "assets", TESTS / "pipelines", E2E / "test_ranker.py")
+
+
+def worker_group(path: Path) -> str:
+    """The group a pytest-xdist worker takes whole: the history's readers, the end-to-end tier, else
+    the test module itself."""
+    path = path.resolve()
+    if any(path == reader or reader in path.parents for reader in HISTORY_READERS):
+        return HISTORY_GROUP
+    if E2E in path.parents:
+        return E2E_GROUP
+    return str(path.relative_to(TESTS))
+
+
+def _under_xdist(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if E2E in Path(str(item.fspath)).resolve().parents:
+        if E2E in item.path.resolve().parents:
             item.add_marker(pytest.mark.e2e)
+    if _under_xdist(config):
+        # the two long groups first, so that each worker takes one before the modules are shared out
+        rank = {E2E_GROUP: 0, HISTORY_GROUP: 1}
+        items.sort(key=lambda item: rank.get(worker_group(item.path), 2))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scope scheduling, the scopes being :func:`worker_group` of each test's file, queued
+    in the workers' collection order (the two long groups first)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(config.rootpath / nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -85,8 +129,11 @@ def background(session_databases: PostgresDatabases) -> Iterator[Background]:
 
 @pytest.fixture(autouse=True)
 def _start_background_work(request: pytest.FixtureRequest) -> None:
-    """At the session's first test: start what the selected daemon, scenario and rollout tests will
-    need (once per session; nothing when none of them is selected)."""
+    """At the session's first test (under xdist: the end-to-end worker's first test): start what the
+    selected daemon, scenario and rollout tests will need (once per session; nothing when none of
+    them is selected)."""
+    if _under_xdist(request.config) and worker_group(request.node.path) != E2E_GROUP:
+        return
     selected = _background_modules(request.session)
     if not selected:
         return
