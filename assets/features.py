@@ -46,7 +46,9 @@ def feature_stats_asset(calendar: Calendar, contract: LogContract) -> AssetsDefi
         description=f"What the ad server may know about the past on day D: impressions, clicks and "
         f"smoothed CTR per key ({entities}) over the {calendar.feature_window_days} days before D "
         "whose labels were final when D began (D-1 is still collecting clicks), and each user's "
-        "impressions on D-2.",
+        "impressions on D-2. With the contract's `policy_invariant_history`, CTRs are at the top "
+        "slot (slot effects fitted on the window) and a request-side key's CTR is relative to the "
+        "ads it was shown, so they keep their meaning when the serving policy changes.",
     )
     def _feature_stats(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         day = context.partition_key
@@ -69,6 +71,7 @@ def feature_stats_asset(calendar: Calendar, contract: LogContract) -> AssetsDefi
                 "history_clicks": summary.history_clicks,
                 "prior_ctr": round(summary.prior, 5),
                 "prior_strength": PRIOR_STRENGTH,
+                **{f"slot_{p}_factor": round(f, 4) for p, f in summary.position_factors.items()},
                 "window_days": calendar.feature_window_days,
                 "keys": MetadataValue.md(summary.markdown()),
                 "path": MetadataValue.path(str(target)),

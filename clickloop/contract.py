@@ -209,6 +209,10 @@ class LogContract:
     entities: tuple[EntityKey, ...]
     #: whether each user's impressions on the latest finished day are a feature
     user_activity: bool = True
+    #: history statistics that keep their meaning when the serving policy changes: CTRs at the
+    #: reference slot, request-side keys relative to the ads they showed, the mean ad's CTR as prior
+    #: (:mod:`clickloop.position`, :func:`clickloop.features.feature_stats_sql`)
+    policy_invariant_history: bool = False
     #: slices the evaluation and the promotion gate compare on
     slices: tuple[str, ...] = ()
     quality: DayQuality = field(default_factory=DayQuality)

@@ -222,6 +222,11 @@ def parse_contract(raw: Any, where: str = "<contract>") -> LogContract:
     user_activity = bool(features.get("user_activity", impressions.has(USER_ID)))
     if user_activity and not impressions.has(USER_ID):
         raise _fail(f"{where}: features.user_activity", f"needs a {USER_ID!r} column")
+    invariant = features.get("policy_invariant_history", False)
+    if not isinstance(invariant, bool):
+        raise _fail(
+            f"{where}: features.policy_invariant_history", f"expected true or false, got {invariant!r}"
+        )
     slices = tuple(str(s) for s in raw.get("slices", ()))
     for column in slices:
         if not impressions.has(column):
@@ -247,6 +252,7 @@ def parse_contract(raw: Any, where: str = "<contract>") -> LogContract:
         categorical_features=categorical,
         entities=tuple(entities),
         user_activity=user_activity,
+        policy_invariant_history=invariant,
         slices=slices,
         quality=quality,
         suite_pins=suite_pins,
@@ -336,6 +342,7 @@ def contract_to_dict(contract: LogContract) -> dict[str, Any]:
         "categorical": list(contract.categorical_features),
         "entities": [{"name": e.name, "columns": list(e.columns)} for e in contract.entities],
         "user_activity": contract.user_activity,
+        "policy_invariant_history": contract.policy_invariant_history,
     }
     if contract.slices:
         out["slices"] = list(contract.slices)

@@ -8,14 +8,19 @@ Two tables, both per day:
   during D, so neither the ad server on D nor the model may count them. One long table::
 
       key_type        key1      key2      impressions  clicks  ctr
-      global          NULL      NULL      window rows  clicks  prior (raw window CTR)
+      global          NULL      NULL      window rows  clicks  prior
       <entity name>   column 1  column 2  ...          ...     smoothed CTR
       user_prev_day   user_id   NULL      the user's impressions on D-2 (ctr NULL)
 
   The entities come from the log contract (an ad, an advertiser, a site, an ad × site category…).
-  Smoothed CTR = (clicks + m · prior) / (impressions + m), ``m = PRIOR_STRENGTH``; a key never
-  seen gets the prior and 0 impressions. A day with no history has only the ``global`` row, with
-  ``DEFAULT_CTR`` as prior.
+  Smoothed CTR = (clicks + m · prior) / (x + m), ``m = PRIOR_STRENGTH``; a key never seen gets the
+  prior and 0 impressions. A day with no history has only the ``global`` row, with ``DEFAULT_CTR``
+  as prior. By default x = impressions and the prior is the window's CTR. With the contract's
+  ``policy_invariant_history`` the statistics keep their meaning when the serving policy changes:
+  x counts each impression as its slot's examination factor (clicks over expected clicks at the
+  reference slot, :mod:`clickloop.position`); for a request-side key (a site) each impression
+  counts as the expected clicks of the ad shown, in units of the mean ad; the prior is the mean
+  ad's CTR at the reference slot.
 
 * ``features`` (D): every event of ``ad_events`` (D) with the model's feature columns, joined to
   ``feature_stats`` (D).
@@ -24,7 +29,8 @@ Leakage: no statistic of day D comes from day D or from D-1's unfinished labels.
 activity is their impressions on one whole finished day (D-2), not a rolling count inside D.
 
 Position bias: ``position`` is a feature at training time, but ranking happens before the slot is
-known, so serving scores every candidate at the contract's reference position.
+known, so serving scores every candidate at the contract's reference position (and, with
+``policy_invariant_history``, the historical CTRs are at that slot too).
 
 Train/serve skew: one SQL builder (:func:`features_sql`) defines every feature, for the rows of a
 day (training) and for candidates (serving) alike.
@@ -32,7 +38,7 @@ day (training) and for candidates (serving) alike.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +46,12 @@ import duckdb
 import pyarrow as pa
 
 from clickloop.contract import LABEL, POSITION, TIME, USER_ID, EntityKey, LogContract, require_columns
+from clickloop.position import (
+    estimate_position_factors,
+    expected_impressions_sql,
+    factors_markdown,
+    slot_factor_sql,
+)
 from clickloop.storage import atomic_copy_query_to_parquet, parquet_list_sql, parquet_sql
 
 #: Days of history behind each day's statistics.
@@ -76,6 +88,10 @@ class FeatureSpec:
     user_activity: bool
     has_position: bool
     reference_position: int | None
+    #: columns that describe the request, not the ad (their keys' CTRs are relative to the ads shown)
+    context_columns: tuple[str, ...] = ()
+    #: slot-corrected CTRs, request-side keys relative to their ads, the mean ad's CTR as prior
+    policy_invariant: bool = False
 
     @classmethod
     def from_contract(cls, contract: LogContract) -> FeatureSpec:
@@ -85,6 +101,8 @@ class FeatureSpec:
             user_activity=contract.user_activity,
             has_position=contract.has_position,
             reference_position=contract.reference_position,
+            context_columns=contract.request_side,
+            policy_invariant=contract.policy_invariant_history,
         )
 
     @property
@@ -134,11 +152,25 @@ def _history_sql(spec: FeatureSpec, paths: Sequence[Path]) -> str:
     """The window's events with only the columns the statistics need (typed even when empty)."""
     columns = [*spec.entity_columns, *((USER_ID,) if spec.user_activity else ())]
     columns = list(dict.fromkeys(columns))
+    slot = [POSITION] if spec.has_position else []
     if not paths:
-        nulls = ", ".join(f"NULL::VARCHAR AS {c}" for c in columns)
-        return f"SELECT {nulls}{', ' if nulls else ''}NULL::TINYINT AS {LABEL} LIMIT 0"
-    selected = ", ".join(f"CAST({c} AS VARCHAR) AS {c}" for c in columns)
-    return f"SELECT {selected}{', ' if selected else ''}{LABEL} FROM {parquet_list_sql(paths)}"
+        nulls = [f"NULL::VARCHAR AS {c}" for c in columns] + [f"NULL::INTEGER AS {c}" for c in slot]
+        return f"SELECT {', '.join([*nulls, f'NULL::TINYINT AS {LABEL}'])} LIMIT 0"
+    selected = [f"CAST({c} AS VARCHAR) AS {c}" for c in columns] + [
+        f"CAST({c} AS INTEGER) AS {c}" for c in slot
+    ]
+    return f"SELECT {', '.join([*selected, LABEL])} FROM {parquet_list_sql(paths)}"
+
+
+def window_position_factors(
+    con: duckdb.DuckDBPyConnection, spec: FeatureSpec, history: Sequence[Path]
+) -> dict[int, float]:
+    """Each slot's examination factor in the window (:mod:`clickloop.position`); empty without a
+    slot in the contract or without history."""
+    if not spec.policy_invariant or not spec.has_position or not history:
+        return {}
+    key = spec.seen_entity.columns[0] if spec.seen_entity else None
+    return estimate_position_factors(con, _history_sql(spec, history), key, spec.reference_position)
 
 
 def _grouping_key_type_sql(spec: FeatureSpec) -> str:
@@ -163,6 +195,7 @@ def feature_stats_sql(
     spec: FeatureSpec,
     history: Sequence[Path],
     previous_day: Path | None,
+    position_factors: Mapping[int, float] | None = None,
     prior_strength: float = PRIOR_STRENGTH,
     default_ctr: float = DEFAULT_CTR,
 ) -> str:
@@ -170,26 +203,62 @@ def feature_stats_sql(
 
     ``history`` are the ``ad_events`` files of the window (days strictly before D), ``previous_day``
     the latest of them (for the per-user counts), or None when the window is empty.
+    ``position_factors`` (slot → examination factor) turn impressions into reference-slot
+    impressions for every CTR; None or empty counts every impression as 1.
     """
     m = repr(float(prior_strength))
+    factors = position_factors or {}
+    expected = expected_impressions_sql(factors)
+    ad = spec.seen_entity if spec.policy_invariant else None
+    context = [e.name for e in spec.entities if ad and set(e.columns) <= set(spec.context_columns)]
     parts = [
         f"""SELECT '{GLOBAL_KEY_TYPE}' AS key_type, NULL::VARCHAR AS key1, NULL::VARCHAR AS key2,
                total_n AS impressions, total_c AS clicks, prior AS ctr
-        FROM g"""
+        FROM g CROSS JOIN p"""
     ]
+    if ad:
+        # the prior: the mean ad's CTR at the reference slot (not the window's, which rises when
+        # a policy shows the better ads more often)
+        quality = f""",
+        a AS (
+            SELECT {ad.columns[0]} AS ad_key, count(*)::BIGINT AS n, sum({LABEL})::BIGINT AS c,
+                   {expected} AS x
+            FROM h GROUP BY 1
+        ),
+        p AS (
+            SELECT coalesce(round(avg(c / x), 12), any_value(g.window_prior))::DOUBLE AS prior
+            FROM a RIGHT JOIN g ON true
+        )"""
+    else:
+        quality = """,
+        p AS (SELECT window_prior AS prior FROM g)"""
+    rows = "h"
+    if context:
+        # a request-side key's impressions count as the expected clicks of the ads it was shown,
+        # in impressions of the mean ad: its CTR is then its own, not its ads'
+        quality += f""",
+        hq AS (
+            SELECT h.*, {slot_factor_sql(factors)} * coalesce((a.c + {m} * p.prior) / (a.x + {m}) / p.prior, 1.0)
+                   AS wq
+            FROM h LEFT JOIN a ON h.{ad.columns[0]} = a.ad_key CROSS JOIN p
+        )"""
+        rows = "hq"
     grouped = ""
     if spec.entities:
         key_sets = ", ".join(f"({', '.join(e.columns)})" for e in spec.entities)
+        names = ", ".join(f"'{n}'" for n in context)
+        weight = f"CASE WHEN key_type IN ({names}) THEN xq ELSE x END" if context else "x"
+        xq = ", round(sum(wq), 9) AS xq" if context else ""
         grouped = f""",
         grouped AS (
             SELECT {_grouping_key_type_sql(spec)} AS key_type, {", ".join(spec.entity_columns)},
-                   count(*)::BIGINT AS n, sum({LABEL})::BIGINT AS c
-            FROM h GROUP BY GROUPING SETS ({key_sets})
+                   count(*)::BIGINT AS n, sum({LABEL})::BIGINT AS c, {expected} AS x{xq}
+            FROM {rows} GROUP BY GROUPING SETS ({key_sets})
         )"""
         parts.append(
             f"""SELECT key_type, {_key_expr_sql(spec, 0)}, {_key_expr_sql(spec, 1)}, n, c,
-               ((c + {m} * g.prior) / (n + {m}))::DOUBLE
-        FROM grouped CROSS JOIN g"""
+               ((c + {m} * p.prior) / ({weight} + {m}))::DOUBLE
+        FROM grouped CROSS JOIN p"""
         )
     if spec.user_activity:
         users = _history_sql(spec, [previous_day] if previous_day else [])
@@ -203,10 +272,10 @@ def feature_stats_sql(
         WITH h AS ({_history_sql(spec, history)}),
         g AS (
             SELECT count(*)::BIGINT AS total_n, coalesce(sum({LABEL}), 0)::BIGINT AS total_c,
-                   CASE WHEN count(*) > 0 THEN coalesce(sum({LABEL}), 0) / count(*)
-                        ELSE {float(default_ctr)!r} END::DOUBLE AS prior
+                   CASE WHEN count(*) > 0 THEN coalesce(sum({LABEL}), 0) / {expected}
+                        ELSE {float(default_ctr)!r} END::DOUBLE AS window_prior
             FROM h
-        ){grouped}
+        ){quality}{grouped}
         {union}
         ORDER BY key_type, key1, key2 NULLS FIRST
     """
@@ -221,11 +290,13 @@ class StatsSummary:
     history_clicks: int
     prior: float
     keys: dict[str, int]
+    position_factors: dict[int, float]
 
     def markdown(self) -> str:
-        return "| key type | keys |\n|---|---:|\n" + "\n".join(
+        keys = "| key type | keys |\n|---|---:|\n" + "\n".join(
             f"| {k} | {n:,} |" for k, n in self.keys.items()
         )
+        return f"{keys}\n\n**Slots** (CTRs are at the reference slot):\n\n{factors_markdown(self.position_factors)}"
 
 
 def build_feature_stats(
@@ -245,7 +316,9 @@ def build_feature_stats(
         raise ValueError(f"feature_stats {day}: history must be strictly before the day, got {late}")
     ordered = sorted(history)
     previous = ordered[-1][1] if ordered else None
-    atomic_copy_query_to_parquet(con, feature_stats_sql(spec, [p for _, p in ordered], previous), target)
+    paths = [p for _, p in ordered]
+    factors = window_position_factors(con, spec, paths)
+    atomic_copy_query_to_parquet(con, feature_stats_sql(spec, paths, previous, factors), target)
     counts = dict(con.sql(f"SELECT key_type, count(*) FROM {parquet_sql(target)} GROUP BY ALL").fetchall())
     prior = read_prior(con, target)
     ((rows, clicks),) = con.sql(
@@ -258,6 +331,7 @@ def build_feature_stats(
         history_clicks=int(clicks),
         prior=prior,
         keys={name: int(counts.get(name, 0)) for name in names},
+        position_factors=factors,
     )
 
 
