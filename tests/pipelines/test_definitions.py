@@ -220,6 +220,7 @@ features:
     - {name: creative, columns: [ad_id]}
     - {name: publisher, columns: [publisher]}
   user_activity: true
+  policy_invariant_history: true
 slices: [platform, position]
 quality:
   max_quarantine_share: 0.02
@@ -334,6 +335,13 @@ def test_a_labelled_landing_contract_runs_end_to_end(tmp_path: Path) -> None:
     # the suite learned from this contract's features: its own categorical columns
     learned = metadata_of(instance, "validation_suite")["expectations"]
     assert "new_category:platform" in learned and "new_category:brand" in learned
+
+    # the contract's policy_invariant_history: slot factors fitted on the window (the exchange's slots
+    # cost 0.7 logit each: about 0.5 and 0.25 of the top slot's clicks at these CTRs)
+    stats = metadata_of(instance, "feature_stats", keys[2])  # its window: the first day
+    assert stats["slot_1_factor"] == 1.0
+    assert 0.35 < stats["slot_2_factor"] < 0.7 and 0.12 < stats["slot_3_factor"] < 0.4
+    assert "slot_2_factor" not in metadata_of(instance, "feature_stats", keys[0])  # no history yet
 
     for key in keys:
         raw = metadata_of(instance, "raw_impressions", key)
