@@ -296,6 +296,8 @@ class StatsSummary:
         keys = "| key type | keys |\n|---|---:|\n" + "\n".join(
             f"| {k} | {n:,} |" for k, n in self.keys.items()
         )
+        if not self.position_factors:  # the default history: raw counts, no slot table to show
+            return keys
         return f"{keys}\n\n**Slots** (CTRs are at the reference slot):\n\n{factors_markdown(self.position_factors)}"
 
 

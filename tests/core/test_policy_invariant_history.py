@@ -49,6 +49,7 @@ def test_default_statistics_have_no_slot_correction(ten_days: Warehouse) -> None
             wh.partition_path("feature_stats", D),
         )
     assert summary.position_factors == {}
+    assert "Slots" not in summary.markdown()  # the UI does not claim reference-slot CTRs
     assert summary.prior == pytest.approx(summary.history_clicks / summary.history_rows)
 
 
