@@ -2,13 +2,20 @@
 
 from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
+from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
-from clickloop.calibration import DAILY_TAGS, SERVING_CALIBRATION, fit_day, write_serving_calibration
+from clickloop.calibration import (
+    DAILY_TAGS,
+    SERVING_CALIBRATION,
+    fit_day,
+    rescored_features,
+    write_serving_calibration,
+)
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
 from clickloop.presentation import markdown_table
-from clickloop.split import FEATURES
+from clickloop.ranking import STATS_TABLE
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
@@ -19,30 +26,46 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
     @asset(
         name=SERVING_CALIBRATION,
         partitions_def=calendar.partitions,
-        deps=[AssetDep(FEATURES, partition_mapping=calendar.newest_labelled_day)],
+        deps=[
+            AssetDep(AD_EVENTS, partition_mapping=calendar.newest_labelled_day),
+            AssetDep(STATS_TABLE, partition_mapping=calendar.statistics_of_recalibration),
+        ],
         group_name="serving",
         kinds={"xgboost", "parquet"},
         description="The champion's Platt calibration for serving day D, fitted on the newest day "
         "whose labels were final when D began (D-2): its score of each impression as the ad server "
-        "computed it, against the click. The ad server applies it on D; the newest one is also on the "
-        "model version's page in the registry (tags daily_calibration.*).",
+        "computed it, against the click, with the features of D-1's statistics (the newest that "
+        "leave D-2 out, one day behind those D is served with). The ad server applies it on D; the "
+        "newest one is also on the model version's page in the registry (tags daily_calibration.*).",
     )
     def _serving_calibration(
         context: AssetExecutionContext, warehouse: WarehouseResource, model_registry: ModelRegistry
     ) -> MaterializeResult:
         day = context.partition_key
         store = warehouse.get()
-        labelled = [
-            k for k in context.asset_partition_keys_for_input(FEATURES) if store.has_partition(FEATURES, k)
-        ]
+        labelled, stats = (
+            [k for k in context.asset_partition_keys_for_input(name) if store.has_partition(name, k)]
+            for name in (AD_EVENTS, STATS_TABLE)
+        )
         champion = model_registry.champion()
-        if champion is None or not labelled:
-            why = "no champion yet" if champion is None else "no labelled day before it yet"
-            context.log.info(f"{SERVING_CALIBRATION} {day}: {why}; the champion serves its raw scores")
+        if champion is None or not labelled or not stats:
+            why = (
+                "no champion yet"
+                if champion is None
+                else "no labelled day before it yet"
+                if not labelled
+                else "no statistics of the day before"
+            )
+            context.log.info(f"{SERVING_CALIBRATION} {day}: {why}; the champion keeps its last calibration")
             return MaterializeResult(metadata={"status": f"not fitted: {why}"})
-        require_upstream_checks_passed(context, {FEATURES: labelled})
+        require_upstream_checks_passed(context, {AD_EVENTS: labelled})
         version, booster = champion
-        fitted = fit_day(booster, store.read_partition(FEATURES, labelled[0]), spec, version, labelled[0])
+        paths = store.require_partition_paths(AD_EVENTS, labelled) + store.require_partition_paths(
+            STATS_TABLE, stats
+        )
+        with store.duckdb() as con:
+            table = rescored_features(con, spec, *paths)
+        fitted = fit_day(booster, table, spec, version, labelled[0])
         path = write_serving_calibration(store, day, fitted)
         model_registry.set_version_tags(version, fitted.to_tags(DAILY_TAGS))
         summary = fitted.summary()
@@ -52,6 +75,7 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
                 "status": "fitted" if not fitted.is_identity else "identity (too few clicks to fit)",
                 "model_version": version,
                 "fitted_on": fitted.fitted_on,
+                "statistics_of": stats[0],
                 "slope": round(fitted.slope, 4),
                 "intercept": round(fitted.intercept, 4),
                 "calibration_before": summary["calibration_before"],

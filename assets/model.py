@@ -52,6 +52,7 @@ from clickloop.training import (
     fit_ctr_model,
     importance_markdown,
     read_training_data,
+    training_spec,
 )
 from resources.dask_cluster import DaskCluster
 from resources.tracking import ModelRegistry
@@ -188,7 +189,7 @@ def training_and_test_sets(
 
 
 def ctr_model_asset(contract: LogContract):
-    spec = FeatureSpec.from_contract(contract)
+    contract_spec = FeatureSpec.from_contract(contract)
 
     @asset(
         name=CTR_MODEL,
@@ -212,6 +213,8 @@ def ctr_model_asset(contract: LogContract):
         params = config.params()
         split = read_split_manifest(store)
         rate = split.negative_downsampling_rate
+        spec = training_spec(contract_spec, len(split.split.train))
+        left_out = [c for c in contract_spec.columns if c not in spec.columns]
         if dask_cluster.enabled:
             from clickloop.dask_training import fit_ctr_model_dask  # dask's import only where it trains
 
@@ -289,6 +292,13 @@ def ctr_model_asset(contract: LogContract):
                 "train_rows": fit.train_rows,
                 "train_seconds": round(final.seconds, 1),
                 "trained_on": dask_cluster.scheduler_address or "this machine",
+                "inputs": MetadataValue.text(", ".join(spec.columns)),
+                "inputs_left_out": MetadataValue.text(
+                    ", ".join(left_out) + f" ({len(split.split.train)} training days hold each weekday "
+                    "at most once: it would name a day)"
+                    if left_out
+                    else "none"
+                ),
                 "search_seconds": round(fit.search_seconds, 1),
                 "negative_downsampling_rate": split.negative_downsampling_rate,
                 "feature_importance": MetadataValue.md(importance_markdown(importance)),

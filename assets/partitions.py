@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
 
-from clickloop.calibration import CALIBRATION_LAG_DAYS
+from clickloop.calibration import CALIBRATION_LAG_DAYS, CALIBRATION_STATS_LAG_DAYS
 
 #: the impressions of D-1 and D: clicks logged on D may belong to either day.
 IMPRESSIONS_FOR_EVENTS = TimeWindowPartitionMapping(
@@ -57,6 +57,16 @@ class Calendar:
         return TimeWindowPartitionMapping(
             start_offset=-CALIBRATION_LAG_DAYS,
             end_offset=-CALIBRATION_LAG_DAYS,
+            allow_nonexistent_upstream_partitions=True,
+        )
+
+    @property
+    def statistics_of_recalibration(self) -> TimeWindowPartitionMapping:
+        """The statistics the newest labelled day (D-2) is re-scored with for the calibration of D:
+        those of D-1, the newest whose window leaves D-2 out."""
+        return TimeWindowPartitionMapping(
+            start_offset=-CALIBRATION_STATS_LAG_DAYS,
+            end_offset=-CALIBRATION_STATS_LAG_DAYS,
             allow_nonexistent_upstream_partitions=True,
         )
 

@@ -9,6 +9,15 @@ features at the reference slot, corrected for downsampling) and the label is the
 probability is then calibrated to the impressions as they were shown (their slots, their ads), which is
 what the online calibration measures and what a CTR × bid auction needs.
 
+The day is scored with the newest statistics that do not hold it. The ad server serves D with the
+statistics of D-8 … D-2; D-2's own features were computed with those of D-10 … D-4, and when the
+history moves (the champion's own traffic entering the window, the days before a drift leaving it) a
+calibration fitted on them is two days of statistics behind what it corrects. Re-featured with the
+statistics of D-1 (D-9 … D-3, D-2 left out: no row sees its own click), it is one day behind. Measured
+at 20,000 requests a day: on ``ctr_drop`` the served calibration's days outside 1 ± 0.1 from the third
+day on went from two (0.886, 0.926) to none (largest deviation 0.067); on ``stable`` the mean absolute
+deviation from 1 fell from 0.044 to 0.030.
+
 Platt scaling, not isotonic regression: two numbers, monotone (the champion's ranking of one ad against
 another at the same bid is kept), stable on a day of a few hundred clicks, and small enough to live in
 the registry as tags of the model version. With too few clicks the day keeps the identity
@@ -23,13 +32,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xgboost as xgb
 
 from clickloop.contract import LABEL, MODEL_VERSION, POSITION
-from clickloop.features import FeatureSpec
+from clickloop.features import FeatureSpec, events_features_sql
 from clickloop.metrics import calibration as calibration_ratio
 from clickloop.model import predict_ctr, served_version
 from clickloop.storage import StoragePath, Warehouse
@@ -37,6 +47,8 @@ from clickloop.storage import StoragePath, Warehouse
 #: the ad server serving day D is recalibrated on D-2, the newest day whose labels are final when D
 #: begins: a version's own traffic calibrates it from its third served day on
 CALIBRATION_LAG_DAYS = 2
+#: D-2's rows are scored with the statistics of D-1, the newest that leave D-2 out
+CALIBRATION_STATS_LAG_DAYS = CALIBRATION_LAG_DAYS - 1
 #: fewer clicks than this on the day: the fit is not trusted, the identity is kept
 MIN_CLICKS = 30
 #: scores are clipped away from 0 and 1 before the logit
@@ -165,6 +177,14 @@ def served_by(table: pa.Table, logged_version: str) -> pa.Table:
         return table
     own = table.filter(pc.equal(table.column(MODEL_VERSION), logged_version))
     return own if (pc.sum(own.column(LABEL)).as_py() or 0) >= MIN_CLICKS else table
+
+
+def rescored_features(
+    con: duckdb.DuckDBPyConnection, spec: FeatureSpec, events_path: StoragePath, stats_path: StoragePath
+) -> pa.Table:
+    """A labelled day's events with the features of a newer statistics file (that of the day after
+    it: :data:`CALIBRATION_STATS_LAG_DAYS`), as the table :func:`fit_day` fits on."""
+    return con.sql(events_features_sql(con, spec, events_path, stats_path)).to_arrow_table()
 
 
 def fit_day(

@@ -32,7 +32,7 @@ import duckdb
 import pandas as pd
 
 from clickloop.contract import IMPRESSION_ID, LABEL, PREDICTED_CTR
-from clickloop.features import FeatureSpec
+from clickloop.features import WEEKDAY, FeatureSpec
 from clickloop.model import read_model_manifest, served_version
 from clickloop.presentation import REPORTS_FOLDER, figure_png, markdown_table, new_figure
 from clickloop.split import FEATURES, read_split_manifest
@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # Evidently takes seconds to import: only where a report is c
     from evidently.core.report import Snapshot
 
 #: Left out of the drift report: one value per day by construction (always "drifts").
-DRIFT_EXCLUDED: tuple[str, ...] = ("weekday",)
+DRIFT_EXCLUDED: tuple[str, ...] = (WEEKDAY,)
 #: Label of a missing categorical value (so a surge of nulls shows as drift).
 MISSING = "(missing)"
 REPORT_NAME = "drift_report.html"

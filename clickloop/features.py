@@ -63,7 +63,8 @@ DEFAULT_CTR = 0.02
 GLOBAL_KEY_TYPE = "global"
 USER_KEY_TYPE = "user_prev_day"
 USER_ACTIVITY = "user_impressions_24h"
-TIME_FEATURES = ("hour", "weekday")
+WEEKDAY = "weekday"
+TIME_FEATURES = ("hour", WEEKDAY)
 #: ``ad_events`` columns the ``features`` table leaves out: the raw user id (its activity is a
 #: feature; the id itself is needed by nothing downstream) and the click's own columns (the label
 #: stays).
@@ -92,6 +93,8 @@ class FeatureSpec:
     context_columns: tuple[str, ...] = ()
     #: slot-corrected CTRs, request-side keys relative to their ads, the mean ad's CTR as prior
     policy_invariant: bool = False
+    #: the clock's features among the model's inputs (a training window may leave weekday out)
+    time_features: tuple[str, ...] = TIME_FEATURES
 
     @classmethod
     def from_contract(cls, contract: LogContract) -> FeatureSpec:
@@ -122,7 +125,7 @@ class FeatureSpec:
     @property
     def numeric(self) -> tuple[str, ...]:
         """Hour and weekday (UTC, Monday = 0) of the time, the slot, and the history."""
-        return TIME_FEATURES + ((POSITION,) if self.has_position else ()) + self.historical
+        return self.time_features + ((POSITION,) if self.has_position else ()) + self.historical
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -446,14 +449,20 @@ def build_features(
 ) -> None:
     """Write the ``features`` table of one day of events to ``target`` (atomically, by DuckDB): the
     impression's columns that are not features (but the raw user id), its label, then the features."""
+    atomic_copy_query_to_parquet(con, events_features_sql(con, spec, events_path, stats_path), target)
+
+
+def events_features_sql(
+    con: duckdb.DuckDBPyConnection, spec: FeatureSpec, events_path: Path, stats_path: Path
+) -> str:
+    """The query of :func:`build_features`: a day of events with the features of a statistics file."""
     events = parquet_sql(events_path)
     columns = con.sql(f"SELECT * FROM {events} LIMIT 0").columns
     needed = spec.input_columns + (LABEL,) + ((POSITION,) if spec.has_position else ())
     require_columns(columns, needed, str(events_path))
     read_prior(con, stats_path)
     keep = [c for c in columns if c not in spec.columns and c not in LEFT_IN_EVENTS]
-    sql = features_sql(spec, events, stats_path, keep=keep, order_by=f"r.{TIME}, r.impression_id")
-    atomic_copy_query_to_parquet(con, sql, target)
+    return features_sql(spec, events, stats_path, keep=keep, order_by=f"r.{TIME}, r.impression_id")
 
 
 def features_summary(con: duckdb.DuckDBPyConnection, spec: FeatureSpec, path: Path) -> dict[str, object]:

@@ -16,7 +16,7 @@ from dagster._core.event_api import PartitionKeyFilter
 from assets.guards import check_problem
 from clickloop.calibration import Calibration, calibration_served
 from clickloop.contract_file import load_contract
-from clickloop.features import FeatureSpec
+from clickloop.features import WEEKDAY, FeatureSpec
 from clickloop.lookup import StatsLookup
 from clickloop.ranking import STATS_TABLE
 from clickloop.service.catalog import AD_CATALOG
@@ -169,19 +169,30 @@ def test_the_skew_check_catches_a_skewed_feature(history: History, tmp_path: Pat
     assert isinstance(pd.Series(result.by_version).sum(), np.integer | int)
 
 
+def model_inputs(history: History) -> list[str]:
+    """The model's inputs: the contract's features, weekday left out of a week of training days."""
+    meta = history.training.metadata["ctr_model"]
+    inputs = str(meta["inputs"]).split(", ")
+    assert set(SPEC.columns) - set(inputs) == {WEEKDAY}, inputs
+    assert str(meta["inputs_left_out"]).startswith("weekday (7 training days hold each weekday at most once")
+    return inputs
+
+
 def test_the_evaluation_shows_a_shap_summary(history: History) -> None:
     """Mean |SHAP| per feature, inline as a PNG and as a table, largest first."""
     meta = history.training.metadata["model_evaluation"]
     assert str(meta["shap_summary"]).startswith("![mean |SHAP value| per feature](data:image/png;base64,")
     rows = [line.split("|") for line in str(meta["shap_values"]).splitlines()[2:]]
     values = [float(r[2]) for r in rows]
-    assert len(rows) == len(SPEC.columns) and values == sorted(values, reverse=True) and values[0] > 0
+    assert (
+        len(rows) == len(model_inputs(history)) and values == sorted(values, reverse=True) and values[0] > 0
+    )
 
 
 def test_the_evaluation_shows_the_feature_ablation(history: History) -> None:
     """NE lost per shuffled feature on the test day; the flagged features listed apart."""
     meta = history.training.metadata["model_evaluation"]
     table = str(meta["feature_ablation"])
-    assert table.startswith("NE on ") and table.count("\n| `") == len(SPEC.columns)
+    assert table.startswith("NE on ") and table.count("\n| `") == len(model_inputs(history))
     flagged = str(meta["features_not_improving_ne"])
     assert flagged == "none" or all(f"`{name}`" in table for name in flagged.split(", "))

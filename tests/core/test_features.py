@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from clickloop.calibration import rescored_features
 from clickloop.contract import LABEL
 from clickloop.contract_file import load_contract
 from clickloop.features import (
@@ -180,6 +181,30 @@ def test_own_day_clicks_never_enter_own_features(warehouse: Warehouse) -> None:
     )
     assert rows["o0"]["user_impressions_24h"] == 10
     assert rows["f0"]["user_impressions_24h"] == 0  # today's 5 impressions of u2 do not count
+
+
+def test_a_labelled_day_rescored_with_the_next_days_statistics(ten_days: Warehouse) -> None:
+    # the calibration of serving day D fits on D-2 with the statistics of D-1: its features are those
+    # of a window one day newer, which still ends before D-2 (no row sees its own click)
+    wh, labelled, next_day = ten_days, KEYS[7], D
+    own = compute(wh, labelled)
+    compute(wh, next_day)
+    with wh.duckdb() as con:
+        rescored = rescored_features(
+            con,
+            SPEC,
+            wh.partition_path("ad_events", labelled),
+            wh.partition_path("feature_stats", next_day),
+        )
+    newer_window = compute(wh, labelled, history_of(next_day))
+    assert max(history_of(next_day)) < labelled
+    assert set(history_of(next_day)) - set(history_of(labelled)) == {KEYS[6]}
+    assert [(f.name, f.type) for f in rescored.schema] == [(f.name, f.type) for f in own.schema]
+    assert rescored.num_rows == own.num_rows == 40
+    assert rescored.column(LABEL).equals(own.column(LABEL))
+    assert rescored.to_pylist() == newer_window.to_pylist()
+    moved = [c for c in SPEC.historical if not rescored.column(c).equals(own.column(c))]
+    assert "hist_ad_impressions" in moved, moved
 
 
 def test_history_in_or_after_the_day_is_refused(ten_days: Warehouse) -> None:

@@ -12,12 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from clickloop.contract import LABEL
+from clickloop.features import WEEKDAY
 from clickloop.metrics import log_loss
 from clickloop.model import DOWNSAMPLING_ATTR, model_categories, predict_ctr, to_model_frame
 from clickloop.search import TUNED, NonFiniteModelError, choose_trial, trials_markdown
 from clickloop.split import SPLIT_COLUMN, TRAIN, VALIDATION, TimeSplit, build_training_set
 from clickloop.storage import Warehouse
 from clickloop.training import (
+    WEEKDAY_MIN_TRAIN_DAYS,
     TrainingParams,
     base_params,
     build_matrices,
@@ -31,6 +33,7 @@ from clickloop.training import (
     sample_rows,
     train_booster,
     training_frames,
+    training_spec,
 )
 from tests.core.synthetic import KEYS, SPEC, features_day, truth_of, write_features_days
 
@@ -270,3 +273,36 @@ def test_recency_weights_make_the_model_follow_the_newest_day() -> None:
     p = predict_ctr(recent.booster, valid)
     device = valid.column("device_type").to_numpy(zero_copy_only=False)
     assert p[device == "desktop"].mean() > 5 * p[device == "mobile"].mean()
+
+
+def test_a_week_of_training_days_leaves_weekday_out() -> None:
+    # a week of training days, one of them (a Sunday) clicked 2.5 times as often for a reason of its
+    # own (the policy that served it, a drift that began on it); the world has no weekday effect
+    train_days, sunday = KEYS[:7], KEYS[3]
+    rng = np.random.default_rng(5)
+    tables = []
+    for day in train_days:
+        table = features_day(day, 4000)
+        if day == sunday:
+            p = np.minimum(1.0, 2.5 * truth_of(table))
+            labels = pa.array((rng.random(table.num_rows) < p).astype(np.int8))
+            table = table.set_column(table.column_names.index(LABEL), LABEL, labels)
+        tables.append(table)
+    train, valid = pa.concat_tables(tables), features_day(KEYS[7], 3000)
+    next_saturday, next_sunday = features_day(KEYS[9], 6000), features_day(KEYS[10], 6000)
+    params = TrainingParams(n_trials=0, num_boost_round=150, learning_rate=0.2, nthread=1)
+
+    def sunday_against_saturday(spec) -> float:
+        booster = fit_ctr_model(spec, train, valid, params, rate=1.0).final.booster
+        over = [predict_ctr(booster, t).sum() / truth_of(t).sum() for t in (next_sunday, next_saturday)]
+        return over[0] / over[1]
+
+    # with the weekday as an input, that Sunday's level is the weekday's and comes back a week later
+    assert sunday_against_saturday(SPEC) > 1.4
+    # the training spec of a week leaves weekday out: both days are predicted alike
+    week = training_spec(SPEC, len(train_days))
+    assert WEEKDAY in SPEC.columns and WEEKDAY not in week.columns
+    assert set(SPEC.columns) - set(week.columns) == {WEEKDAY}
+    assert sunday_against_saturday(week) == pytest.approx(1.0, abs=0.08)
+    # two weeks hold each weekday twice: it is an input again
+    assert training_spec(SPEC, WEEKDAY_MIN_TRAIN_DAYS) == SPEC
