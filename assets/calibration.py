@@ -48,23 +48,21 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
             for name in (AD_EVENTS, STATS_TABLE)
         )
         champion = model_registry.champion()
+        missing = {
+            "no champion yet": champion is None,
+            "no labelled day before it yet": not labelled,
+            "no statistics of the day before": not stats,
+        }
         if champion is None or not labelled or not stats:
-            why = (
-                "no champion yet"
-                if champion is None
-                else "no labelled day before it yet"
-                if not labelled
-                else "no statistics of the day before"
-            )
+            why = next(reason for reason, true in missing.items() if true)
             context.log.info(f"{SERVING_CALIBRATION} {day}: {why}; the champion keeps its last calibration")
             return MaterializeResult(metadata={"status": f"not fitted: {why}"})
         require_upstream_checks_passed(context, {AD_EVENTS: labelled})
         version, booster = champion
-        paths = store.require_partition_paths(AD_EVENTS, labelled) + store.require_partition_paths(
-            STATS_TABLE, stats
-        )
+        (events_path,) = store.require_partition_paths(AD_EVENTS, labelled)
+        (stats_path,) = store.require_partition_paths(STATS_TABLE, stats)
         with store.duckdb() as con:
-            table = rescored_features(con, spec, *paths)
+            table = rescored_features(con, spec, events_path, stats_path)
         fitted = fit_day(booster, table, spec, version, labelled[0])
         path = write_serving_calibration(store, day, fitted)
         model_registry.set_version_tags(version, fitted.to_tags(DAILY_TAGS))
