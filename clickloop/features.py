@@ -124,7 +124,8 @@ class FeatureSpec:
 
     @property
     def numeric(self) -> tuple[str, ...]:
-        """Hour and weekday (UTC, Monday = 0) of the time, the slot, and the history."""
+        """The clock's features (hour and weekday, UTC, Monday = 0; a training spec may leave weekday
+        out), the slot, and the history."""
         return self.time_features + ((POSITION,) if self.has_position else ()) + self.historical
 
     @property
