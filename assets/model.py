@@ -51,6 +51,7 @@ from clickloop.training import (
     feature_importance,
     fit_ctr_model,
     importance_markdown,
+    inputs_left_out,
     read_training_data,
     training_spec,
 )
@@ -214,7 +215,6 @@ def ctr_model_asset(contract: LogContract):
         split = read_split_manifest(store)
         rate = split.negative_downsampling_rate
         spec = training_spec(contract_spec, len(split.split.train))
-        left_out = [c for c in contract_spec.columns if c not in spec.columns]
         if dask_cluster.enabled:
             from clickloop.dask_training import fit_ctr_model_dask  # dask's import only where it trains
 
@@ -293,12 +293,7 @@ def ctr_model_asset(contract: LogContract):
                 "train_seconds": round(final.seconds, 1),
                 "trained_on": dask_cluster.scheduler_address or "this machine",
                 "inputs": MetadataValue.text(", ".join(spec.columns)),
-                "inputs_left_out": MetadataValue.text(
-                    ", ".join(left_out) + f" ({len(split.split.train)} training days hold each weekday "
-                    "at most once: it would name a day)"
-                    if left_out
-                    else "none"
-                ),
+                "inputs_left_out": MetadataValue.text(inputs_left_out(contract_spec, len(split.split.train))),
                 "search_seconds": round(fit.search_seconds, 1),
                 "negative_downsampling_rate": split.negative_downsampling_rate,
                 "feature_importance": MetadataValue.md(importance_markdown(importance)),

@@ -122,6 +122,15 @@ def training_spec(spec: FeatureSpec, train_days: int) -> FeatureSpec:
     return replace(spec, time_features=tuple(f for f in spec.time_features if f != WEEKDAY))
 
 
+def inputs_left_out(spec: FeatureSpec, train_days: int) -> str:
+    """What :func:`training_spec` leaves out of ``spec`` for ``train_days`` days, and why ("none")."""
+    kept = training_spec(spec, train_days).columns
+    left_out = [c for c in spec.columns if c not in kept]
+    if not left_out:
+        return "none"
+    return f"{', '.join(left_out)} ({train_days} training days hold each weekday at most once: it would name a day)"
+
+
 def model_data(spec: FeatureSpec, table: pa.Table, half_life_days: float = 0.0) -> ModelData:
     """The model frame, labels and (with a recency half-life) weights of a features table
     (training categories: its own)."""

@@ -26,6 +26,7 @@ from clickloop.training import (
     feature_importance,
     fit_ctr_model,
     importance_markdown,
+    inputs_left_out,
     leaf_min_weight,
     model_data,
     read_training_data,
@@ -304,5 +305,10 @@ def test_a_week_of_training_days_leaves_weekday_out() -> None:
     assert WEEKDAY in SPEC.columns and WEEKDAY not in week.columns
     assert set(SPEC.columns) - set(week.columns) == {WEEKDAY}
     assert sunday_against_saturday(week) == pytest.approx(1.0, abs=0.08)
+    assert (
+        inputs_left_out(SPEC, 7)
+        == "weekday (7 training days hold each weekday at most once: it would name a day)"
+    )
     # two weeks hold each weekday twice: it is an input again
     assert training_spec(SPEC, WEEKDAY_MIN_TRAIN_DAYS) == SPEC
+    assert inputs_left_out(SPEC, WEEKDAY_MIN_TRAIN_DAYS) == "none"
