@@ -82,8 +82,10 @@ staleness: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
+LINTED := clickloop assets resources pipelines bench tests
 lint: $(STAMP)
-	$(VENV)/bin/ruff check clickloop assets resources pipelines bench tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(CLICKLOOP_DATA_DIR)

@@ -79,7 +79,9 @@ def _on_cluster(ctx: Ctx, workers: int) -> dict[str, object]:
         client.wait_for_workers(workers)
         startup = time.perf_counter() - started
         with ctx.timed():
-            fit = fit_ctr_model_dask(client, feature_spec(), str(training_set_path(ctx)), _params(threads), 1.0)
+            fit = fit_ctr_model_dask(
+                client, feature_spec(), str(training_set_path(ctx)), _params(threads), 1.0
+            )
     return {
         "workers": workers,
         "threads_per_worker": threads,

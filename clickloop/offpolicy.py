@@ -99,7 +99,9 @@ class OffPolicyEstimate:
         return out
 
 
-def target_choices(candidates: pd.DataFrame, policy: Scorer, slots: int = 2, by_bid: bool = True) -> pd.DataFrame:
+def target_choices(
+    candidates: pd.DataFrame, policy: Scorer, slots: int = 2, by_bid: bool = True
+) -> pd.DataFrame:
     """The ads ``policy`` would show per request (``request_id``, ``position``, ``ad_id``): the top
     ``slots`` of its candidates by predicted CTR × bid (or predicted CTR), best first; ties go to the
     earlier candidate."""
@@ -133,7 +135,9 @@ def estimate_policy(
     explored requests' logged ``impressions`` (``request_id``, ``position``, ``ad_id``,
     ``propensity``, ``clicked``, ``bid_cpc``). Requests whose every slot was logged count; a
     request with a missing impression (quarantined) is left out."""
-    missing = [c for c in (REQUEST_ID, POSITION, AD_ID, PROPENSITY, LABEL, BID) if c not in impressions.columns]
+    missing = [
+        c for c in (REQUEST_ID, POSITION, AD_ID, PROPENSITY, LABEL, BID) if c not in impressions.columns
+    ]
     if missing:
         raise ValueError(f"the exploration impressions lack column(s) {missing}")
     logged = pd.DataFrame(
@@ -244,5 +248,9 @@ def estimate_over_days(
     if not impressions:
         raise ValueError("no exploration logs to estimate from")
     return estimate_policy(
-        pd.concat(impressions, ignore_index=True), pd.concat(choices, ignore_index=True), name, slots, confidence
+        pd.concat(impressions, ignore_index=True),
+        pd.concat(choices, ignore_index=True),
+        name,
+        slots,
+        confidence,
     )

@@ -106,7 +106,9 @@ def request_stats_sql(paths: Sequence[Path], has_bid: bool = True) -> str:
     """
 
 
-def read_request_stats(paths: Sequence[Path], versions: Sequence[str], has_bid: bool = True) -> dict[str, RequestStats]:
+def read_request_stats(
+    paths: Sequence[Path], versions: Sequence[str], has_bid: bool = True
+) -> dict[str, RequestStats]:
     """The per-request totals of ``versions`` in the served days ``paths`` (a version that did not
     serve has no entry)."""
     if not paths:
@@ -118,7 +120,10 @@ def read_request_stats(paths: Sequence[Path], versions: Sequence[str], has_bid: 
         if len(rows):
             out[version] = RequestStats(
                 version,
-                *(rows[c].to_numpy(np.float64) for c in ("impressions", "clicks", "revenue", "predicted", "log_loss")),
+                *(
+                    rows[c].to_numpy(np.float64)
+                    for c in ("impressions", "clicks", "revenue", "predicted", "log_loss")
+                ),
             )
     return out
 
@@ -162,7 +167,9 @@ def shadow_metrics(paths: Sequence[Path], served: str) -> dict[str, float]:
     }
 
 
-def _metrics(requests: float, impressions: float, clicks: float, revenue: float, predicted: float, log_loss: float) -> dict[str, float]:
+def _metrics(
+    requests: float, impressions: float, clicks: float, revenue: float, predicted: float, log_loss: float
+) -> dict[str, float]:
     """The compared metrics from totals (the definitions of :mod:`clickloop.metrics`)."""
     return {
         "revenue_per_1000_requests": revenue_per_1000_requests(revenue, requests),  # type: ignore[arg-type]
@@ -215,7 +222,12 @@ class CanaryReport:
             out[f"{role}_requests"] = summary.requests
             out.update({f"{role}_{name}": _round(v) for name, v in summary.metrics.items()})
         for name, interval in self.difference.items():
-            out.update({f"diff_{name}{'' if k == 'value' else '_' + k}": _round(v) for k, v in asdict(interval).items()})
+            out.update(
+                {
+                    f"diff_{name}{'' if k == 'value' else '_' + k}": _round(v)
+                    for k, v in asdict(interval).items()
+                }
+            )
         return out
 
 
@@ -253,7 +265,9 @@ def compare_versions(
     z = z_value(policy.confidence)
     difference = {
         "revenue_per_1000_requests": _welch(champion.revenue, challenger.revenue, 1000.0, z),
-        "ctr": _welch(champion.clicks / champion.impressions, challenger.clicks / challenger.impressions, 1.0, z),
+        "ctr": _welch(
+            champion.clicks / champion.impressions, challenger.clicks / challenger.impressions, 1.0, z
+        ),
     }
     rng = np.random.default_rng(_BOOTSTRAP_SEED)
     samples = policy.bootstrap_samples
@@ -264,7 +278,7 @@ def compare_versions(
     for name in ("normalized_entropy", "calibration"):
         diffs = np.array([b[name] - a[name] for a, b in zip(boot_a, boot_b, strict=True)])
         diffs = diffs[np.isfinite(diffs)]
-        low, high = (np.quantile(diffs, [tail, 1 - tail]) if len(diffs) else (np.nan, np.nan))
+        low, high = np.quantile(diffs, [tail, 1 - tail]) if len(diffs) else (np.nan, np.nan)
         difference[name] = Interval(float(point_b[name] - point_a[name]), float(low), float(high))
     return CanaryReport(_summary(champion), _summary(challenger), difference, policy.confidence)
 
@@ -280,7 +294,9 @@ class Decision:
     canary_days: int
 
 
-def decide(stage: str, shadow_days: int, canary_days: int, report: CanaryReport, policy: RolloutPolicy) -> Decision:
+def decide(
+    stage: str, shadow_days: int, canary_days: int, report: CanaryReport, policy: RolloutPolicy
+) -> Decision:
     """The next step of a challenger in ``stage`` after ``shadow_days`` / ``canary_days`` served
     days with their events (see the module docstring)."""
 
@@ -289,7 +305,9 @@ def decide(stage: str, shadow_days: int, canary_days: int, report: CanaryReport,
 
     if stage == "shadow":
         if shadow_days >= policy.shadow_days:
-            return made("to_canary", f"{shadow_days} shadow day(s) served: the canary takes {policy.canary_share:.0%}")
+            return made(
+                "to_canary", f"{shadow_days} shadow day(s) served: the canary takes {policy.canary_share:.0%}"
+            )
         return made("wait", f"{shadow_days} of {policy.shadow_days} shadow day(s) served")
     if stage != "canary":
         raise ValueError(f"unknown rollout stage {stage!r}")

@@ -68,9 +68,7 @@ def test_layers_import_only_what_they_may(name: str) -> None:
 
 
 def test_no_import_cycle() -> None:
-    graph = {
-        name: {m for m in imported(name, path) if m in ALL and m != name} for name, path in ALL.items()
-    }
+    graph = {name: {m for m in imported(name, path) if m in ALL and m != name} for name, path in ALL.items()}
     # a package's __init__ importing its submodules is not a cycle with them
     visiting: list[str] = []
     done: set[str] = set()

@@ -158,9 +158,7 @@ def serve_plan(
     n, k = candidates.shape
     all_rows = np.arange(n)
     champion_uniform = bool(getattr(plan.champion, "rank_uniformly", False))
-    explored = (
-        np.ones(n, dtype=bool) if champion_uniform else explore_rng.random(n) < plan.exploration_share
-    )
+    explored = np.ones(n, dtype=bool) if champion_uniform else explore_rng.random(n) < plan.exploration_share
     canary = (
         in_canary(request_ids, plan.canary_share) & ~explored
         if plan.stage == "canary"

@@ -356,7 +356,9 @@ def _impression_frame(
                 if served.shadow_version
                 else np.full(2 * n, None, dtype=object)
             ),
-            "shadow_ctr": served.shadow_ctr.ravel() if served.shadow_ctr is not None else np.full(2 * n, np.nan),
+            "shadow_ctr": served.shadow_ctr.ravel()
+            if served.shadow_ctr is not None
+            else np.full(2 * n, np.nan),
         }
     )
     require_fields(frame, IMPRESSION_FIELDS, "impression")
@@ -480,5 +482,7 @@ def simulate_day(
         clicked=clicked,
         click_impression_row=clicked_rows,
         oracle_expected_revenue=oracle,
-        exploration=exploration_candidates(world, day, context, candidates, served.explored) if explores else None,
+        exploration=exploration_candidates(world, day, context, candidates, served.explored)
+        if explores
+        else None,
     )

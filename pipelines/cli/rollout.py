@@ -149,7 +149,9 @@ class RolloutRun(ScenarioRun):
             if not report.success:
                 raise SystemExit(f"rollout_job failed after {key}: {report.failures}")
             numbers = report.metadata[ROLLOUT_DECISION]
-            step = Step(key, str(numbers["challenger_version"]), numbers["action"], numbers["reason"], numbers)
+            step = Step(
+                key, str(numbers["challenger_version"]), numbers["action"], numbers["reason"], numbers
+            )
             self.steps.append(step)
             print(f"  {key}: v{step.challenger} {step.action}: {step.reason}", flush=True)
             return step
@@ -181,7 +183,9 @@ def rollout_settings(base: Settings, requests: int, exploration: float, canary_s
     return settings.with_resource("retrain_policy", **NO_RETRAINING)
 
 
-def run_rollout(base: Settings, warmup: int, requests: int, exploration: float, canary_share: float) -> list[Step]:
+def run_rollout(
+    base: Settings, warmup: int, requests: int, exploration: float, canary_share: float
+) -> list[Step]:
     """The whole scenario; its decisions in order."""
     calendar = Calendar(base.start_date, base.feature_window_days)
     keys = calendar.keys()[: warmup + 40]
@@ -230,7 +234,9 @@ def summary(steps: list[Step]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--warmup-days", type=int, default=ROLLOUT_DEFAULTS["warmup"])
     parser.add_argument("--requests-per-day", type=int, default=ROLLOUT_DEFAULTS["requests"])
     parser.add_argument("--exploration-share", type=float, default=ROLLOUT_DEFAULTS["exploration"])
@@ -238,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the decisions to this file")
     args = parser.parse_args(argv)
     steps = run_rollout(
-        Settings.from_env(), args.warmup_days, args.requests_per_day, args.exploration_share, args.canary_share
+        Settings.from_env(),
+        args.warmup_days,
+        args.requests_per_day,
+        args.exploration_share,
+        args.canary_share,
     )
     print("\nrollout decisions\n")
     for step in steps:

@@ -83,7 +83,10 @@ def test_without_exploration_nothing_changes_but_the_logged_propensity(world: Wo
 def test_the_canary_split_is_exact_by_the_hash_of_the_request_id(world: World) -> None:
     n = 8_000
     plan = ServingPlan(
-        champion=Oracle(world), challenger=Inverse(world, "inverse-v2"), stage="canary", canary_share=0.2,
+        champion=Oracle(world),
+        challenger=Inverse(world, "inverse-v2"),
+        stage="canary",
+        canary_share=0.2,
         exploration_share=0.05,
     )
     imp = simulate_day(world, DAY, requests_per_day=n, policy=plan).impressions
@@ -108,7 +111,9 @@ def test_shadow_scores_every_request_and_shows_nothing(world: World) -> None:
     plan = ServingPlan(champion=champion, challenger=challenger, stage="shadow")
     shadowed = simulate_day(world, DAY, requests_per_day=2_000, policy=plan).impressions
     assert set(shadowed["model_version"]) == {"oracle-v1"}
-    assert (shadowed["ad_id"].astype(str).to_numpy() == alone.impressions["ad_id"].astype(str).to_numpy()).all()
+    assert (
+        shadowed["ad_id"].astype(str).to_numpy() == alone.impressions["ad_id"].astype(str).to_numpy()
+    ).all()
     assert set(shadowed["shadow_version"]) == {"inverse-v2"}
     # the challenger's own score of each shown ad (the impression rows hold what it reads)
     np.testing.assert_allclose(shadowed["shadow_ctr"], challenger.predict_ctr(shadowed))

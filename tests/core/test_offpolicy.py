@@ -36,7 +36,9 @@ def explored_days(world: World) -> list[DayTraffic]:
 
 
 @pytest.fixture(scope="module")
-def estimates(world: World, explored_days: list[DayTraffic]) -> dict[str, tuple[OffPolicyEstimate, float, float]]:
+def estimates(
+    world: World, explored_days: list[DayTraffic]
+) -> dict[str, tuple[OffPolicyEstimate, float, float]]:
     """Per target policy: its estimate, its true revenue per 1000 requests and its true CTR."""
     impressions, candidates = logs(explored_days)
     out = {}
@@ -96,7 +98,9 @@ def test_only_the_explored_requests_count_and_incomplete_requests_are_left_out(w
     plan = ServingPlan(champion=Oracle(world), exploration_share=0.2)
     day = simulate_day(world, DAYS[0], requests_per_day=3_000, policy=plan)
     impressions, candidates = logs([day])
-    explored_requests = impressions.loc[impressions["model_version"] == EXPLORE_VERSION, "request_id"].nunique()
+    explored_requests = impressions.loc[
+        impressions["model_version"] == EXPLORE_VERSION, "request_id"
+    ].nunique()
     estimate = estimate_from_logs(impressions, candidates, Oracle(world))
     assert estimate.requests == explored_requests
     one_lost = impressions.drop(index=impressions.index[impressions["model_version"] == EXPLORE_VERSION][:1])
@@ -114,7 +118,9 @@ def test_ips_by_hand_on_a_tiny_log() -> None:
             "bid_cpc": [2.0, 1.0, 2.0, 3.0],
         }
     )
-    choices = pd.DataFrame({"request_id": ["a", "a", "b", "b"], "position": [1, 2, 1, 2], "ad_id": ["x", "z", "y", "z"]})
+    choices = pd.DataFrame(
+        {"request_id": ["a", "a", "b", "b"], "position": [1, 2, 1, 2], "ad_id": ["x", "z", "y", "z"]}
+    )
     estimate = estimate_policy(impressions, choices, "p")
     # request a: slot 1 matches and was clicked at price 2 -> 2 / 0.25 = 8; b: slot 2 -> 3 / 0.25 = 12
     assert estimate.ips_revenue_per_1000.value == pytest.approx(1000 * (8 + 12) / 2)
@@ -130,5 +136,7 @@ def test_mean_interval_is_the_clt_interval() -> None:
     values = np.array([1.0, 2.0, 3.0, 4.0])
     interval = mean_interval(values)
     half = 1.959964 * values.std(ddof=1) / 2
-    assert (interval.value, interval.low, interval.high) == pytest.approx((2.5, 2.5 - half, 2.5 + half), rel=1e-5)
+    assert (interval.value, interval.low, interval.high) == pytest.approx(
+        (2.5, 2.5 - half, 2.5 + half), rel=1e-5
+    )
     assert Interval(1.0, 0.5, 1.5).contains(0.5) and not Interval(1.0, 0.5, 1.5).contains(1.6)

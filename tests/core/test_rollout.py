@@ -27,7 +27,12 @@ def simulated(version: str, n: int, ctr: float, predicted: float, seed: int) -> 
     clicks = (rng.random((n, 2)) < ctr).astype(np.float64)
     log_loss = -(clicks * np.log(predicted) + (1 - clicks) * np.log(1 - predicted))
     return RequestStats(
-        version, np.full(n, 2.0), clicks.sum(axis=1), clicks.sum(axis=1), np.full(n, 2 * predicted), log_loss.sum(axis=1)
+        version,
+        np.full(n, 2.0),
+        clicks.sum(axis=1),
+        clicks.sum(axis=1),
+        np.full(n, 2 * predicted),
+        log_loss.sum(axis=1),
     )
 
 
@@ -104,7 +109,10 @@ def test_worse_on_one_decision_metric_rolls_back_even_when_better_on_the_other()
     report = compare_versions(champion, cheap, POLICY)
     assert report.difference["ctr"].low > 0 and report.difference["revenue_per_1000_requests"].high < 0
     decision = decide("canary", 1, 1, report, POLICY)
-    assert decision.action == "rollback" and "worse beyond the interval on revenue_per_1000_requests" in decision.reason
+    assert (
+        decision.action == "rollback"
+        and "worse beyond the interval on revenue_per_1000_requests" in decision.reason
+    )
 
 
 def test_stage_days_and_shadow_metrics_from_the_logged_columns(tmp_path: Path) -> None:

@@ -40,7 +40,9 @@ SHIFT = date(2026, 10, 3)
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 #: the rollout's optional fields: a propensity on every line, a shadow score only while one runs
 ROLLOUT_FIELDS = ("propensity", "shadow_version", "shadow_ctr")
-STRING_FIELDS = [f for f in IMPRESSION_FIELDS if f not in ("position", "bid_cpc", "predicted_ctr", *ROLLOUT_FIELDS)]
+STRING_FIELDS = [
+    f for f in IMPRESSION_FIELDS if f not in ("position", "bid_cpc", "predicted_ctr", *ROLLOUT_FIELDS)
+]
 NOISY = FaultRates(
     duplicate_impression=0.02,
     duplicate_click=0.05,

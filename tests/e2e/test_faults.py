@@ -321,7 +321,11 @@ def test_two_runs_of_one_partition_at_once_are_safe(runner: KillRunner, tmp_path
     # the instance exists before the runs, as in production (two processes creating the same
     # SQLite schema at once would race, which is Dagster's own affair, not this test's)
     DagsterInstance.from_config(str(ensure_dagster_home(loop / "home"))).dispose()
-    steps = [Step("ingest_job", DAYS[0]), Step("ingest_job", DAYS[1]), Step("events_job", DAYS[0], ("ad_events",))]
+    steps = [
+        Step("ingest_job", DAYS[0]),
+        Step("ingest_job", DAYS[1]),
+        Step("events_job", DAYS[0], ("ad_events",)),
+    ]
     for step in steps:
         both = runner.run_at_once(2, loop / "data", loop / "home", step.job, step.partition, step.assets)
         for ended in both:

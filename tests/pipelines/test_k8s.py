@@ -56,7 +56,10 @@ def test_step_manifests_render_with_the_assets_resources(tmp_path: Path, instanc
         tags = defs.resolve_assets_def(AssetKey(asset)).op.tags
         user_config = get_user_defined_k8s_config(tags)
         manifest = construct_dagster_k8s_job(
-            job_config, ["dagster", "api", "execute_step"], f"dagster-step-{asset.replace('_', '-')}", user_config
+            job_config,
+            ["dagster", "api", "execute_step"],
+            f"dagster-step-{asset.replace('_', '-')}",
+            user_config,
         ).to_dict()
         container = manifest["spec"]["template"]["spec"]["containers"][0]
         assert container["resources"]["requests"] == {"cpu": cpu, "memory": memory}, asset

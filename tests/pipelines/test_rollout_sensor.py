@@ -32,7 +32,11 @@ def test_a_decision_per_challenger_stage_and_newest_monitored_day(tmp_path: Path
     request = evaluate_rollout(registry, store)
     assert isinstance(request, RunRequest)
     assert request.run_key == f"rollout-v{v2}-shadow-2026-10-13"
-    assert request.tags == {"clickloop/challenger": v2, "clickloop/stage": "shadow", "clickloop/day": "2026-10-13"}
+    assert request.tags == {
+        "clickloop/challenger": v2,
+        "clickloop/stage": "shadow",
+        "clickloop/day": "2026-10-13",
+    }
     registry.set_challenger(v2, "canary", "2026-10-15")
     store.write_online_metrics("2026-10-14", [row("ctr_model-v1")])
     assert evaluate_rollout(registry, store).run_key == f"rollout-v{v2}-canary-2026-10-14"  # type: ignore[union-attr]

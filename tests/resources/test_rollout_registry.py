@@ -27,7 +27,11 @@ def test_a_challenger_goes_shadow_canary_and_is_promoted(mlflow_data_dir: Path) 
     }
     assert str(aliases(reg)[CHALLENGER_ALIAS]) == v2 and reg.champion_version() == v1
     state = reg.set_challenger(v2, "canary", "2026-10-15")
-    assert state == {"version": v2, "stage": "canary", "since": {"shadow": "2026-10-13", "canary": "2026-10-15"}}
+    assert state == {
+        "version": v2,
+        "stage": "canary",
+        "since": {"shadow": "2026-10-13", "canary": "2026-10-15"},
+    }
     assert reg.challenger() == state
     assert reg.version_tags(v2)["rollout_stage"] == "canary"
     reg.promote(v2, reason="better beyond the interval")
