@@ -9,7 +9,8 @@ no clicks, a one-class set) is NaN.
   [``PROBABILITY_EPS``, 1 − ``PROBABILITY_EPS``];
 * normalized entropy (NE): log loss / entropy of the observed CTR of the same rows (1 = "knows the
   CTR and nothing else", lower is better);
-* calibration: Σ predicted / Σ clicks (1 = calibrated on average, > 1 over-predicts);
+* calibration: Σ predicted / Σ clicks (1 = calibrated on average, > 1 over-predicts), with the
+  interval the day's clicks leave it (:func:`calibration_interval`);
 * AUC: Mann–Whitney U with ties counted as one half;
 * revenue per 1000 requests and the oracle capture (served revenue / the oracle's).
 """
@@ -72,6 +73,32 @@ def normalized_entropy_from_totals(log_loss_total: float, rows: int, clicks: flo
 def calibration_from_totals(predicted_sum: float, clicks: float) -> float:
     """Σ predicted / Σ clicks; NaN without clicks."""
     return predicted_sum / clicks if clicks > 0 else NAN
+
+
+#: the confidence of the calibration's interval
+CALIBRATION_CONFIDENCE = 0.95
+
+
+def calibration_interval(
+    predicted_sum: float, clicks: float, confidence: float = CALIBRATION_CONFIDENCE
+) -> tuple[float, float]:
+    """The interval of the calibration Σ predicted / E[Σ clicks] that ``clicks`` clicks leave open:
+    Σ predicted over the exact (Garwood) Poisson interval of the expected clicks. A day's clicks
+    are a count: 400 of them leave the calibration ±10 % open, so a day's 0.90 on 400 clicks is not
+    evidence of a miscalibrated model, and a calibration fitted on a day inherits that day's count
+    too. (Clicks are Bernoulli, with a variance a little under the Poisson one at a CTR of a few
+    per cent: the interval is a little conservative.) NaN bounds without a prediction; the upper
+    bound is NaN without a click."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must lie in (0, 1)")
+    if predicted_sum <= 0 or clicks < 0:
+        return NAN, NAN
+    from scipy.stats import chi2  # (only when computed: the code location stays light)
+
+    tail = (1.0 - confidence) / 2.0
+    low_clicks = float(chi2.ppf(tail, 2.0 * clicks)) / 2.0 if clicks > 0 else 0.0
+    high_clicks = float(chi2.ppf(1.0 - tail, 2.0 * clicks + 2.0)) / 2.0
+    return predicted_sum / high_clicks, (predicted_sum / low_clicks if low_clicks > 0 else NAN)
 
 
 def revenue_per_1000_requests(revenue: float, requests: int) -> float:

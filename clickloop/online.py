@@ -1,9 +1,9 @@
 """Online metrics: how each served model version did on a day, from the logged impressions.
 
 Per model version that served day D, aggregated in DuckDB from ``features`` (D): requests,
-impressions, clicks, CTR, mean predicted CTR, calibration and normalized entropy of the served
-predictions (the definitions of :mod:`clickloop.metrics`, on the impressions that carry a
-prediction), revenue (Σ bid × clicked), revenue per 1000 requests, and the oracle capture: the share
+impressions, clicks, CTR, mean predicted CTR, calibration (with the interval the day's clicks leave
+it) and normalized entropy of the served predictions (the definitions of :mod:`clickloop.metrics`, on
+the impressions that carry a prediction), revenue (Σ bid × clicked), revenue per 1000 requests, and the oracle capture: the share
 of the oracle policy's expected revenue the served policy earned, when the log source knows the
 oracle (the simulator does; real logs do not; see :func:`oracle_captures`). Logs without a price
 have no revenue: their business metric is clicks per 1000 requests, and the metadata says so.
@@ -22,7 +22,9 @@ import pandas as pd
 from clickloop.contract import BID, LABEL, MODEL_VERSION, PREDICTED_CTR, REQUEST_ID, LogContract
 from clickloop.features import FeatureSpec, impressions_feature
 from clickloop.metrics import (
+    CALIBRATION_CONFIDENCE,
     calibration_from_totals,
+    calibration_interval,
     clicks_per_1000_requests,
     ctr,
     log_loss_sql,
@@ -59,6 +61,9 @@ class OnlineMetricsRow:
     clicks_per_1000_requests: float | None = None
     #: share of impressions whose ad had no history when it was served (cold start)
     cold_start_share: float | None = None
+    #: the interval the day's clicks leave the calibration (:func:`clickloop.metrics.calibration_interval`)
+    calibration_low: float | None = None
+    calibration_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,11 @@ def metrics_row(
     """The online metrics of one version from its totals. Calibration and normalized entropy use
     the impressions that carry a prediction."""
     mean_predicted = totals.predicted_sum / totals.scored_impressions if totals.scored_impressions else None
+    low, high = (
+        calibration_interval(totals.predicted_sum, totals.scored_clicks)
+        if totals.scored_impressions
+        else (None, None)
+    )
     return OnlineMetricsRow(
         model_version=totals.model_version,
         requests=totals.requests,
@@ -243,6 +253,8 @@ def metrics_row(
         cold_start_share=None
         if totals.cold_impressions is None
         else or_none(ctr(totals.cold_impressions, totals.impressions)),
+        calibration_low=or_none(low),
+        calibration_high=or_none(high),
     )
 
 
@@ -286,6 +298,7 @@ def online_markdown(rows: Sequence[OnlineMetricsRow], day: OnlineMetricsRow) -> 
         "CTR",
         "mean predicted",
         "calibration",
+        f"calibration {CALIBRATION_CONFIDENCE:.0%} interval",
         "NE",
     ]
     header += ["revenue", "revenue / 1000 req", "oracle capture"] if with_revenue else ["clicks / 1000 req"]
@@ -299,6 +312,7 @@ def online_markdown(rows: Sequence[OnlineMetricsRow], day: OnlineMetricsRow) -> 
             fmt(r.ctr, ".4g"),
             fmt(r.mean_predicted_ctr, ".4g"),
             fmt(r.calibration, ".3f"),
+            interval_text(r.calibration_low, r.calibration_high),
             fmt(r.normalized_entropy, ".4f"),
         ]
         if with_revenue:
@@ -311,6 +325,13 @@ def online_markdown(rows: Sequence[OnlineMetricsRow], day: OnlineMetricsRow) -> 
             cells.append(fmt(r.clicks_per_1000_requests, ",.2f"))
         table.append(cells)
     return markdown_table(header, table, right=range(1, len(header)))
+
+
+def interval_text(low: float | None, high: float | None) -> str:
+    """An interval as "0.89–1.13" ("-" when unknown, "≥ 0.89" without an upper bound)."""
+    if low is None:
+        return "-"
+    return f"≥ {low:.2f}" if high is None else f"{low:.2f}–{high:.2f}"
 
 
 def business_metric(day: OnlineMetricsRow) -> tuple[str, float | None]:
@@ -331,6 +352,8 @@ def summary_numbers(day: OnlineMetricsRow) -> dict[str, Any]:
         "ctr": day.ctr,
         "mean_predicted_ctr": day.mean_predicted_ctr,
         "calibration": day.calibration,
+        "calibration_low": day.calibration_low,
+        "calibration_high": day.calibration_high,
         "normalized_entropy": day.normalized_entropy,
         "revenue": day.revenue,
         "revenue_per_1000_requests": day.revenue_per_1000_requests,
@@ -352,10 +375,13 @@ HISTORY_PANELS: tuple[tuple[str, str, float | None], ...] = (
 
 
 def online_history_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """A PNG of calibration, normalized entropy and oracle capture over days, a line per model
-    version; ``rows`` are the monitoring store's online metrics rows (``day``, ``model_version``
+    """A PNG of calibration (with the band its clicks leave open), normalized entropy and oracle
+    capture over days, a line per model version; ``rows`` are the monitoring store's online metrics rows (``day``, ``model_version``
     and the metrics; None where undefined)."""
-    frame = pd.DataFrame(list(rows), columns=["day", "model_version", *(c for c, _, _ in HISTORY_PANELS)])
+    bands = {"calibration": ("calibration_low", "calibration_high")}
+    columns = [c for c, _, _ in HISTORY_PANELS] + [b for pair in bands.values() for b in pair]
+    frame = pd.DataFrame([{c: r.get(c) for c in ["day", "model_version", *columns]} for r in rows])
+    frame = frame.reindex(columns=["day", "model_version", *columns])
     frame["day"] = pd.to_datetime(frame["day"])
     figure = new_figure(7.0, 6.5)
     axes = figure.subplots(len(HISTORY_PANELS), 1, sharex=True)
@@ -363,7 +389,10 @@ def online_history_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
         for version, part in frame.sort_values("day").groupby("model_version", sort=True):
             values = pd.to_numeric(part[column], errors="coerce")
             if values.notna().any():
-                ax.plot(part["day"], values, marker="o", markersize=3, label=str(version))
+                (line,) = ax.plot(part["day"], values, marker="o", markersize=3, label=str(version))
+                if column in bands:  # what the day's clicks leave open
+                    low, high = (pd.to_numeric(part[b], errors="coerce") for b in bands[column])
+                    ax.fill_between(part["day"], low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         if reference is not None:
             ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
         ax.set_ylabel(label, fontsize=8)

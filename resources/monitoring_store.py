@@ -72,6 +72,8 @@ online_metrics_table = Table(
     Column("cold_start_share", Float),
     Column("oracle_capture", Float),
     Column("oracle_basis", String(40)),
+    Column("calibration_low", Float),
+    Column("calibration_high", Float),
     Column("computed_at", DateTime(timezone=True), nullable=False),
 )
 

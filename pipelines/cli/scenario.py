@@ -35,6 +35,7 @@ from dagster import (
 
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
+from clickloop.online import interval_text
 from clickloop.retraining import DAY_TAG, context_drift_share, request_context_columns
 from clickloop.storage import atomic_write_text
 from pipelines.cli.runner import SILENT, LoopRunner, RunReport
@@ -58,6 +59,9 @@ class DayRow:
     served_by: str = "-"
     ctr: float | None = None
     calibration: float | None = None
+    #: the interval the day's clicks leave the calibration
+    calibration_low: float | None = None
+    calibration_high: float | None = None
     normalized_entropy: float | None = None
     oracle_capture: float | None = None
     drift_share: float | None = None
@@ -215,6 +219,7 @@ class ScenarioRun:
                 main = max(online, key=lambda r: r["impressions"])
                 row.served_by = ", ".join(r["model_version"] for r in online)
                 row.ctr, row.calibration = main["ctr"], main["calibration"]
+                row.calibration_low, row.calibration_high = main["calibration_low"], main["calibration_high"]
                 row.normalized_entropy = main["normalized_entropy"]
                 row.oracle_capture = main["oracle_capture"]
             drift = store.drift_for(key)
@@ -278,12 +283,19 @@ def run_scenario(
     return scenario.table_rows(days), start_key
 
 
+def calibration_cell(row: DayRow) -> str:
+    """The served calibration and the interval its clicks leave it: "1.120 (0.98–1.27)"."""
+    if row.calibration is None:
+        return "-"
+    return f"{row.calibration:.3f} ({interval_text(row.calibration_low, row.calibration_high)})"
+
+
 def table(rows: list[DayRow], start_key: str) -> str:
     def f(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
     lines = [
-        "| day | scenario | served by | CTR | calibration | oracle capture | drifted columns | "
+        "| day | scenario | served by | CTR | calibration (95 % interval) | oracle capture | drifted columns | "
         "drifted context | sensor fired |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -293,7 +305,8 @@ def table(rows: list[DayRow], start_key: str) -> str:
         )
         lines.append(
             f"| {r.day} | {'on' if r.day >= start_key else ''} | {r.served_by} | {f(r.ctr, '.4f')} | "
-            f"{f(r.calibration, '.3f')} | {f(r.oracle_capture, '.1%')} | {f(r.drift_share, '.0%')} | "
+            f"{calibration_cell(r)} | "
+            f"{f(r.oracle_capture, '.1%')} | {f(r.drift_share, '.0%')} | "
             f"{f(r.context_drift, '.0%')} | {fired} |"
         )
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from dagster import AssetSpec, materialize
 from assets.monitoring import HISTORY_DAYS, drift_report_asset, online_metrics_asset
 from clickloop.drift import DriftColumns, report_path
 from clickloop.features import FeatureSpec
+from clickloop.metrics import calibration_interval
 from clickloop.online import OracleTruth
 from clickloop.presentation import REPORTS_FOLDER, SIGNIFICANT_DIGITS, significant
 from resources.landing import LandingFolder
@@ -81,6 +82,14 @@ def test_online_metrics_match_the_served_impressions(history: History) -> None:
         assert online["calibration"] == pytest.approx(
             frame["predicted_ctr"].mean() / frame["clicked"].mean(), rel=SIG
         )
+        # the interval a day's few hundred clicks leave it, in the numbers and the table
+        low, high = calibration_interval(frame["predicted_ctr"].sum(), frame["clicked"].sum())
+        assert (online["calibration_low"], online["calibration_high"]) == (
+            pytest.approx(low, rel=SIG),
+            pytest.approx(high, rel=SIG),
+        )
+        assert online["calibration_low"] < online["calibration"] < online["calibration_high"]
+        assert f"{low:.2f}–{high:.2f}" in online["online_metrics"]
         assert online["business_metric"] == "revenue_per_1000_requests"
         manifest = simulator.manifest(day)
         assert manifest["policy_version"] == version

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from clickloop.contract_file import parse_contract
-from clickloop.metrics import binary_entropy, log_loss_sum
+from clickloop.metrics import binary_entropy, calibration_interval, log_loss_sum
 from clickloop.online import (
     ORACLE_BASIS_TEXT,
     UNKNOWN_VERSION,
@@ -42,6 +42,10 @@ def test_metrics_row_and_oracle_capture_from_totals() -> None:
     assert row.revenue_per_1000_requests == pytest.approx(40.0)
     assert row.clicks_per_1000_requests == pytest.approx(80.0)
     assert (row.oracle_capture, row.oracle_basis) == (0.2, "expected")
+    # 4 clicks leave the calibration wide open: Σ predicted over the Poisson interval of 4 clicks
+    assert (row.calibration_low, row.calibration_high) == calibration_interval(3.0, 4)
+    assert row.calibration_low < 0.3 and row.calibration_high > 2.7
+    assert f"| {row.calibration_low:.2f}–{row.calibration_high:.2f} |" in online_markdown([row], row)
 
     served = OracleTruth(
         oracle_expected_revenue=10.0, served_expected_revenue=2.5, served_version="random-v0"
@@ -72,6 +76,8 @@ def test_undefined_metrics_are_none() -> None:
     assert unscored.revenue_per_1000_requests is None and unscored.ctr == 0.0
     no_clicks = metrics_row(VersionTotals("v", 10, 20, 0, 20, 0, 0.4, 0.4, 0.0))
     assert no_clicks.calibration is None and no_clicks.normalized_entropy is None
+    assert no_clicks.calibration_low == pytest.approx(0.4 / 3.689, abs=1e-3)
+    assert no_clicks.calibration_high is None and unscored.calibration_low is None
     empty = metrics_row(VersionTotals("v", 0, 0, 0, 0, 0, 0.0, 0.0, 0.0))
     assert empty.ctr is None and empty.revenue_per_1000_requests is None
 
@@ -184,3 +190,12 @@ def test_online_history_plot_draws_a_line_per_version() -> None:
     one_version = online_history_png([r for r in rows if r["model_version"] == "random-v0"])
     assert count_color(one_version, TAB_ORANGE) == 0 and count_color(one_version, TAB_BLUE) > 50
     assert decode_png(online_history_png([])).shape[:2] == (585, 630)  # nothing yet: empty panels
+    # the interval the clicks leave the calibration: a band in the version's colour, pale
+    pale_blue = tuple(round(255 - 0.15 * (255 - c)) for c in TAB_BLUE)
+    unbanded = count_color(png, pale_blue, tolerance=0.01)  # rows stored before the interval
+    assert unbanded < 100  # (a line's anti-aliased edge)
+    banded = [
+        {**r, "calibration_low": r["calibration"] - 0.1, "calibration_high": r["calibration"] + 0.1}
+        for r in rows
+    ]
+    assert count_color(online_history_png(banded), pale_blue, tolerance=0.01) > 20 * unbanded

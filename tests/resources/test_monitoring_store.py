@@ -178,11 +178,16 @@ def test_a_store_created_by_an_older_version_gets_the_new_columns(
     engine_for.cache_clear()
     store = MonitoringStore(url=url)
     columns = {c["name"] for c in inspect(store.engine()).get_columns("online_metrics")}
-    assert {"oracle_basis", "clicks_per_1000_requests"} <= columns
+    assert {"oracle_basis", "clicks_per_1000_requests", "calibration_low", "calibration_high"} <= columns
     (kept,) = store.online_metrics_for("2026-09-30")  # nothing dropped or rewritten
-    assert kept["impressions"] == 2 and kept["oracle_basis"] is None
-    store.write_online_metrics("2026-10-01", [online_row("v", 3, 0.1)])
-    assert store.online_metrics_for("2026-10-01")[0]["oracle_basis"] == "expected"
+    assert kept["impressions"] == 2 and kept["oracle_basis"] is None and kept["calibration_low"] is None
+    row = online_row("v", 3, 0.1)
+    store.write_online_metrics("2026-10-01", [row])
+    (stored,) = store.online_metrics_for("2026-10-01")
+    assert stored["oracle_basis"] == "expected"
+    assert (stored["calibration_low"], stored["calibration_high"]) == pytest.approx(
+        (row.calibration_low, row.calibration_high)
+    )
     engine_for(url).dispose()
     engine_for.cache_clear()
     if backend == "postgresql":  # leave the session's database as the other tests expect it
