@@ -2,9 +2,9 @@
 
 Per model version that served day D, aggregated in DuckDB from ``features`` (D): requests,
 impressions, clicks, CTR, mean predicted CTR, calibration (with the interval the day's clicks leave
-it) and normalized entropy of the served predictions (the definitions of :mod:`clickloop.metrics`, on
-the impressions that carry a prediction), revenue (Σ bid × clicked), revenue per 1000 requests, and the oracle capture: the share
-of the oracle policy's expected revenue the served policy earned, when the log source knows the
+it) and normalized entropy of the served predictions (the definitions of :mod:`clickloop.metrics`,
+on the impressions that carry a prediction), revenue (Σ bid × clicked), revenue per 1000 requests,
+and the oracle capture: the share of the oracle policy's expected revenue the served policy earned, when the log source knows the
 oracle (the simulator does; real logs do not; see :func:`oracle_captures`). Logs without a price
 have no revenue: their business metric is clicks per 1000 requests, and the metadata says so.
 """
@@ -223,11 +223,8 @@ def metrics_row(
     """The online metrics of one version from its totals. Calibration and normalized entropy use
     the impressions that carry a prediction."""
     mean_predicted = totals.predicted_sum / totals.scored_impressions if totals.scored_impressions else None
-    low, high = (
-        calibration_interval(totals.predicted_sum, totals.scored_clicks)
-        if totals.scored_impressions
-        else (None, None)
-    )
+    # (NaN bounds, stored as None, without a prediction)
+    low, high = calibration_interval(totals.predicted_sum, totals.scored_clicks)
     return OnlineMetricsRow(
         model_version=totals.model_version,
         requests=totals.requests,
@@ -376,8 +373,8 @@ HISTORY_PANELS: tuple[tuple[str, str, float | None], ...] = (
 
 def online_history_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """A PNG of calibration (with the band its clicks leave open), normalized entropy and oracle
-    capture over days, a line per model version; ``rows`` are the monitoring store's online metrics rows (``day``, ``model_version``
-    and the metrics; None where undefined)."""
+    capture over days, a line per model version; ``rows`` are the monitoring store's online metrics
+    rows (``day``, ``model_version`` and the metrics; None where undefined)."""
     bands = {"calibration": ("calibration_low", "calibration_high")}
     columns = [c for c, _, _ in HISTORY_PANELS] + [b for pair in bands.values() for b in pair]
     frame = pd.DataFrame([{c: r.get(c) for c in ["day", "model_version", *columns]} for r in rows])

@@ -35,6 +35,7 @@ from dagster import (
 
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
+from clickloop.metrics import CALIBRATION_CONFIDENCE
 from clickloop.online import interval_text
 from clickloop.retraining import DAY_TAG, context_drift_share, request_context_columns
 from clickloop.storage import atomic_write_text
@@ -295,7 +296,8 @@ def table(rows: list[DayRow], start_key: str) -> str:
         return "-" if value is None else format(value, spec)
 
     lines = [
-        "| day | scenario | served by | CTR | calibration (95 % interval) | oracle capture | drifted columns | "
+        f"| day | scenario | served by | CTR | calibration ({CALIBRATION_CONFIDENCE:.0%} interval) | "
+        "oracle capture | drifted columns | "
         "drifted context | sensor fired |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
