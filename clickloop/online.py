@@ -331,6 +331,13 @@ def interval_text(low: float | None, high: float | None) -> str:
     return f"≥ {low:.2f}" if high is None else f"{low:.2f}–{high:.2f}"
 
 
+def calibration_text(calibration: float | None, low: float | None, high: float | None) -> str:
+    """A served calibration and the interval its clicks leave it: "1.120 (0.98–1.27)"."""
+    if calibration is None:
+        return "-"
+    return f"{calibration:.3f} ({interval_text(low, high)})"
+
+
 def business_metric(day: OnlineMetricsRow) -> tuple[str, float | None]:
     """The metric the business is judged on: revenue per 1000 requests where there is a price,
     clicks per 1000 requests where there is none."""

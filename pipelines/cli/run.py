@@ -18,6 +18,8 @@ from typing import Any
 from dagster import DagsterInstance
 
 from assets.partitions import Calendar
+from clickloop.metrics import CALIBRATION_CONFIDENCE
+from clickloop.online import calibration_text
 from pipelines.cli.runner import LoopRunner, RunReport
 from pipelines.definitions import build_defs
 from pipelines.settings import Settings, dagster_home, ensure_dagster_home
@@ -112,10 +114,14 @@ def accounting_table(reports: list[DayReport]) -> str:
     return "\n".join(lines)
 
 
+#: the serving table's calibration column: the day's figure and its exact Poisson interval
+CALIBRATION_HEAD = f"calib ({CALIBRATION_CONFIDENCE:.0%} interval)"
+
+
 def serving_table(reports: list[DayReport]) -> str:
     """Who served each day and what it earned: the business metric next to the proxy."""
     head = (
-        f"{'day':<10} {'served by':<16} {'CTR':>7} {'pred CTR':>8} {'calib':>6} "
+        f"{'day':<10} {'served by':<16} {'CTR':>7} {'pred CTR':>8} {CALIBRATION_HEAD:>21} "
         f"{'NE':>6} {'rev/1000 req':>12} {'oracle capture':>14} {'drift share':>11}"
     )
     lines = [head, "-" * len(head)]
@@ -130,7 +136,8 @@ def serving_table(reports: list[DayReport]) -> str:
         drift = r.metadata.get("drift_report", {}).get("share_drifted_columns")
         lines.append(
             f"{r.day:<10} {str(m.get('model_versions', '-')):<16} {f(m.get('ctr'), '.4f'):>7} "
-            f"{f(m.get('mean_predicted_ctr'), '.4f'):>8} {f(m.get('calibration'), '.3f'):>6} "
+            f"{f(m.get('mean_predicted_ctr'), '.4f'):>8} "
+            f"{calibration_text(m.get('calibration'), m.get('calibration_low'), m.get('calibration_high')):>21} "
             f"{f(m.get('normalized_entropy'), '.3f'):>6} "
             f"{f(m.get('revenue_per_1000_requests'), ',.1f'):>12} "
             f"{f(m.get('oracle_capture'), '.1%'):>14} {f(drift, '.0%'):>11}"

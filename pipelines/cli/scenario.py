@@ -36,7 +36,7 @@ from dagster import (
 from assets.partitions import Calendar
 from clickloop.contract_file import load_contract
 from clickloop.metrics import CALIBRATION_CONFIDENCE
-from clickloop.online import interval_text
+from clickloop.online import calibration_text
 from clickloop.retraining import DAY_TAG, context_drift_share, request_context_columns
 from clickloop.storage import atomic_write_text
 from pipelines.cli.runner import SILENT, LoopRunner, RunReport
@@ -284,13 +284,6 @@ def run_scenario(
     return scenario.table_rows(days), start_key
 
 
-def calibration_cell(row: DayRow) -> str:
-    """The served calibration and the interval its clicks leave it: "1.120 (0.98–1.27)"."""
-    if row.calibration is None:
-        return "-"
-    return f"{row.calibration:.3f} ({interval_text(row.calibration_low, row.calibration_high)})"
-
-
 def table(rows: list[DayRow], start_key: str) -> str:
     def f(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -307,7 +300,7 @@ def table(rows: list[DayRow], start_key: str) -> str:
         )
         lines.append(
             f"| {r.day} | {'on' if r.day >= start_key else ''} | {r.served_by} | {f(r.ctr, '.4f')} | "
-            f"{calibration_cell(r)} | "
+            f"{calibration_text(r.calibration, r.calibration_low, r.calibration_high)} | "
             f"{f(r.oracle_capture, '.1%')} | {f(r.drift_share, '.0%')} | "
             f"{f(r.context_drift, '.0%')} | {fired} |"
         )

@@ -17,6 +17,7 @@ from clickloop.online import (
     VersionTotals,
     aggregate_versions,
     business_metric,
+    calibration_text,
     day_row,
     metrics_row,
     online_history_png,
@@ -46,6 +47,9 @@ def test_metrics_row_and_oracle_capture_from_totals() -> None:
     assert (row.calibration_low, row.calibration_high) == calibration_interval(3.0, 4)
     assert row.calibration_low < 0.3 and row.calibration_high > 2.7
     assert f"| {row.calibration_low:.2f}–{row.calibration_high:.2f} |" in online_markdown([row], row)
+    assert calibration_text(row.calibration, row.calibration_low, row.calibration_high) == (
+        f"0.750 ({row.calibration_low:.2f}–{row.calibration_high:.2f})"
+    )
 
     served = OracleTruth(
         oracle_expected_revenue=10.0, served_expected_revenue=2.5, served_version="random-v0"
@@ -78,6 +82,8 @@ def test_undefined_metrics_are_none() -> None:
     assert no_clicks.calibration is None and no_clicks.normalized_entropy is None
     assert no_clicks.calibration_low == pytest.approx(0.4 / 3.689, abs=1e-3)
     assert no_clicks.calibration_high is None and unscored.calibration_low is None
+    assert calibration_text(None, no_clicks.calibration_low, None) == "-"
+    assert calibration_text(1.5, 0.25, None) == "1.500 (≥ 0.25)"
     empty = metrics_row(VersionTotals("v", 0, 0, 0, 0, 0, 0.0, 0.0, 0.0))
     assert empty.ctr is None and empty.revenue_per_1000_requests is None
 

@@ -6,7 +6,15 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 
-from pipelines.cli.run import accounting_table, model_summary, open_instance, run_loop, serving_table
+from clickloop.online import calibration_text
+from pipelines.cli.run import (
+    CALIBRATION_HEAD,
+    accounting_table,
+    model_summary,
+    open_instance,
+    run_loop,
+    serving_table,
+)
 from pipelines.cli.runner import LoopRunner
 from pipelines.definitions import build_defs
 from pipelines.settings import Settings, ensure_dagster_home
@@ -42,8 +50,15 @@ def test_run_loop_reports_every_day_the_training_and_the_serving(history: Histor
     assert "| ground truth (oracle) |" in summary and "| base rate (training CTR) |" in summary
     assert summary.rstrip().endswith("promotion: promoted (champion now v1)")
 
-    served_by = [line.split()[1] for line in serving_table(days).splitlines()[2:]]
+    serving = serving_table(days).splitlines()
+    assert CALIBRATION_HEAD in serving[0]
+    served_by = [line.split()[1] for line in serving[2:]]
     assert served_by == ["random-v0"] * (WARMUP_DAYS + 1) + ["ctr_model-v1"] * (len(days) - WARMUP_DAYS - 1)
+    # each champion day's calibration with the interval its clicks leave it
+    for line, report in zip(serving[2 + WARMUP_DAYS + 1 :], days[WARMUP_DAYS + 1 :], strict=True):
+        m = report.metadata["online_metrics"]
+        assert m["calibration_low"] < m["calibration"] < m["calibration_high"], m
+        assert f" {calibration_text(m['calibration'], m['calibration_low'], m['calibration_high'])} " in line
 
 
 def test_run_loop_needs_the_days_it_runs(tmp_path: Path) -> None:
