@@ -2,11 +2,8 @@
 device shift on hand-made ``features`` days caught by the drift report (drift, online metrics and
 the monitoring store themselves are tested in tests/core and tests/resources)."""
 
-from datetime import date
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +23,7 @@ from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 from tests.assets.history import DRIFT_SAMPLE_ROWS, History
 from tests.assets.support import CALENDAR, CONTRACT, KEYS
+from tests.core.synthetic import monitoring_frame
 
 #: how close a number of the metadata (rounded to significant digits) is to the exact one
 SIG = 5 * 10.0**-SIGNIFICANT_DIGITS
@@ -124,60 +122,12 @@ def test_oracle_earns_at_least_what_the_random_policy_earns(history: History, tm
 
 # --- A device shift on hand-made days ---------------------------------------------------------------
 
-DEVICES = ["mobile", "desktop", "tablet"]
-
-
-def features_frame(
-    day: str, n: int, seed: int, smart_tv: float = 0.0, version: str = "random-v0"
-) -> pd.DataFrame:
-    """``n`` impressions (n/2 requests) with the ``features`` columns; a share ``smart_tv`` of the
-    rows gets a device type never seen before (the device-shift scenario)."""
-    rng = np.random.default_rng(seed)
-    device = rng.choice(DEVICES, n, p=[0.6, 0.3, 0.1]).astype(object)
-    device[rng.random(n) < smart_tv] = "smart_tv"
-    frame = pd.DataFrame(
-        {
-            "impression_id": [f"i-{day}-{i:06d}" for i in range(n)],
-            "request_id": [f"r-{day}-{i // 2:06d}" for i in range(n)],
-            "ts": pd.Timestamp(day, tz="UTC") + pd.to_timedelta(rng.integers(0, 86_400, n), "s"),
-            "user_id": [f"u{i:04d}" for i in rng.integers(0, 1_000, n)],
-            "clicked": (rng.random(n) < 0.03).astype(np.int8),
-            "ad_id": [f"a{i:04d}" for i in rng.integers(0, 500, n)],
-            "campaign_id": [f"c{i:03d}" for i in rng.integers(0, 100, n)],
-            "bid_cpc": rng.choice([0.25, 0.5, 1.0], n),
-            "model_version": version,
-            "predicted_ctr": 0.03,
-            "user_segment": rng.choice(["gamers", "parents", "foodies"], n),
-            "ad_category": rng.choice(["sports", "travel", "tech", "food"], n),
-            "site_id": rng.choice([f"s{i:03d}" for i in range(20)], n),
-            "site_category": rng.choice(["news", "sports", "family"], n),
-            "device_type": device,
-            "os": rng.choice(["ios", "android", "windows"], n),
-            "country": rng.choice(["US", "IN", "DE"], n, p=[0.5, 0.3, 0.2]),
-            "advertiser_id": rng.choice([f"adv{i:02d}" for i in range(10)], n),
-            "hour": rng.integers(0, 24, n).astype(np.int32),
-            "weekday": np.int32(date.fromisoformat(day).weekday()),
-            "position": np.tile(np.array([1, 2], dtype=np.int32), n // 2),
-            "hist_ad_impressions": rng.poisson(100, n),
-            "hist_ad_ctr": rng.beta(3, 97, n),
-            "hist_advertiser_impressions": rng.poisson(3000, n),
-            "hist_advertiser_ctr": rng.beta(30, 970, n),
-            "hist_site_impressions": rng.poisson(5000, n),
-            "hist_site_ctr": rng.beta(30, 970, n),
-            "hist_ad_site_category_impressions": rng.poisson(20, n),
-            "hist_ad_site_category_ctr": rng.beta(3, 97, n),
-            "user_impressions_24h": rng.poisson(5, n),
-        }
-    )
-    assert set(FeatureSpec.from_contract(CONTRACT).columns) <= set(frame.columns)
-    return frame
-
 
 def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     """Days 0-2 are alike; day 3 has a new device in 40 % of its traffic."""
     warehouse = WarehouseResource(data_dir=str(tmp_path / "data"))
     for i, day in enumerate(KEYS[:4]):
-        frame = features_frame(day, 2_000, seed=20 + i, smart_tv=0.4 if i == 3 else 0.0)
+        frame = monitoring_frame(day, 2_000, seed=20 + i, smart_tv=0.4 if i == 3 else 0.0, user_ids=True)
         warehouse.get().write_partition("features", day, pa.Table.from_pandas(frame, preserve_index=False))
     simulator = AdServerSimulator(
         landing_dir=str(tmp_path / "landing"), requests_per_day=1_000, n_users=5_000, start_date=KEYS[0]
@@ -234,7 +184,7 @@ def test_a_device_shift_is_caught_in_dagster(tmp_path: Path) -> None:
     assert list(store.drift_for(KEYS[3])["drifted_columns"]) == ["device_type"]
     assert store.drift_for(KEYS[2])["drifted_columns"] == {}
 
-    frame = features_frame(KEYS[3], 2_000, seed=23, smart_tv=0.4)
+    frame = monitoring_frame(KEYS[3], 2_000, seed=23, smart_tv=0.4, user_ids=True)
     online = shifted["online_metrics"]
     assert online["requests"] == 1_000 and online["impressions"] == 2_000
     assert online["clicks"] == frame["clicked"].sum()

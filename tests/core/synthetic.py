@@ -229,10 +229,16 @@ MONITORING_DEVICES = ["mobile", "desktop", "tablet"]
 
 
 def monitoring_frame(
-    day: str, n: int, seed: int, smart_tv: float = 0.0, version: str = "random-v0"
+    day: str,
+    n: int,
+    seed: int,
+    smart_tv: float = 0.0,
+    version: str = "random-v0",
+    user_ids: bool = False,
 ) -> pd.DataFrame:
-    """``n`` served impressions (n/2 requests) with the ``features`` columns; a share ``smart_tv`` of
-    the rows gets a device type never seen before (the device-shift scenario)."""
+    """``n`` served impressions (n/2 requests) with the ``features`` columns (and ``user_id`` when
+    ``user_ids``, drawn where it leaves the other columns as they were); a share ``smart_tv`` of the
+    rows gets a device type never seen before (the device-shift scenario)."""
     rng = np.random.default_rng(seed)
     device = rng.choice(MONITORING_DEVICES, n, p=[0.6, 0.3, 0.1]).astype(object)
     device[rng.random(n) < smart_tv] = "smart_tv"
@@ -241,6 +247,7 @@ def monitoring_frame(
             "impression_id": [f"i-{day}-{i:06d}" for i in range(n)],
             "request_id": [f"r-{day}-{i // 2:06d}" for i in range(n)],
             "ts": pd.Timestamp(day, tz="UTC") + pd.to_timedelta(rng.integers(0, 86_400, n), "s"),
+            **({"user_id": [f"u{i:04d}" for i in rng.integers(0, 1_000, n)]} if user_ids else {}),
             "clicked": (rng.random(n) < 0.03).astype(np.int8),
             "ad_id": [f"a{i:04d}" for i in rng.integers(0, 500, n)],
             "campaign_id": [f"c{i:03d}" for i in rng.integers(0, 100, n)],
