@@ -8,7 +8,11 @@
   quality at promotion), and its online calibration against 1, beyond a tolerance. The champion is
   recalibrated daily (:mod:`clickloop.calibration`) on its own traffic from its third served day on;
   on the days before, its calibration (fitted on another policy's traffic, the winner's curse
-  of a new ranking) is compared with its first served day's instead;
+  of a new ranking) is compared with its first served day's instead. A change of calibration
+  counts only when the day's clicks rule out chance too: its exact Poisson interval
+  (:func:`clickloop.metrics.calibration_interval`, stored with the day) leaves the reference out. On
+  a day of a few dozen clicks a 1.3 is noise (40 clicks leave 0.96–1.82 around it); on a day of
+  hundreds the tolerance alone decides, as it did before the interval was stored;
 * novelty: the share of the champion's impressions whose ad had no history when it was served (a
   wave of new campaigns) against its first served day, beyond a tolerance: the history features
   are blind to them, and a model trained on recent days is not;
@@ -44,7 +48,8 @@ class RetrainThresholds:
 
     #: share of request-context columns drifted
     drift_share_threshold: float = 0.25
-    #: change of the champion's online calibration since its first served day
+    #: change of the champion's online calibration since its first served day (and the day's
+    #: interval leaving the reference out: not a change its clicks can explain)
     calibration_tolerance: float = 0.25
     #: increase of the champion's online normalized entropy since its first served day
     normalized_entropy_tolerance: float = 0.05
@@ -119,6 +124,16 @@ def _champion_today_and_first(
     return today, base
 
 
+def beyond_chance(row: Mapping[str, Any], reference: float) -> bool:
+    """Whether the day's calibration interval leaves ``reference`` out: the day's clicks cannot
+    explain its calibration as the reference's plus chance. A row without an interval (stored before
+    there was one) counts as beyond chance; a day without clicks has no upper bound."""
+    low, high = row.get("calibration_low"), row.get("calibration_high")
+    if low is None:
+        return True
+    return reference < low or (high is not None and reference > high)
+
+
 def quality_trigger(
     day_rows: Sequence[Mapping[str, Any]],
     baseline_rows: Sequence[Mapping[str, Any]],
@@ -127,8 +142,9 @@ def quality_trigger(
     served_days: int = 0,
 ) -> Trigger | None:
     """The champion's online calibration (against 1 once ``served_days``, the days it has served up
-    to this one, exceed :data:`CALIBRATION_LAG_DAYS`; against its first served day before) or its
-    normalized entropy (against its first served day), beyond the tolerance."""
+    to this one, exceed :data:`CALIBRATION_LAG_DAYS`; against its first served day before) beyond
+    the tolerance and beyond chance (:func:`beyond_chance`), or its normalized entropy (against its
+    first served day) beyond the tolerance."""
     rows = _champion_today_and_first(day_rows, baseline_rows, champion)
     if rows is None:
         return None
@@ -136,7 +152,7 @@ def quality_trigger(
     reference = 1.0 if served_days > CALIBRATION_LAG_DAYS else base["calibration"]
     if today["calibration"] is not None and reference is not None:
         change = abs(today["calibration"] - reference)
-        if change > thresholds.calibration_tolerance:
+        if change > thresholds.calibration_tolerance and beyond_chance(today, reference):
             return Trigger(
                 "quality_sensor", today["day"], "calibration_change", change, thresholds.calibration_tolerance
             )

@@ -2,10 +2,12 @@
 against its first served day, and its age (the sensors turn a trigger into one run request)."""
 
 from clickloop.calibration import CALIBRATION_LAG_DAYS
+from clickloop.metrics import calibration_interval
 from clickloop.retraining import (
     CONTEXT_NUMERIC,
     RetrainThresholds,
     Trigger,
+    beyond_chance,
     context_drift_share,
     cooldown_reason,
     drift_trigger,
@@ -147,3 +149,29 @@ def test_one_episode_asks_for_one_retraining() -> None:
     assert cooldown_reason(KEYS[6], None, KEYS, thresholds) is None
     assert cooldown_reason(KEYS[4], KEYS[5], KEYS, thresholds) is None
     assert cooldown_reason(KEYS[6], KEYS[5], KEYS, RetrainThresholds(cooldown_days=0)) is None
+
+
+def test_a_calibration_change_its_clicks_can_explain_is_no_reason() -> None:
+    """The day's calibration beyond the tolerance, but its interval (the day's clicks) holds the
+    reference: chance, no retraining; the same figure on a day of many clicks is a retraining."""
+    base = [online(KEYS[10], calibration=1.0)]
+    settled = CALIBRATION_LAG_DAYS + 1
+    for clicks, fires in ((40, False), (300, True)):
+        low, high = calibration_interval(1.3 * clicks, clicks)
+        assert (low <= 1.0 <= high) is not fires
+        today = [{**online(KEYS[13], calibration=1.3), "calibration_low": low, "calibration_high": high}]
+        trigger = quality_trigger(today, base, "ctr_model-v1", THRESHOLDS, served_days=settled)
+        assert (trigger is not None) is fires, (clicks, low, high)
+        if fires:
+            assert trigger.metric == "calibration_change" and abs(trigger.value - 0.3) < 1e-9
+        # before it settled the reference is its first served day's calibration, held the same way
+        early = quality_trigger(today, [online(KEYS[10], calibration=0.95)], "ctr_model-v1", THRESHOLDS, 1)
+        assert (early is not None) is (low > 0.95)
+    # a low calibration the same way; a day without clicks (no upper bound) can't hold a higher one
+    low, high = calibration_interval(0.7 * 300, 300)
+    below = [{**online(KEYS[13], calibration=0.7), "calibration_low": low, "calibration_high": high}]
+    assert quality_trigger(below, base, "ctr_model-v1", THRESHOLDS, settled) is not None
+    assert beyond_chance({"calibration_low": 0.5, "calibration_high": None}, 0.4)
+    assert not beyond_chance({"calibration_low": 0.5, "calibration_high": None}, 1.0)
+    # rows stored without an interval: the tolerance alone, as before
+    assert beyond_chance({"calibration": 1.3}, 1.0)

@@ -144,8 +144,15 @@ def test_retraining_sensors_fire_when_a_threshold_is_crossed(history: History, t
     first_served, day = keys[11], keys[12]
     (baseline,) = store.online_metrics_for(first_served)
 
-    # quality: the champion's calibration moved 0.4 from its first served day
-    store.write_online_metrics(day, [online_row(baseline, calibration=baseline["calibration"] + 0.4)])
+    # quality: the champion's calibration moved 0.4 from its first served day, its interval with it
+    # (the same clicks: the interval scales with the predictions)
+    moved = baseline["calibration"] + 0.4
+    scale = moved / baseline["calibration"]
+    low, high = baseline["calibration_low"] * scale, baseline["calibration_high"] * scale
+    assert low > baseline["calibration"]  # the day's clicks rule chance out
+    store.write_online_metrics(
+        day, [online_row(baseline, calibration=moved, calibration_low=low, calibration_high=high)]
+    )
     quality = evaluate(loop, "quality_sensor")
     assert isinstance(quality, RunRequest), quality
     assert quality.run_key == f"quality_sensor:{day}"
