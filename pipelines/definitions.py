@@ -90,7 +90,7 @@ def build_defs(settings: Settings) -> Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=jobs.all(),
-        schedules=build_schedules(jobs),
+        schedules=build_schedules(jobs, settings.refresh_hour),
         sensors=[
             *chain_sensors(calendar, jobs),
             *retraining_sensors(calendar, contract, jobs.training),

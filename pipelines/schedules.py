@@ -3,18 +3,19 @@
 from dagster import DefaultScheduleStatus, ScheduleDefinition, build_schedule_from_partitioned_job
 
 from pipelines.jobs import TRAINING_TAGS, LoopJobs
+from pipelines.settings import DEFAULT_REFRESH_HOUR
 
 
-def build_schedules(jobs: LoopJobs) -> list[ScheduleDefinition]:
-    """The daily refresh (01:00 UTC, yesterday's logs) and the weekly retraining (Mondays 03:00 UTC),
-    both off until a person turns them on."""
+def build_schedules(jobs: LoopJobs, refresh_hour: int = DEFAULT_REFRESH_HOUR) -> list[ScheduleDefinition]:
+    """The daily refresh (at ``refresh_hour`` UTC, 01:00 by default: yesterday's logs) and the weekly
+    retraining (Mondays 03:00 UTC), both off until a person turns them on."""
     daily = build_schedule_from_partitioned_job(
         jobs.ingest,
         name="daily_refresh_schedule",
-        hour_of_day=1,
-        description="01:00 UTC: ingest yesterday's logs; the refresh chain then builds the events, "
-        "features, drift and online metrics of the day before (its attribution window just closed) "
-        "and the statistics today's serving uses.",
+        hour_of_day=refresh_hour,
+        description=f"{refresh_hour:02d}:00 UTC (CLICKLOOP_REFRESH_HOUR): ingest yesterday's logs; "
+        "the refresh chain then builds the events, features, drift and online metrics of the day "
+        "before (its attribution window just closed) and the statistics today's serving uses.",
         default_status=DefaultScheduleStatus.STOPPED,
     )
     weekly = ScheduleDefinition(

@@ -25,6 +25,8 @@ from clickloop.simulator import SimulatorConfig
 
 #: The first daily partition by default: the embedded simulator's first day.
 DEFAULT_START_DATE = SimulatorConfig().start_date
+#: The daily refresh's UTC hour by default: yesterday's clicks (their attribution window) are in by then.
+DEFAULT_REFRESH_HOUR = 1
 LOG_SOURCES = ("simulator", "landing")
 EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 
@@ -103,6 +105,8 @@ class Settings:
     resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: the Dagster instance's folder for the command-line tools; None: ``<data_dir>/dagster_home``
     dagster_home: Path | None = None
+    #: the UTC hour of the daily refresh: yesterday's logs are complete by then
+    refresh_hour: int = DEFAULT_REFRESH_HOUR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
@@ -110,6 +114,8 @@ class Settings:
             object.__setattr__(self, "dagster_home", Path(self.dagster_home).expanduser().resolve())
         _choice("log_source", self.log_source, LOG_SOURCES)
         _choice("executor", self.executor, EXECUTORS)
+        if not 0 <= self.refresh_hour <= 23:
+            raise ValueError(f"refresh_hour must be an hour of the day (0 to 23), not {self.refresh_hour}")
 
     def resource(self, name: str) -> dict[str, Any]:
         """The fields set for one resource."""
@@ -134,6 +140,11 @@ class Settings:
             window_days = int(window)
         except ValueError:
             raise ValueError(f"CLICKLOOP_FEATURE_WINDOW_DAYS must be an integer, not {window!r}") from None
+        hour = env.get("CLICKLOOP_REFRESH_HOUR") or str(DEFAULT_REFRESH_HOUR)
+        try:
+            refresh_hour = int(hour)
+        except ValueError:
+            raise ValueError(f"CLICKLOOP_REFRESH_HOUR must be an hour (0 to 23), not {hour!r}") from None
         return cls(
             data_dir=Path(env.get("CLICKLOOP_DATA_DIR") or "data"),
             start_date=env.get("CLICKLOOP_START_DATE") or DEFAULT_START_DATE,
@@ -143,6 +154,7 @@ class Settings:
             executor=env.get("CLICKLOOP_EXECUTOR") or "multiprocess",
             resources=resources,
             dagster_home=Path(env["DAGSTER_HOME"]) if env.get("DAGSTER_HOME") else None,
+            refresh_hour=refresh_hour,
         )
 
 

@@ -156,7 +156,7 @@ class ScenarioRun:
             Calendar(self.settings.start_date, self.settings.feature_window_days)
             .partitions.time_window_for_partition_key(key)
             .end.date(),
-            time(1),
+            time(self.settings.refresh_hour),
             UTC,
         )
         schedule = self.repo.get_schedule_def("daily_refresh_schedule")

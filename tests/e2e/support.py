@@ -632,10 +632,16 @@ DAEMON_REQUESTS_PER_DAY = "2000"
 DAEMON_HISTORY_TIMEOUT_S = 900
 
 
-def latest_tick(now: datetime) -> datetime:
-    """The daily refresh's most recent tick (01:00 UTC) at or before ``now``."""
-    tick = now.replace(hour=1, minute=0, second=0, microsecond=0)
+def latest_tick(now: datetime, hour: int) -> datetime:
+    """The daily refresh's most recent tick (``hour``:00 UTC) at or before ``now``."""
+    tick = now.replace(hour=hour, minute=0, second=0, microsecond=0)
     return tick if tick <= now else tick - timedelta(days=1)
+
+
+def refresh_hour_away_from(now: datetime) -> int:
+    """The refresh hour whose ticks are 11 to 12 hours before and after ``now``: no tick passes
+    while the history is built and the daemon runs, whatever the time of day."""
+    return (now.hour + 12) % 24
 
 
 @dataclass(frozen=True)
@@ -645,6 +651,8 @@ class DaemonHistory:
     left to the daemon."""
 
     tick: datetime
+    #: the daily refresh's UTC hour in this test (``CLICKLOOP_REFRESH_HOUR``)
+    hour: int
     newest: date
     shifted: date
     url: str
@@ -655,7 +663,8 @@ class DaemonHistory:
 def build_daemon_history(root: Path, url: str, now: datetime) -> DaemonHistory:
     """The history of the daemon test on the PostgreSQL database ``url``: the first days served
     by the random policy, the first model, and the shifted day (the newest but one) served by it."""
-    tick = latest_tick(now)
+    hour = refresh_hour_away_from(now)
+    tick = latest_tick(now, hour)
     newest = (tick - timedelta(days=1)).date()  # the day the catch-up tick ingests
     shifted = newest - timedelta(days=1)
     first = newest - timedelta(days=DAEMON_HISTORY_DAYS)
@@ -672,6 +681,7 @@ def build_daemon_history(root: Path, url: str, now: datetime) -> DaemonHistory:
         CLICKLOOP_REQUESTS_PER_DAY=DAEMON_REQUESTS_PER_DAY,
         CLICKLOOP_SCENARIO="device_shift",
         CLICKLOOP_SCENARIO_START=shifted.isoformat(),
+        CLICKLOOP_REFRESH_HOUR=str(hour),
         # one process per run (each step process would import the project again)
         CLICKLOOP_EXECUTOR="in_process",
     )
@@ -697,4 +707,4 @@ def build_daemon_history(root: Path, url: str, now: datetime) -> DaemonHistory:
         niceness=BACKGROUND_NICENESS,
     )
     assert done.returncode == 0, f"the daemon test's history failed:\n{done.tail()}"
-    return DaemonHistory(tick, newest, shifted, url, home, env)
+    return DaemonHistory(tick, hour, newest, shifted, url, home, env)

@@ -43,3 +43,13 @@ def test_weekly_retraining_runs_the_training_job_on_mondays(repo) -> None:
     (request,) = tick(repo, "weekly_retraining_schedule", datetime(2026, 10, 5, 3, tzinfo=UTC)).run_requests
     assert request.tags["clickloop/kind"] == "training"  # one training at a time (dagster.yaml)
     assert request.partition_key is None
+
+
+def test_the_refresh_hour_is_a_setting(tmp_path) -> None:
+    """A deployment whose logs close later refreshes later: the same partition, at its own hour."""
+    settings = Settings.from_env({"CLICKLOOP_DATA_DIR": str(tmp_path), "CLICKLOOP_REFRESH_HOUR": "13"})
+    late = build_defs(settings).get_repository_def()
+    assert late.get_schedule_def("daily_refresh_schedule").cron_schedule == "0 13 * * *"
+    assert "13:00 UTC" in late.get_schedule_def("daily_refresh_schedule").description
+    (request,) = tick(late, "daily_refresh_schedule", datetime(2026, 10, 6, 13, tzinfo=UTC)).run_requests
+    assert request.partition_key == "2026-10-05"

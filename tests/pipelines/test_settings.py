@@ -86,6 +86,7 @@ def test_an_empty_environment_is_the_embedded_default() -> None:
         "multiprocess",
     )
     assert settings.resources == {}
+    assert settings.refresh_hour == 1
 
 
 @pytest.mark.parametrize(
@@ -95,6 +96,8 @@ def test_an_empty_environment_is_the_embedded_default() -> None:
         ("CLICKLOOP_LOG_SOURCE", "kafka", "log_source must be one of"),
         ("CLICKLOOP_EXECUTOR", "dask", "executor must be one of"),
         ("CLICKLOOP_NE_TOLERANCE", "a lot", "CLICKLOOP_NE_TOLERANCE must be a number"),
+        ("CLICKLOOP_REFRESH_HOUR", "1am", "CLICKLOOP_REFRESH_HOUR must be an hour"),
+        ("CLICKLOOP_REFRESH_HOUR", "24", "refresh_hour must be an hour of the day"),
     ],
 )
 def test_bad_structural_settings_are_refused(variable: str, value: str, message: str) -> None:
