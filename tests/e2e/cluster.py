@@ -54,6 +54,7 @@ def dask_cluster(
             argv = [str(VENV_BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--no-dashboard"]
             argv += ["--nthreads", str(threads), "--memory-limit", memory_limit, "--name", f"worker-{n}"]
             argv += ["--local-directory", str(log_dir / f"worker-{n}")]
+            argv += ["--preload", "clickloop.dask_worker"]  # imports before the first task
             processes.append(ManagedProcess.start(f"dask-worker-{n}", argv, env, log_dir))
         with Client(address, timeout=START_TIMEOUT_S) as client:
             wait_until(
