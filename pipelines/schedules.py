@@ -3,12 +3,11 @@
 from dagster import DefaultScheduleStatus, ScheduleDefinition, build_schedule_from_partitioned_job
 
 from pipelines.jobs import TRAINING_TAGS, LoopJobs
-from pipelines.settings import DEFAULT_REFRESH_HOUR
 
 
-def build_schedules(jobs: LoopJobs, refresh_hour: int = DEFAULT_REFRESH_HOUR) -> list[ScheduleDefinition]:
-    """The daily refresh (at ``refresh_hour`` UTC, 01:00 by default: yesterday's logs) and the weekly
-    retraining (Mondays 03:00 UTC), both off until a person turns them on."""
+def build_schedules(jobs: LoopJobs, refresh_hour: int) -> list[ScheduleDefinition]:
+    """The daily refresh (at ``refresh_hour`` UTC, the settings' own: yesterday's logs) and the
+    weekly retraining (Mondays 03:00 UTC), both off until a person turns them on."""
     daily = build_schedule_from_partitioned_job(
         jobs.ingest,
         name="daily_refresh_schedule",
