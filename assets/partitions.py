@@ -5,20 +5,33 @@ of day D need the clicks of D+1 (late clicks) and the impressions of D-1 (duplic
 midnight); the statistics of day D use the days whose labels were final when D began.
 """
 
+import warnings
 from dataclasses import dataclass
 
-from dagster import DailyPartitionsDefinition, TimeWindowPartitionMapping
+from dagster import BetaWarning, DailyPartitionsDefinition, TimeWindowPartitionMapping
 
 from clickloop.calibration import CALIBRATION_LAG_DAYS, CALIBRATION_STATS_LAG_DAYS
 
+
+def days_around(start_offset: int, end_offset: int) -> TimeWindowPartitionMapping:
+    """The days ``start_offset`` … ``end_offset`` around day D; those outside the partitions (before
+    the first day with logs, after today) are skipped rather than an error.
+
+    ``allow_nonexistent_upstream_partitions`` is a beta parameter of Dagster 1.13 (the version is
+    pinned); its warning is silenced here, where it is used on purpose, so that it is not printed by
+    every command that loads the definitions.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return TimeWindowPartitionMapping(
+            start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True
+        )
+
+
 #: the impressions of D-1 and D: clicks logged on D may belong to either day.
-IMPRESSIONS_FOR_EVENTS = TimeWindowPartitionMapping(
-    start_offset=-1, end_offset=0, allow_nonexistent_upstream_partitions=True
-)
+IMPRESSIONS_FOR_EVENTS = days_around(-1, 0)
 #: the clicks of D-1 (to rank duplicates of D-1's impressions), D, and D+1 (late clicks).
-CLICKS_FOR_EVENTS = TimeWindowPartitionMapping(
-    start_offset=-1, end_offset=1, allow_nonexistent_upstream_partitions=True
-)
+CLICKS_FOR_EVENTS = days_around(-1, 1)
 
 
 @dataclass(frozen=True)
@@ -44,31 +57,19 @@ class Calendar:
         ad server ranking on day D can only know what this window holds, so training uses the
         same window and serving has no skew. Days before the first partition are skipped.
         """
-        return TimeWindowPartitionMapping(
-            start_offset=-(self.feature_window_days + 1),
-            end_offset=-2,
-            allow_nonexistent_upstream_partitions=True,
-        )
+        return days_around(-(self.feature_window_days + 1), -2)
 
     @property
     def newest_labelled_day(self) -> TimeWindowPartitionMapping:
         """The newest day whose labels were final when day D began: D-2 (the end of the history
         window), what the champion is recalibrated on before it serves D."""
-        return TimeWindowPartitionMapping(
-            start_offset=-CALIBRATION_LAG_DAYS,
-            end_offset=-CALIBRATION_LAG_DAYS,
-            allow_nonexistent_upstream_partitions=True,
-        )
+        return days_around(-CALIBRATION_LAG_DAYS, -CALIBRATION_LAG_DAYS)
 
     @property
     def statistics_of_recalibration(self) -> TimeWindowPartitionMapping:
         """The statistics the newest labelled day (D-2) is re-scored with for the calibration of D:
         those of D-1, the newest whose window leaves D-2 out."""
-        return TimeWindowPartitionMapping(
-            start_offset=-CALIBRATION_STATS_LAG_DAYS,
-            end_offset=-CALIBRATION_STATS_LAG_DAYS,
-            allow_nonexistent_upstream_partitions=True,
-        )
+        return days_around(-CALIBRATION_STATS_LAG_DAYS, -CALIBRATION_STATS_LAG_DAYS)
 
     def keys(self) -> list[str]:
         return self.partitions.get_partition_keys()
