@@ -5,12 +5,14 @@
 * ``resources/`` never imports ``assets``, ``pipelines`` or ``bench``;
 * ``assets/`` never imports ``pipelines`` or ``bench``; nothing installed imports ``bench``;
 * the project's modules import each other without a cycle;
-* no module is much over 500 lines.
+* no module is much over 500 lines;
+* the README's picture of the layout names every module of the core and the Dagster layers.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +134,19 @@ def test_loading_the_code_location_leaves_the_heavy_libraries_unimported() -> No
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def readme_tree() -> str:
+    """The README's picture of the layout (the code block of *Architecture*)."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```\nclickloop/", text.index("## Architecture"))
+    return text[start : text.index("```", start + 3)]
+
+
+def test_the_readme_layout_names_every_module_of_the_core_and_of_the_dagster_layers() -> None:
+    words = set(re.findall(r"\w+", readme_tree()))
+    folders = ("clickloop", "assets", "resources", "pipelines", "pipelines/cli")
+    names = {p.stem for folder in folders for p in (ROOT / folder).glob("*.py")} - {"__init__"}
+    names |= {p.name for p in (ROOT / "clickloop").iterdir() if (p / "__init__.py").exists()}
+    missing = sorted(names - words)
+    assert not missing, f"README.md's Architecture tree does not name {missing}"
