@@ -77,6 +77,15 @@ def _env_var(name: str, kind: type, env: Mapping[str, str]) -> Any:
     return EnvVar(name)
 
 
+def _int_setting(env: Mapping[str, str], name: str, default: int) -> int:
+    """An integer setting of the environment; unset or empty: its default."""
+    value = env.get(name) or str(default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, not {value!r}") from None
+
+
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
@@ -135,26 +144,16 @@ class Settings:
         for variable, (resource, name, kind) in ENV_RESOURCE_FIELDS.items():
             if env.get(variable):
                 resources.setdefault(resource, {})[name] = _env_var(variable, kind, env)
-        window = env.get("CLICKLOOP_FEATURE_WINDOW_DAYS", str(DEFAULT_WINDOW_DAYS))
-        try:
-            window_days = int(window)
-        except ValueError:
-            raise ValueError(f"CLICKLOOP_FEATURE_WINDOW_DAYS must be an integer, not {window!r}") from None
-        hour = env.get("CLICKLOOP_REFRESH_HOUR") or str(DEFAULT_REFRESH_HOUR)
-        try:
-            refresh_hour = int(hour)
-        except ValueError:
-            raise ValueError(f"CLICKLOOP_REFRESH_HOUR must be an hour (0 to 23), not {hour!r}") from None
         return cls(
             data_dir=Path(env.get("CLICKLOOP_DATA_DIR") or "data"),
             start_date=env.get("CLICKLOOP_START_DATE") or DEFAULT_START_DATE,
-            feature_window_days=window_days,
+            feature_window_days=_int_setting(env, "CLICKLOOP_FEATURE_WINDOW_DAYS", DEFAULT_WINDOW_DAYS),
             log_contract=env.get("CLICKLOOP_LOG_CONTRACT", ""),
             log_source=env.get("CLICKLOOP_LOG_SOURCE") or "simulator",
             executor=env.get("CLICKLOOP_EXECUTOR") or "multiprocess",
             resources=resources,
             dagster_home=Path(env["DAGSTER_HOME"]) if env.get("DAGSTER_HOME") else None,
-            refresh_hour=refresh_hour,
+            refresh_hour=_int_setting(env, "CLICKLOOP_REFRESH_HOUR", DEFAULT_REFRESH_HOUR),
         )
 
 

@@ -87,6 +87,11 @@ def test_an_empty_environment_is_the_embedded_default() -> None:
     )
     assert settings.resources == {}
     assert settings.refresh_hour == 1
+    blank = {
+        name: ""
+        for name in ("CLICKLOOP_START_DATE", "CLICKLOOP_FEATURE_WINDOW_DAYS", "CLICKLOOP_REFRESH_HOUR")
+    }
+    assert Settings.from_env(blank) == settings, "an empty variable is an unset one"
 
 
 @pytest.mark.parametrize(
@@ -96,7 +101,7 @@ def test_an_empty_environment_is_the_embedded_default() -> None:
         ("CLICKLOOP_LOG_SOURCE", "kafka", "log_source must be one of"),
         ("CLICKLOOP_EXECUTOR", "dask", "executor must be one of"),
         ("CLICKLOOP_NE_TOLERANCE", "a lot", "CLICKLOOP_NE_TOLERANCE must be a number"),
-        ("CLICKLOOP_REFRESH_HOUR", "1am", "CLICKLOOP_REFRESH_HOUR must be an hour"),
+        ("CLICKLOOP_REFRESH_HOUR", "1am", "CLICKLOOP_REFRESH_HOUR must be an integer"),
         ("CLICKLOOP_REFRESH_HOUR", "24", "refresh_hour must be an hour of the day"),
     ],
 )
