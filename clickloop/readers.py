@@ -17,9 +17,12 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +31,8 @@ import pyarrow.parquet as pq
 
 from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
 from clickloop.landing import file_format
+
+T = TypeVar("T")
 
 #: Uncompressed bytes of log text typed at a time.
 CHUNK_BYTES = 64 * 1024 * 1024
@@ -301,3 +306,47 @@ def empty_fields_table(spec: LogSpec) -> pa.Table:
         }
     )
     return _text_fields_table(empty, [[] for _ in spec.fields], [])
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items`` as they come, the next one read by a thread while the caller works on this one:
+    reading and decompressing a chunk overlaps with DuckDB typing the one before (both release the
+    GIL). One item ahead at most, so memory holds two chunks; an error of the reader is raised here,
+    at the item it failed on; a caller that stops early stops the reader."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((_DONE, None))
+        except BaseException as error:  # handed to the caller, raised there
+            offer((None, error))
+
+    reader = threading.Thread(target=read, name="clickloop-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item, error = ahead.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join()
