@@ -194,40 +194,42 @@ def test_the_daemon_runs_the_refresh_and_a_retraining_on_postgres(
             # sensor's evaluation of the events run, checked next, is independent of them)
             for sensor_name in ("drift_sensor", "quality_sensor", "novelty_sensor", "staleness_sensor"):
                 _instigator_start(api, "sensor", sensor_name, repository)
-            # the statistics serving shifted + 2 (today, when the tick was today: no partition yet, a
-            # skip; yesterday when the test runs after midnight before the tick's hour: a run of it)
+            # the statistics serving shifted + 2: today's when the sensor evaluates the events run
+            # (no partition yet: a skip), yesterday's when it evaluates after midnight UTC, before the
+            # tick's hour (a run of it). Which one is judged by the date of that evaluation, so a
+            # midnight passing while the test runs changes the branch, not the verdict.
             serves = shifted + timedelta(days=2)
-            if serves >= now.date():
-                skipped = wait_until(
+
+            def serving_stats_outcome() -> tuple[str, Any] | None:
+                for t in _ticks(instance, "serving_stats_after_events"):
                     # (ticks before the events run ended skip with "empty result": nothing to see yet)
-                    lambda: [
-                        t
-                        for t in _ticks(instance, "serving_stats_after_events")
-                        if t.status == TickStatus.SKIPPED and "does not exist yet" in (t.skip_reason or "")
-                    ],
-                    RUN_TIMEOUT_S,
-                    "serving_stats_after_events to evaluate the events run",
-                    interval_s=2,
-                    alive=processes,
+                    if t.status == TickStatus.SKIPPED and "does not exist yet" in (t.skip_reason or ""):
+                        return "skipped", t
+                stats = _finished_run(
+                    instance,
+                    "feature_stats_job",
+                    **{
+                        "dagster/partition": serves.isoformat(),
+                        "dagster/sensor_name": "serving_stats_after_events",
+                    },
                 )
-                assert newest.isoformat() not in skipped[0].skip_reason  # it names the events' day
-                assert shifted.isoformat() in skipped[0].skip_reason
+                return ("built", stats) if stats else None
+
+            outcome, evidence = wait_until(
+                serving_stats_outcome,
+                RUN_TIMEOUT_S,
+                "serving_stats_after_events to evaluate the events run",
+                interval_s=2,
+                alive=processes,
+            )
+            if outcome == "skipped":
+                assert serves >= datetime.fromtimestamp(evidence.timestamp, UTC).date(), evidence
+                assert newest.isoformat() not in evidence.skip_reason  # it names the events' day
+                assert shifted.isoformat() in evidence.skip_reason
             else:
-                stats = wait_until(
-                    lambda: _finished_run(
-                        instance,
-                        "feature_stats_job",
-                        **{
-                            "dagster/partition": serves.isoformat(),
-                            "dagster/sensor_name": "serving_stats_after_events",
-                        },
-                    ),
-                    RUN_TIMEOUT_S,
-                    f"serving_stats_after_events to build the statistics of {serves}",
-                    interval_s=2,
-                    alive=processes,
-                )
-                assert stats.status == DagsterRunStatus.SUCCESS, stats
+                created = instance.get_run_record_by_id(evidence.run_id).create_timestamp
+                assert serves < created.astimezone(UTC).date(), (serves, created)
+                assert evidence.status == DagsterRunStatus.SUCCESS, evidence
 
             training = wait_until(
                 lambda: [r for r in _runs(instance, "training_job") if r.run_id not in trainings_before],
