@@ -401,7 +401,8 @@ def online_history_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
             ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
         ax.set_ylabel(label, fontsize=8)
     axes[0].set_title("online metrics per model version")
-    if frame["model_version"].nunique():
-        axes[0].legend(loc="best", fontsize=7)
+    labelled = [ax for ax in axes if ax.get_legend_handles_labels()[0]]
+    if labelled:  # on the first panel with a line (logs without predictions have no calibration)
+        labelled[0].legend(loc="best", fontsize=7)
     figure.autofmt_xdate()
     return figure_png(figure)

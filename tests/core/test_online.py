@@ -1,6 +1,7 @@
 """Online metrics of served days: DuckDB totals per model version against pandas, the metrics from
 totals against hand-computed values, and the oracle capture."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,9 @@ def test_online_history_plot_draws_a_line_per_version() -> None:
         for r in rows
     ]
     assert count_color(online_history_png(banded), pale_blue, tolerance=0.01) > 20 * unbanded
+    # logs without served predictions: no calibration line; the legend goes on the panel with lines,
+    # and nothing warns (matplotlib's "No artists with labels" in the run's log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        no_predictions = online_history_png([{**r, "calibration": None} for r in rows])
+    assert count_color(no_predictions, TAB_BLUE) > 50
