@@ -11,7 +11,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from pydantic import Field
 
@@ -113,10 +112,9 @@ def ad_events_asset(calendar: Calendar, contract: LogContract) -> AssetsDefiniti
 def ad_events_check(calendar: Calendar, contract: LogContract) -> AssetChecksDefinition:
     low, high = contract.quality.ctr_range
 
-    @asset_check(
+    @calendar.daily_check(
         asset=AD_EVENTS,
         name=f"{AD_EVENTS}_expectations",
-        partitions_def=calendar.partitions,
         blocking=True,
         description="Great Expectations on the day's joined events: one row per impression, labels "
         f"consistent with the clicks, no negative delay, daily CTR in [{low:.1%}, {high:.0%}]. "

@@ -10,7 +10,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.checks import partition_check
@@ -125,10 +124,9 @@ def features_asset(calendar: Calendar, contract: LogContract) -> AssetsDefinitio
 def features_check(calendar: Calendar, contract: LogContract) -> AssetChecksDefinition:
     spec = FeatureSpec.from_contract(contract)
 
-    @asset_check(
+    @calendar.daily_check(
         asset=FEATURES,
         name=f"{FEATURES}_expectations",
-        partitions_def=calendar.partitions,
         blocking=True,
         description="Great Expectations on the day's features: ids, label and features present and "
         "non-null, CTRs in [0, 1], counts ≥ 0, hour, weekday and position in range. Blocking: "

@@ -6,9 +6,18 @@ midnight); the statistics of day D use the days whose labels were final when D b
 """
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from dagster import BetaWarning, DailyPartitionsDefinition, TimeWindowPartitionMapping
+from dagster import (
+    AssetChecksDefinition,
+    BetaWarning,
+    DailyPartitionsDefinition,
+    PreviewWarning,
+    TimeWindowPartitionMapping,
+    asset_check,
+)
 
 from clickloop.calibration import CALIBRATION_LAG_DAYS, CALIBRATION_STATS_LAG_DAYS
 
@@ -70,6 +79,20 @@ class Calendar:
         """The statistics the newest labelled day (D-2) is re-scored with for the calibration of D:
         those of D-1, the newest whose window leaves D-2 out."""
         return days_around(-CALIBRATION_STATS_LAG_DAYS, -CALIBRATION_STATS_LAG_DAYS)
+
+    def daily_check(self, **kwargs: Any) -> Callable[[Callable[..., Any]], AssetChecksDefinition]:
+        """``@asset_check(**kwargs)`` on these daily partitions: a check of each day of its asset.
+
+        A partitioned asset check is a preview feature of Dagster 1.13 (the version is pinned); its
+        warning is silenced here, where it is used on purpose, as for :func:`days_around`.
+        """
+
+        def decorate(function: Callable[..., Any]) -> AssetChecksDefinition:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PreviewWarning)
+                return asset_check(partitions_def=self.partitions, **kwargs)(function)
+
+        return decorate
 
     def keys(self) -> list[str]:
         return self.partitions.get_partition_keys()

@@ -14,7 +14,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from duckdb import DuckDBPyConnection
 
@@ -102,10 +101,9 @@ def _raw_check(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
     spec = contract.log(kind)
     quality = contract.quality
 
-    @asset_check(
+    @calendar.daily_check(
         asset=name,
         name=f"{name}_expectations",
-        partitions_def=calendar.partitions,
         blocking=True,
         description=f"Great Expectations on the day's {kind}: the contract's columns, no row that "
         f"breaks a row rule, at most {quality.max_quarantine_share:.0%} of the lines quarantined for "

@@ -12,7 +12,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from assets.events import AD_EVENTS
@@ -115,10 +114,9 @@ def online_features_asset(calendar: Calendar, contract: LogContract) -> AssetsDe
 def online_features_check(calendar: Calendar, contract: LogContract) -> AssetChecksDefinition:
     spec = FeatureSpec.from_contract(contract)
 
-    @asset_check(
+    @calendar.daily_check(
         asset=ONLINE_FEATURES,
         name="online_matches_offline",
-        partitions_def=calendar.partitions,
         blocking=True,
         description=f"Up to {DEFAULT_SAMPLE_ROWS:,} keys of each type and ads of the catalog read back "
         "from the store the service reads equal the day's Parquet partitions exactly.",
@@ -156,10 +154,9 @@ def online_features_check(calendar: Calendar, contract: LogContract) -> AssetChe
 def serving_skew_check(calendar: Calendar, contract: LogContract) -> AssetChecksDefinition:
     spec = FeatureSpec.from_contract(contract)
 
-    @asset_check(
+    @calendar.daily_check(
         asset=FEATURES,
         name="served_scores_match_model",
-        partitions_def=calendar.partitions,
         blocking=True,
         description=f"Up to {DEFAULT_SAMPLE_ROWS:,} impressions a registered model served on day D, "
         "re-scored from their logged features with that version at the reference position, give "

@@ -11,7 +11,6 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 from pydantic import Field
 
@@ -145,10 +144,9 @@ def validation_suite_asset(contract: LogContract) -> AssetsDefinition:
 
 
 def learned_suite_check(calendar: Calendar) -> AssetChecksDefinition:
-    @asset_check(
+    @calendar.daily_check(
         asset=FEATURES,
         name=LEARNED_SUITE_CHECK,
-        partitions_def=calendar.partitions,
         blocking=True,
         description="The day's features against the latest learned validation suite (null shares, "
         "ranges, medians, new categories, CTR band of the training window). Passes with a note "

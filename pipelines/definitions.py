@@ -85,7 +85,7 @@ def build_defs(settings: Settings) -> Definitions:
     calendar = Calendar(settings.start_date, settings.feature_window_days)
     contract = load_contract(settings.log_contract or None)
     assets, checks = loop_assets(calendar, contract)
-    jobs = build_jobs(calendar, contract)
+    jobs = build_jobs(contract)
     return Definitions(
         assets=assets,
         asset_checks=checks,

@@ -8,7 +8,6 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from assets.evaluation import CHAMPION_MODEL
 from assets.events import AD_EVENTS
 from assets.monitoring import DRIFT_REPORT, ONLINE_METRICS
-from assets.partitions import Calendar
 from assets.raw_logs import RAW_TABLES
 from assets.rollout import ROLLOUT_DECISION
 from assets.serving import ONLINE_FEATURES
@@ -42,20 +41,17 @@ class LoopJobs:
         return {job.name: job for job in self.all()}
 
 
-def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
-    """The daily jobs (partitioned) and the training job."""
-    partitions = calendar.partitions
+def build_jobs(contract: LogContract) -> LoopJobs:
+    """The daily jobs (partitioned by the days of the assets they select) and the training job."""
     return LoopJobs(
         ingest=define_asset_job(
             "ingest_job",
             selection=AssetSelection.assets(*(RAW_TABLES[k] for k in contract.log_kinds)),
-            partitions_def=partitions,
             description="Type one day of raw ad-server logs into Parquet and judge the day.",
         ),
         feature_stats=define_asset_job(
             "feature_stats_job",
             selection=AssetSelection.assets(STATS_TABLE, SERVING_CALIBRATION),
-            partitions_def=partitions,
             description="What the ad server may know about the past on day D (history whose labels "
             "were final when D began) and the champion's calibration fitted on the newest labelled "
             "day. Run before day D is served: the champion ranks with them.",
@@ -63,7 +59,6 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
         events=define_asset_job(
             "events_job",
             selection=AssetSelection.assets(AD_EVENTS, FEATURES, DRIFT_REPORT, ONLINE_METRICS),
-            partitions_def=partitions,
             description="Join one day's impressions to their clicks, compute its point-in-time "
             "features, its drift report and its online metrics; runs once the next day's clicks "
             "are ingested (the attribution window has closed).",
@@ -87,7 +82,6 @@ def build_jobs(calendar: Calendar, contract: LogContract) -> LoopJobs:
         online_features=define_asset_job(
             "online_features_job",
             selection=AssetSelection.assets(AD_CATALOG, ONLINE_FEATURES),
-            partitions_def=partitions,
             description="Day D's ad catalog and statistics into the online store (Redis) the ranking "
             "service reads; run after feature_stats_job of D.",
         ),

@@ -4,6 +4,7 @@ settings in one process, and an ad server with another log contract (labelled im
 column names, three slots, no price) run end to end."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from pipelines.definitions import build_defs
 from pipelines.settings import Settings
 from tests.assets.history import JobConfigRunner, metadata_of, open_test_instance
 
+REPO = Path(__file__).resolve().parents[2]
 LOOP_ASSETS = {
     "raw_impressions",
     "raw_clicks",
@@ -128,6 +130,21 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
     }
     assert defs.executor is None  # Dagster's default (a process per step)
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor
+
+
+def test_building_the_definitions_warns_nothing_from_this_code(tmp_path: Path) -> None:
+    """Every command loads the definitions: a preview, beta or deprecation warning raised at one of
+    this repository's lines would be printed before each command's output."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        repo = build_defs(Settings(data_dir=tmp_path)).get_repository_def()
+        daily = [
+            repo.get_job(name).partitions_def for name in ("ingest_job", "events_job", "feature_stats_job")
+        ]
+        repo.get_all_jobs()
+    assert all(p is not None and p.get_first_partition_key() == "2026-10-01" for p in daily)
+    ours = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if w.filename.startswith(str(REPO))]
+    assert ours == []
 
 
 def test_the_code_location_is_lazy(code_location: dict) -> None:
