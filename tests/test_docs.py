@@ -1,6 +1,7 @@
 """What the documents cite exists: every test named in ``docs/ML_TEST_SCORE.md`` (and the README)
 is a test function of the file it names (a score backed by a renamed or deleted test is a score of
-nothing), and every source or test file they name is there.
+nothing), every source or test file they name is there, and every ``make`` target the README names
+is a target of the Makefile.
 
 A citation is ``tests/<path>.py::<name>``, then ``::<other>`` for further tests of the same file.
 """
@@ -70,3 +71,10 @@ def test_every_file_the_documents_name_exists() -> None:
         if not (ROOT / name).is_file()
     ]
     assert not missing, "the documents name files that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_make_target_the_readme_names_exists() -> None:
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
+    named = set(re.findall(r"`make ([\w-]+)", (ROOT / "README.md").read_text()))
+    assert {"run", "test"} <= named
+    assert named - targets == set(), f"README.md names make targets the Makefile lacks: {named - targets}"
