@@ -21,8 +21,8 @@ Reading is format-specific (JSON lines and CSV line by line, gzip or not, Parque
 file's format comes from its extension) and yields, per field, a type tag and the value as text.
 Typing and the row rules are one DuckDB query for every format. Files are read in chunks of whole
 lines, so memory is bounded by the chunk, not the day. Personal ids (fields the contract marks
-``personal``) are stored as keyed pseudonyms computed in that query, and redacted from the raw text
-of quarantined lines (:mod:`clickloop.privacy`); a log with personal fields and no pseudonymiser is
+``personal``) are stored as keyed pseudonyms (DuckDB hashes each distinct id of a chunk once), and
+redacted from the raw text of quarantined lines (:mod:`clickloop.privacy`); a log with personal fields and no pseudonymiser is
 refused.
 """
 
@@ -224,15 +224,23 @@ def _output_type(f: Field) -> str:
     return "TINYINT" if f.column == LABEL else _SQL_TYPES[f.type]
 
 
-def _typed_columns(spec: LogSpec, pseudonymiser: Pseudonymiser | None) -> str:
-    """The typed columns of a row; a personal id as its pseudonym."""
-    columns = []
-    for i, f in enumerate(spec.fields, start=1):
-        typed = f"CAST(x{i} AS {_output_type(f)})"
-        if f.personal and pseudonymiser is not None:
-            typed = pseudonymiser.sql(typed)
-        columns.append(f"{typed} AS {f.column}")
-    return ", ".join(columns)
+def _typed_columns(spec: LogSpec) -> str:
+    """The typed columns of a row (a personal id still raw: see :func:`_pseudonymised`)."""
+    return ", ".join(
+        f"CAST(x{i} AS {_output_type(f)}) AS {f.column}" for i, f in enumerate(spec.fields, start=1)
+    )
+
+
+def _pseudonymised(
+    con: duckdb.DuckDBPyConnection, valid: pa.Table, spec: LogSpec, pseudonymiser: Pseudonymiser | None
+) -> pa.Table:
+    """Valid rows with each personal id replaced by its pseudonym (each distinct id hashed once)."""
+    if pseudonymiser is None:
+        return valid
+    for column in spec.personal_columns:
+        i = valid.column_names.index(column)
+        valid = valid.set_column(i, column, pseudonymiser.column(con, valid.column(i)))
+    return valid
 
 
 def _personal_value(i: int) -> str:
@@ -245,7 +253,6 @@ def _chunk_sql(
     window: TimeWindow | None,
     time_column: str,
     kind: str = "text",
-    pseudonymiser: Pseudonymiser | None = None,
 ) -> str:
     """One chunk's rows: the typed columns, where each came from, and the reason it is refused;
     for a refused row, the raw value of each personal field too (to redact its text)."""
@@ -256,7 +263,7 @@ def _chunk_sql(
         if f.personal
     )
     return (
-        f"SELECT {_typed_columns(spec, pseudonymiser)}, {SOURCE_FILE}, {LINE_NUMBER}, reason{personal} "
+        f"SELECT {_typed_columns(spec)}, {SOURCE_FILE}, {LINE_NUMBER}, reason{personal} "
         f"FROM ({classified}) ORDER BY {LINE_NUMBER}"
     )
 
@@ -310,19 +317,18 @@ def _type_chunk(
             "and no pseudonymiser: they would be stored raw"
         )
     view = f"ingest_chunk_{id(chunk):x}"
-    if pseudonymiser is not None:
-        pseudonymiser.bind(con)
     batches = chunk.table.to_batches(max_chunksize=BATCH_ROWS)  # DuckDB scans batches in parallel
     con.register(view, pa.Table.from_batches(batches, schema=chunk.table.schema))
     try:
         rows = con.sql(
-            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind, pseudonymiser)
+            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind)
         ).to_arrow_table()
     finally:
         con.unregister(view)
     refused = pc.is_valid(rows.column("reason"))
     extra = ["reason", *(c for c in rows.column_names if c.startswith("_personal_"))]
-    valid = normalise_timestamps(rows.filter(pc.invert(refused)).drop_columns(extra))
+    valid = rows.filter(pc.invert(refused)).drop_columns(extra)
+    valid = normalise_timestamps(_pseudonymised(con, valid, spec, pseudonymiser))
     bad = rows.filter(refused)
     if bad.num_rows:
         numbers = chunk.table.column(LINE_NUMBER)

@@ -2,7 +2,7 @@
 
 A contract marks the fields that hold personal ids (``personal: true``; the simulator's
 ``user_id``). Ingest stores each such value as its HMAC-SHA256 under a secret key (64 hex digits),
-computed inside DuckDB's typing query (no per-row Python): the same id gives the same pseudonym on
+computed by DuckDB once per distinct id of a chunk (no per-row Python): the same id gives the same pseudonym on
 every day, so the per-user features still join, and without the key a pseudonym cannot be turned
 back into the id nor recomputed from a guessed one. Serving reaches the same pseudonym from the raw
 id the ad server sends (:meth:`Pseudonymiser.frame`, Python's :mod:`hmac`; a test holds both
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from clickloop.contract import LogContract, sql_literal
 
@@ -83,6 +85,20 @@ class Pseudonymiser:
         message)) from DuckDB's ``sha256``."""
         inner, outer = f"getvariable('{_INNER_PAD}')", f"getvariable('{_OUTER_PAD}')"
         return f"sha256({outer} || unhex(sha256({inner} || encode(CAST({value} AS VARCHAR)))))"
+
+    def column(self, con: duckdb.DuckDBPyConnection, ids: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """The pseudonyms of a column of ids (text; NULL stays NULL), each distinct id hashed once,
+        by DuckDB on ``con`` (:meth:`sql`): a day's rows repeat their users' ids many times."""
+        encoded = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+        distinct = pa.table({"id": encoded.dictionary})
+        view = f"pseudonym_ids_{id(distinct):x}"
+        self.bind(con)
+        con.register(view, distinct)
+        try:
+            hashed = con.sql(f"SELECT {self.sql('id')} AS pseudonym FROM {view}").to_arrow_table()
+        finally:
+            con.unregister(view)
+        return hashed.column(0).combine_chunks().take(encoded.indices)
 
     def value(self, text: str) -> str:
         """The pseudonym of one id (Python's :mod:`hmac`)."""

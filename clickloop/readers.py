@@ -171,9 +171,10 @@ def _json_fields_sql(relation: str, spec: LogSpec) -> str:
             SELECT *, CASE WHEN is_object THEN json_transform(line, {structure}) END AS o FROM objects
         )
         SELECT {SOURCE_FILE}, {LINE_NUMBER}, line,
-               CASE WHEN trim(line, chr(32) || chr(9) || chr(13) || chr(10)) = '' THEN 'empty_line'
-                    WHEN NOT is_valid THEN 'invalid_json'
-                    WHEN NOT is_object THEN 'not_an_object' END AS pre_reason,
+               CASE WHEN is_object THEN NULL
+                    WHEN is_valid THEN 'not_an_object'
+                    WHEN trim(line, chr(32) || chr(9) || chr(13) || chr(10)) = '' THEN 'empty_line'
+                    ELSE 'invalid_json' END AS pre_reason,
                {values}
         FROM parsed
     """

@@ -88,6 +88,15 @@ def test_duckdb_hmac_equals_pythons(tmp_path: Path) -> None:
         assert con.sql(f"SELECT {KEY.sql('NULL')}").fetchall() == [(None,)]
 
 
+def test_a_column_of_ids_is_hashed_by_duckdb_as_python_hashes_each_id() -> None:
+    ids = pa.chunked_array([[ALICE, BOB, None], [ALICE, "", CAROL, BOB]])
+    with duckdb.connect() as con:
+        got = KEY.column(con, ids)
+        assert got.to_pylist() == [None if i is None else KEY.value(i) for i in ids.to_pylist()]
+        assert got.type == pa.string() and len(got) == len(ids)
+        assert KEY.column(con, pa.array([], pa.string())).to_pylist() == []
+
+
 def test_same_key_same_pseudonym_other_key_other(tmp_path: Path) -> None:
     landed = tmp_path / "day.jsonl"
     landed.write_text("\n".join(lines()) + "\n")
