@@ -7,7 +7,14 @@ environment (:meth:`Settings.from_env`) when Dagster loads it, not when this mod
 
 from typing import Any
 
-from dagster import Definitions, ExecutorDefinition, in_process_executor
+from dagster import (
+    Definitions,
+    ExecutorDefinition,
+    Field,
+    Noneable,
+    in_process_executor,
+    multiprocess_executor,
+)
 from dagster import definitions as lazy_definitions
 
 from assets import loop_assets
@@ -34,6 +41,11 @@ from resources.simulator import AdServerSimulator
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
+#: What the multiprocess executor's forkserver imports once per run before it forks a process per
+#: step: the code location and the libraries most steps import (Great Expectations, MLflow,
+#: matplotlib: about 7 s of imports each step would otherwise pay; Evidently, used by one step, is
+#: left to it). A run's ``execution`` config may replace the list.
+FORKSERVER_PRELOAD = ("pipelines.definitions", "great_expectations", "mlflow", "matplotlib.pyplot")
 #: The Celery executor's config; ``deploy/celery/worker.yaml`` gives the workers the same.
 CELERY_EXECUTOR_CONFIG = {"broker": {"env": "CLICKLOOP_CELERY_BROKER"}, "backend": "rpc://"}
 
@@ -103,8 +115,31 @@ def build_defs(settings: Settings) -> Definitions:
     )
 
 
-def build_executor(name: str) -> ExecutorDefinition | None:
-    """None: Dagster's default executor (multiprocess; run config may still pick in_process)."""
+def forkserver_executor() -> ExecutorDefinition:
+    """Dagster's multiprocess executor, its step processes forked from a server that has imported
+    :data:`FORKSERVER_PRELOAD` (Dagster's default spawns each from a new interpreter, which loads
+    the code location and its libraries again). Run config: ``max_concurrent``, ``preload_modules``."""
+
+    def config(run: dict[str, Any]) -> dict[str, Any]:
+        preload = {"preload_modules": list(run["preload_modules"])}
+        return {"max_concurrent": run["max_concurrent"], "start_method": {"forkserver": preload}}
+
+    return multiprocess_executor.configured(
+        config,
+        name="multiprocess",
+        config_schema={
+            "max_concurrent": Field(
+                Noneable(int), default_value=None, description="step processes at once (default: the CPUs)"
+            ),
+            "preload_modules": Field(
+                [str], default_value=list(FORKSERVER_PRELOAD), description="imported before forking"
+            ),
+        },
+    )
+
+
+def build_executor(name: str) -> ExecutorDefinition:
+    """The executor of ``Settings.executor``: a process per step by default (:func:`forkserver_executor`)."""
     if name == "in_process":
         return in_process_executor
     if name == "celery":  # the workers: `dagster-celery worker start -y deploy/celery/worker.yaml`
@@ -115,7 +150,7 @@ def build_executor(name: str) -> ExecutorDefinition | None:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    return None
+    return forkserver_executor()
 
 
 @lazy_definitions
