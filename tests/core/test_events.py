@@ -152,6 +152,37 @@ def test_every_join_edge_case(edge_case_logs: Warehouse) -> None:
     )
 
 
+def test_a_repeated_impression_keeps_its_earliest_row_across_days(tmp_path: Path) -> None:
+    """An id logged twice keeps its earliest row by time (not by line), across D-1 and D; the click
+    is matched to that row's time and day."""
+    wh = Warehouse(tmp_path / "data")
+    wh.write_partition("raw_impressions", D0, imps([("again", at(D0, 23, 59)), ("solo0", at(D0, 8))]))
+    rows = [
+        ("late_first", at(D1, 9)),  # line 1: logged first, stamped later
+        ("again", at(D1, 0, 1)),  # line 2: D-1's impression delivered again
+        ("late_first", at(D1, 8)),  # line 3: the earliest row of its id
+        ("solo1", at(D1, 10)),
+    ]
+    wh.write_partition("raw_impressions", D1, imps(rows))
+    wh.write_partition("raw_clicks", D0, clicks_table([]))
+    clicks = [("c-again", "again", at(D1, 0, 5)), ("c-late", "late_first", at(D1, 8, 30))]
+    wh.write_partition("raw_clicks", D1, clicks_table(clicks))
+    wh.write_partition("raw_clicks", D2, clicks_table([]))
+
+    acc, events, quarantine = run_join(wh, D1, [D0, D1], [D0, D1, D2])
+
+    assert set(events) == {"late_first", "solo1"}
+    assert events["late_first"]["ts"] == at(D1, 8) and events["late_first"]["clicked"] == 1
+    assert events["late_first"]["click_delay_s"] == pytest.approx(30 * 60)
+    assert (acc.impressions_in, acc.duplicate_impressions, acc.events) == (4, 2, 2)
+    assert acc.click_outcomes["attributed_previous_day"] == 1  # c-again: D-1's row is the impression
+    assert acc.click_outcomes["attributed_same_day"] == 1
+    assert sorted((q["reason"], q["line_number"]) for q in quarantine) == [
+        ("duplicate_impression", 1),
+        ("duplicate_impression", 2),
+    ]
+
+
 def test_events_have_the_impression_columns_and_pass_their_rules(edge_case_logs: Warehouse) -> None:
     run_join(edge_case_logs, D1, [D0, D1], [D0, D1, D2])
     path = edge_case_logs.partition_path("ad_events", D1)
