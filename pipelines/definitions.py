@@ -12,8 +12,9 @@ from dagster import (
     ExecutorDefinition,
     Field,
     Noneable,
+    Selector,
     in_process_executor,
-    multiprocess_executor,
+    multi_or_in_process_executor,
 )
 from dagster import definitions as lazy_definitions
 
@@ -116,25 +117,37 @@ def build_defs(settings: Settings) -> Definitions:
 
 
 def forkserver_executor() -> ExecutorDefinition:
-    """Dagster's multiprocess executor, its step processes forked from a server that has imported
-    :data:`FORKSERVER_PRELOAD` (Dagster's default spawns each from a new interpreter, which loads
-    the code location and its libraries again). Run config: ``max_concurrent``, ``preload_modules``."""
+    """Dagster's default executor (a process per step, or ``in_process`` when a run's config picks
+    it), its step processes forked from a server that has imported :data:`FORKSERVER_PRELOAD`
+    (Dagster's default spawns each from a new interpreter, which loads the code location and its
+    libraries again). Run config: ``multiprocess: {max_concurrent, preload_modules}`` or
+    ``in_process: {}``, as for Dagster's own."""
 
     def config(run: dict[str, Any]) -> dict[str, Any]:
-        preload = {"preload_modules": list(run["preload_modules"])}
-        return {"max_concurrent": run["max_concurrent"], "start_method": {"forkserver": preload}}
+        if "in_process" in run:
+            return {"in_process": {}}
+        chosen = run["multiprocess"]
+        preload = {"preload_modules": list(chosen["preload_modules"])}
+        return {
+            "multiprocess": {
+                "max_concurrent": chosen["max_concurrent"],
+                "start_method": {"forkserver": preload},
+            }
+        }
 
-    return multiprocess_executor.configured(
+    multiprocess = {
+        "max_concurrent": Field(
+            Noneable(int), default_value=None, description="step processes at once (default: the CPUs)"
+        ),
+        "preload_modules": Field(
+            [str], default_value=list(FORKSERVER_PRELOAD), description="imported before forking"
+        ),
+    }
+    return multi_or_in_process_executor.configured(
         config,
-        name="multiprocess",
-        config_schema={
-            "max_concurrent": Field(
-                Noneable(int), default_value=None, description="step processes at once (default: the CPUs)"
-            ),
-            "preload_modules": Field(
-                [str], default_value=list(FORKSERVER_PRELOAD), description="imported before forking"
-            ),
-        },
+        config_schema=Field(
+            Selector({"multiprocess": multiprocess, "in_process": {}}), default_value={"multiprocess": {}}
+        ),
     )
 
 

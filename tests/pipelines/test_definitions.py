@@ -129,24 +129,30 @@ def test_the_default_definitions_hold_the_whole_loop(tmp_path: Path) -> None:
         "dask_cluster",
         "reports",
     }
-    assert defs.executor is not None and defs.executor.name == "multiprocess"  # a process per step
+    assert defs.executor is not None and defs.executor.name == "multi_or_in_process_executor"
     assert build_defs(Settings(data_dir=tmp_path, executor="in_process")).executor is in_process_executor
 
 
 def test_step_processes_fork_from_a_server_that_imported_the_code_location(tmp_path: Path) -> None:
     """Dagster's default spawns each step's process from a new interpreter (about 5 s of imports
     per step here); the code location's executor forks them from a server that imported
-    FORKSERVER_PRELOAD once per run. A run's config may still limit or replace it."""
+    FORKSERVER_PRELOAD once per run. A run's config may still limit or replace it, or pick one
+    process for the whole run, as with Dagster's default."""
     job = build_defs(Settings(data_dir=tmp_path)).resolve_job_def("ingest_job")
-    default = validate_run_config(job, {})["execution"]["multiprocess"]
+
+    def execution(run_config: dict) -> dict:
+        return validate_run_config(job, run_config)["execution"]["multi_or_in_process_executor"]
+
+    default = execution({})["multiprocess"]
     assert default["start_method"] == {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}
     assert default["max_concurrent"] is None  # as many as the CPUs
     # a module the server cannot import is skipped silently: each must exist
     assert FORKSERVER_PRELOAD[0] == "pipelines.definitions"
     assert all(importlib.util.find_spec(module) is not None for module in FORKSERVER_PRELOAD)
     chosen = {"max_concurrent": 1, "preload_modules": ["dagster"]}
-    run = validate_run_config(job, {"execution": {"config": chosen}})["execution"]["multiprocess"]
+    run = execution({"execution": {"config": {"multiprocess": chosen}}})["multiprocess"]
     assert run["max_concurrent"] == 1 and run["start_method"]["forkserver"]["preload_modules"] == ["dagster"]
+    assert set(execution({"execution": {"config": {"in_process": {}}}})) == {"in_process"}
 
 
 def test_building_the_definitions_warns_nothing_from_this_code(tmp_path: Path) -> None:
@@ -214,7 +220,7 @@ def test_two_settings_give_two_independent_definitions(tmp_path: Path) -> None:
     assert first_key_and_window(first) == ("2026-10-01", (-8, -2))
     assert first_key_and_window(second) == ("2026-11-01", (-3, -2))
     assert "raw_clicks" in asset_names(first) and "raw_clicks" not in asset_names(second)
-    assert first.executor is not None and first.executor.name == "multiprocess"
+    assert first.executor is not None and first.executor.name == "multi_or_in_process_executor"
     assert second.executor is in_process_executor
     assert ingested(first) == {"raw_impressions", "raw_clicks"}
     assert ingested(second) == {"raw_impressions"}
