@@ -22,8 +22,8 @@ file's format comes from its extension) and yields, per field, a type tag and th
 Typing and the row rules are one DuckDB query for every format. Files are read in chunks of whole
 lines, so memory is bounded by the chunk, not the day. Personal ids (fields the contract marks
 ``personal``) are stored as keyed pseudonyms (DuckDB hashes each distinct id of a chunk once), and
-redacted from the raw text of quarantined lines (:mod:`clickloop.privacy`); a log with personal fields and no pseudonymiser is
-refused.
+redacted from the raw text of quarantined lines (:mod:`clickloop.privacy`); a log with personal
+fields and no pseudonymiser is refused.
 """
 
 from __future__ import annotations
