@@ -52,7 +52,7 @@ from clickloop.position import (
     factors_markdown,
     slot_factor_sql,
 )
-from clickloop.storage import atomic_copy_query_to_parquet, parquet_list_sql, parquet_sql
+from clickloop.storage import atomic_copy_query_to_parquet, parquet_list_sql, parquet_sql, registered
 
 #: Days of history behind each day's statistics.
 DEFAULT_WINDOW_DAYS = 7
@@ -429,13 +429,10 @@ def add_features(
     require_columns(table.column_names, needed, "rows for features")
     read_prior(con, stats_path)
     keep = [c for c in table.column_names if c not in spec.columns]
-    view = f"feature_rows_{id(table):x}"
-    con.register(view, table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64())))
-    try:
+    numbered = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
+    with registered(con, numbered, "feature_rows") as view:
         sql = features_sql(spec, view, stats_path, keep=keep, position=position, order_by=f"r.{_ROW}")
         return con.sql(sql).to_arrow_table()
-    finally:
-        con.unregister(view)
 
 
 def candidate_features(

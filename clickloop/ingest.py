@@ -49,7 +49,7 @@ from clickloop.readers import (
     read_ahead,
     strip_terminators,
 )
-from clickloop.storage import StoragePath, commit, writing
+from clickloop.storage import StoragePath, commit, registered, writing
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -282,17 +282,13 @@ def _redacted(
     expression = redact_sql(
         "raw_line", "reason", [_personal_value(i) for i, _ in personal], [f.source for _, f in personal], kind
     )
-    view = f"redact_{id(lines):x}"
-    con.register(view, lines)
-    try:
+    with registered(con, lines, "redact") as view:
         return (
             con.sql(f"SELECT {expression} AS raw_line FROM {view}")
             .to_arrow_table()
             .column(0)
             .combine_chunks()
         )
-    finally:
-        con.unregister(view)
 
 
 def _raw_text(chunk: FieldChunk) -> pa.Array:
@@ -316,15 +312,11 @@ def _type_chunk(
             f"the {spec.kind} log has personal column(s) {', '.join(spec.personal_columns)} "
             "and no pseudonymiser: they would be stored raw"
         )
-    view = f"ingest_chunk_{id(chunk):x}"
     batches = chunk.table.to_batches(max_chunksize=BATCH_ROWS)  # DuckDB scans batches in parallel
-    con.register(view, pa.Table.from_batches(batches, schema=chunk.table.schema))
-    try:
+    with registered(con, pa.Table.from_batches(batches, schema=chunk.table.schema), "ingest_chunk") as view:
         rows = con.sql(
             _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind)
         ).to_arrow_table()
-    finally:
-        con.unregister(view)
     refused = pc.is_valid(rows.column("reason"))
     extra = ["reason", *(c for c in rows.column_names if c.startswith("_personal_"))]
     valid = rows.filter(pc.invert(refused)).drop_columns(extra)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clickloop.contract import LogContract, sql_literal
+from clickloop.storage import registered
 
 #: The environment variable holding the pseudonymisation key.
 PSEUDONYM_KEY_ENV = "CLICKLOOP_PSEUDONYM_KEY"
@@ -90,14 +91,9 @@ class Pseudonymiser:
         """The pseudonyms of a column of ids (text; NULL stays NULL), each distinct id hashed once,
         by DuckDB on ``con`` (:meth:`sql`): a day's rows repeat their users' ids many times."""
         encoded = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
-        distinct = pa.table({"id": encoded.dictionary})
-        view = f"pseudonym_ids_{id(distinct):x}"
         self.bind(con)
-        con.register(view, distinct)
-        try:
+        with registered(con, pa.table({"id": encoded.dictionary}), "pseudonym_ids") as view:
             hashed = con.sql(f"SELECT {self.sql('id')} AS pseudonym FROM {view}").to_arrow_table()
-        finally:
-            con.unregister(view)
         return hashed.column(0).combine_chunks().take(encoded.indices)
 
     def value(self, text: str) -> str:

@@ -316,3 +316,15 @@ def one_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple:
     if len(rows) != 1:
         raise ValueError(f"expected one row, got {len(rows)} from: {sql.strip()[:200]}")
     return rows[0]
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, table: pa.Table, prefix: str) -> Iterator[str]:
+    """``table`` as a view of ``con`` for the ``with`` block (a name unique to the table, starting
+    with ``prefix``); unregistered afterwards, also when a query fails."""
+    view = f"{prefix}_{id(table):x}"
+    con.register(view, table)
+    try:
+        yield view
+    finally:
+        con.unregister(view)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,7 @@ from clickloop.storage import (
     connect,
     one_row,
     parquet_list_sql,
+    registered,
 )
 
 
@@ -78,6 +80,23 @@ def test_duckdb_limits_utc_and_one_row(tmp_path: Path) -> None:
     assert (tmp_path / "spill").is_dir()
     with pytest.raises(ValueError, match="at least one file"):
         parquet_list_sql([])
+
+
+def test_a_registered_table_is_a_view_only_inside_its_block(tmp_path: Path) -> None:
+    def views(con: duckdb.DuckDBPyConnection) -> set[str]:
+        return {
+            name for (name,) in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        }
+
+    with Warehouse(tmp_path).duckdb() as con:
+        table = pa.table({"x": [1, 2, 3]})
+        with registered(con, table, "numbers") as view:
+            assert view.startswith("numbers_") and views(con) == {view}
+            assert one_row(con, f"SELECT sum(x) FROM {view}") == (6,)
+        assert views(con) == set()
+        with pytest.raises(duckdb.BinderException), registered(con, table, "numbers") as view:
+            con.sql(f"SELECT no_such_column FROM {view}")
+        assert views(con) == set()
 
 
 def test_partition_folders_are_not_read_as_a_column(tmp_path: Path) -> None:
