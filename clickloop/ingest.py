@@ -255,7 +255,10 @@ def _chunk_sql(
     kind: str = "text",
 ) -> str:
     """One chunk's rows: the typed columns, where each came from, and the reason it is refused;
-    for a refused row, the raw value of each personal field too (to redact its text)."""
+    for a refused row, the raw value of each personal field too (to redact its text). The rows come
+    out in the chunk's line order without sorting: projections and subqueries over one table keep
+    their input's order (DuckDB's documented order preservation, ``preserve_insertion_order``,
+    on by default)."""
     classified = classify_sql(fields_sql, spec, window, time_column, kind)
     personal = "".join(
         f", CASE WHEN reason IS NOT NULL THEN CAST(x{i} AS VARCHAR) END AS {_personal_value(i)}"
@@ -263,8 +266,7 @@ def _chunk_sql(
         if f.personal
     )
     return (
-        f"SELECT {_typed_columns(spec)}, {SOURCE_FILE}, {LINE_NUMBER}, reason{personal} "
-        f"FROM ({classified}) ORDER BY {LINE_NUMBER}"
+        f"SELECT {_typed_columns(spec)}, {SOURCE_FILE}, {LINE_NUMBER}, reason{personal} FROM ({classified})"
     )
 
 

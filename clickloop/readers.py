@@ -49,11 +49,15 @@ LINES_SCHEMA = pa.schema(
 
 def _utf8(data: bytes) -> bytes:
     """``data`` if it is valid UTF-8, else with every invalid byte replaced by U+FFFD (the line is
-    kept, so it can be quarantined and read)."""
+    kept, so it can be quarantined and read). Arrow validates the bytes in place (Python's decode
+    would build a string of the whole chunk first)."""
+    whole = pa.Array.from_buffers(
+        pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, len(data)], np.int64)), pa.py_buffer(data)]
+    )
     try:
-        data.decode("utf-8")
+        whole.cast(pa.large_string())
         return data
-    except UnicodeDecodeError:
+    except pa.ArrowInvalid:
         return data.decode("utf-8", errors="replace").encode("utf-8")
 
 

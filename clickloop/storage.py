@@ -223,7 +223,12 @@ class DuckDBSettings:
 
 def connect(settings: DuckDBSettings = DuckDBSettings()) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection (UTC session) with the given limits; Parquet is the storage."""
-    config: dict[str, object] = {"threads": settings.threads, "memory_limit": settings.memory_limit}
+    # insertion order kept (DuckDB's default, stated): ingest relies on it to keep a chunk's lines in order
+    config: dict[str, object] = {
+        "threads": settings.threads,
+        "memory_limit": settings.memory_limit,
+        "preserve_insertion_order": True,
+    }
     if settings.temp_directory:
         Path(settings.temp_directory).mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = settings.temp_directory

@@ -22,6 +22,7 @@ from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
 from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
 from clickloop.readers import iter_line_chunks, read_lines
+from clickloop.storage import DuckDBSettings, connect
 
 CONTRACT = load_contract()
 IMPRESSIONS = CONTRACT.impressions
@@ -191,6 +192,22 @@ def test_lines_keep_file_and_number_across_files(tmp_path: Path) -> None:
     lone.write_bytes(b"\n")
     assert read_lines([empty]).num_rows == 0
     assert read_lines([lone]).column("line").to_pylist() == [""]  # "\n" alone is one empty line
+
+
+def test_rows_keep_their_line_order_when_duckdb_types_a_chunk_on_several_threads(tmp_path: Path) -> None:
+    """A chunk of many Arrow batches is typed in parallel and not sorted afterwards: the valid rows
+    and the quarantine still come out in line order, each line where it was."""
+    n = 60_000  # several of ingest's batches of 16,384 rows in one chunk
+    lines = [variant(impression_id=f"i-{k}") if k % 7 else variant(position=3) for k in range(1, n + 1)]
+    path = write_lines(tmp_path / "day.jsonl", lines, gz=False)
+    with connect(DuckDBSettings(threads=4)) as con:
+        parsed = parse_log_files(
+            con, [path], IMPRESSIONS, WINDOW, pseudonymiser=pseudonymiser_for(CONTRACT, None)
+        )
+    valid = parsed.valid.column("line_number").to_pylist()
+    assert valid == [k for k in range(1, n + 1) if k % 7]
+    assert parsed.valid.column("impression_id").to_pylist() == [f"i-{k}" for k in valid]
+    assert parsed.quarantine.column("line_number").to_pylist() == list(range(7, n + 1, 7))
 
 
 def test_clicks_parse(tmp_path: Path) -> None:
