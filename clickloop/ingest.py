@@ -46,6 +46,7 @@ from clickloop.readers import (
     FieldChunk,
     empty_fields_table,
     field_chunks,
+    json_value_type,
     read_ahead,
     strip_terminators,
 )
@@ -168,9 +169,12 @@ def _json_typed_sql(f: Field, i: int) -> str:
 
 def _present_sql(f: Field, i: int, kind: str) -> str:
     """Whether field ``i`` holds a value (present and not null). For JSON, a value that did not
-    convert is NULL too: the line itself is asked, only then."""
+    convert is NULL too: the line itself is asked, only then; a field read as text converts from any
+    JSON value, so its NULL means missing or null and the line is not parsed again."""
     if kind == "text":
         return f"s{i} IS NOT NULL"
+    if json_value_type(f) == "VARCHAR":
+        return f"pre_reason IS NULL AND v{i} IS NOT NULL"
     path = sql_literal(f'$."{f.source}"')
     return (
         f"CASE WHEN pre_reason IS NOT NULL THEN false WHEN v{i} IS NOT NULL THEN true "
