@@ -1,6 +1,5 @@
 """Monitoring: is today's traffic like the traffic the model learned from, and does the model earn?"""
 
-from datetime import date, timedelta
 from typing import Any
 
 from dagster import AssetExecutionContext, AssetsDefinition, Config, MaterializeResult, MetadataValue, asset
@@ -172,7 +171,7 @@ def online_metrics_asset(calendar: Calendar, contract: LogContract) -> AssetsDef
         whole_day = day_row(totals, truth)
         monitoring_store.write_online_metrics(day, rows)
         numbers = significant_values(summary_numbers(whole_day))
-        since = (date.fromisoformat(day) - timedelta(days=HISTORY_DAYS - 1)).isoformat()
+        since = calendar.days_up_to(day, HISTORY_DAYS)[0]
         history = [r for r in monitoring_store.latest_online_metrics(since=since) if r["day"] <= day]
         gains = gain_rows(model_registry.tags_by_version(), monitoring_store.latest_online_metrics())
         context.log.info(

@@ -97,6 +97,18 @@ class Calendar:
     def keys(self) -> list[str]:
         return self.partitions.get_partition_keys()
 
+    def days_up_to(self, key: str, days: int) -> list[str]:
+        """The ``days`` daily partitions ending with ``key``, oldest first (those before the first
+        day skipped): the window a plot of the recent days shows, read through the same partition
+        mapping as the loop's other windows."""
+        if days < 1:
+            raise ValueError(f"a window of days is at least one day, not {days}")
+        partitions = self.partitions
+        upstream = days_around(-(days - 1), 0).get_upstream_mapped_partitions_result_for_partitions(
+            partitions.subset_with_partition_keys([key]), partitions, partitions
+        )
+        return sorted(upstream.partitions_subset.get_partition_keys())
+
     def neighbour(self, key: str | None, offset: int) -> str | None:
         """The daily partition ``offset`` places from ``key``, or None outside the partitions."""
         keys = self.keys()

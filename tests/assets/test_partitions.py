@@ -3,6 +3,7 @@ built without the Dagster beta warning every command would otherwise print."""
 
 import warnings
 
+import pytest
 from dagster import BetaWarning
 
 from assets.partitions import CLICKS_FOR_EVENTS, Calendar, days_around
@@ -30,6 +31,14 @@ def test_windows_read_the_days_around_d_and_skip_those_before_the_first() -> Non
     assert upstream_days(CALENDAR.history_window, "2026-10-02") == ([], [])
     assert upstream_days(CALENDAR.newest_labelled_day, "2026-10-20")[0] == ["2026-10-18"]
     assert upstream_days(CALENDAR.statistics_of_recalibration, "2026-10-20")[0] == ["2026-10-19"]
+
+
+def test_the_days_up_to_a_day_end_with_it_and_start_no_earlier_than_the_first() -> None:
+    assert CALENDAR.days_up_to("2026-10-20", 3) == ["2026-10-18", "2026-10-19", "2026-10-20"]
+    assert CALENDAR.days_up_to("2026-10-02", 30) == ["2026-10-01", "2026-10-02"]
+    assert CALENDAR.days_up_to("2026-10-02", 1) == ["2026-10-02"]
+    with pytest.raises(ValueError, match="at least one day"):
+        CALENDAR.days_up_to("2026-10-02", 0)
 
 
 def test_building_a_window_prints_no_beta_warning() -> None:
