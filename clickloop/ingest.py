@@ -50,7 +50,7 @@ from clickloop.readers import (
     read_ahead,
     strip_terminators,
 )
-from clickloop.storage import StoragePath, commit, registered, writing
+from clickloop.storage import StoragePath, commit, one_row, registered, writing
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -257,12 +257,13 @@ def _chunk_sql(
     window: TimeWindow | None,
     time_column: str,
     kind: str = "text",
+    order_kept: bool = True,
 ) -> str:
     """One chunk's rows: the typed columns, where each came from, and the reason it is refused;
     for a refused row, the raw value of each personal field too (to redact its text). The rows come
-    out in the chunk's line order without sorting: projections and subqueries over one table keep
-    their input's order (DuckDB's documented order preservation, ``preserve_insertion_order``,
-    on by default)."""
+    out in the chunk's line order: projections and subqueries over one table keep their input's
+    order (DuckDB's documented order preservation, ``preserve_insertion_order``, on by default), so
+    they are sorted only on a connection where it is off (``order_kept=False``)."""
     classified = classify_sql(fields_sql, spec, window, time_column, kind)
     personal = "".join(
         f", CASE WHEN reason IS NOT NULL THEN CAST(x{i} AS VARCHAR) END AS {_personal_value(i)}"
@@ -271,7 +272,13 @@ def _chunk_sql(
     )
     return (
         f"SELECT {_typed_columns(spec)}, {SOURCE_FILE}, {LINE_NUMBER}, reason{personal} FROM ({classified})"
+        + ("" if order_kept else f" ORDER BY {LINE_NUMBER}")
     )
+
+
+def _keeps_order(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` keeps the order of rows through projections (``preserve_insertion_order``)."""
+    return bool(one_row(con, "SELECT current_setting('preserve_insertion_order')")[0])
 
 
 def _redacted(
@@ -321,7 +328,7 @@ def _type_chunk(
     batches = chunk.table.to_batches(max_chunksize=BATCH_ROWS)  # DuckDB scans batches in parallel
     with registered(con, pa.Table.from_batches(batches, schema=chunk.table.schema), "ingest_chunk") as view:
         rows = con.sql(
-            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind)
+            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind, _keeps_order(con))
         ).to_arrow_table()
     refused = pc.is_valid(rows.column("reason"))
     extra = ["reason", *(c for c in rows.column_names if c.startswith("_personal_"))]

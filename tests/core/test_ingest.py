@@ -22,7 +22,6 @@ from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
 from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
 from clickloop.readers import iter_line_chunks, read_lines
-from clickloop.storage import DuckDBSettings, connect
 
 CONTRACT = load_contract()
 IMPRESSIONS = CONTRACT.impressions
@@ -194,13 +193,17 @@ def test_lines_keep_file_and_number_across_files(tmp_path: Path) -> None:
     assert read_lines([lone]).column("line").to_pylist() == [""]  # "\n" alone is one empty line
 
 
-def test_rows_keep_their_line_order_when_duckdb_types_a_chunk_on_several_threads(tmp_path: Path) -> None:
-    """A chunk of many Arrow batches is typed in parallel and not sorted afterwards: the valid rows
-    and the quarantine still come out in line order, each line where it was."""
+@pytest.mark.parametrize("keep_order", [True, False])
+def test_rows_keep_their_line_order_when_duckdb_types_a_chunk_on_several_threads(
+    tmp_path: Path, keep_order: bool
+) -> None:
+    """A chunk of many Arrow batches is typed in parallel: the valid rows and the quarantine come out
+    in line order, each line where it was; not sorted again where DuckDB keeps the order (its
+    default), sorted on a connection where that is off."""
     n = 60_000  # several of ingest's batches of 16,384 rows in one chunk
     lines = [variant(impression_id=f"i-{k}") if k % 7 else variant(position=3) for k in range(1, n + 1)]
     path = write_lines(tmp_path / "day.jsonl", lines, gz=False)
-    with connect(DuckDBSettings(threads=4)) as con:
+    with duckdb.connect(config={"threads": 4, "preserve_insertion_order": keep_order}) as con:
         parsed = parse_log_files(
             con, [path], IMPRESSIONS, WINDOW, pseudonymiser=pseudonymiser_for(CONTRACT, None)
         )
