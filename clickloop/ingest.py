@@ -316,10 +316,11 @@ def _type_chunk(
     window: TimeWindow | None,
     time_column: str,
     pseudonymiser: Pseudonymiser | None = None,
+    order_kept: bool = True,
 ) -> tuple[pa.Table, pa.Table]:
     """(valid rows, refused lines with their reason and raw text) of one chunk. The raw text is
     taken from the chunk only for the refused lines (by their position in it), personal values
-    redacted."""
+    redacted. ``order_kept``: whether ``con`` keeps insertion order (:func:`_keeps_order`)."""
     if spec.personal_columns and pseudonymiser is None:
         raise PrivacyError(
             f"the {spec.kind} log has personal column(s) {', '.join(spec.personal_columns)} "
@@ -328,7 +329,7 @@ def _type_chunk(
     batches = chunk.table.to_batches(max_chunksize=BATCH_ROWS)  # DuckDB scans batches in parallel
     with registered(con, pa.Table.from_batches(batches, schema=chunk.table.schema), "ingest_chunk") as view:
         rows = con.sql(
-            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind, _keeps_order(con))
+            _chunk_sql(chunk.fields_sql(view), spec, window, time_column, chunk.kind, order_kept)
         ).to_arrow_table()
     refused = pc.is_valid(rows.column("reason"))
     extra = ["reason", *(c for c in rows.column_names if c.startswith("_personal_"))]
@@ -360,8 +361,9 @@ def _typed_parts(
 ) -> Iterator[tuple[FieldChunk, pa.Table, pa.Table]]:
     """Every chunk of the files, typed: (the chunk, its valid rows, its refused lines)."""
     chunks = (chunk for path in files for chunk in field_chunks(path, spec, chunk_bytes))
+    order_kept = _keeps_order(con)  # once per parse, not per chunk
     for chunk in read_ahead(chunks):
-        yield chunk, *_type_chunk(con, chunk, spec, window, time_column, pseudonymiser)
+        yield chunk, *_type_chunk(con, chunk, spec, window, time_column, pseudonymiser, order_kept)
 
 
 def _empty_valid(
