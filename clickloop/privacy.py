@@ -4,10 +4,11 @@ A contract marks the fields that hold personal ids (``personal: true``; the simu
 ``user_id``). Ingest stores each such value as its HMAC-SHA256 under a secret key (64 hex digits),
 computed by DuckDB once per distinct id of a chunk (no per-row Python): the same id gives the same
 pseudonym on every day, so the per-user features still join, and without the key a pseudonym
-cannot be turned back into the id nor recomputed from a guessed one. Serving reaches the same pseudonym from the raw
-id the ad server sends (:meth:`Pseudonymiser.frame`, Python's :mod:`hmac`; a test holds both
-equal). A quarantined line keeps its file, line number and reason; its text has every personal value
-replaced by :data:`REDACTED` (a line whose fields cannot be located is withheld whole).
+cannot be turned back into the id nor recomputed from a guessed one. Serving reaches the same
+pseudonym from the raw id the ad server sends (:meth:`Pseudonymiser.frame`, Python's :mod:`hmac`; a
+test holds both equal). A quarantined line keeps its file, line number and reason; its text has
+every personal value replaced by :data:`REDACTED` (a line whose fields cannot be located is withheld
+whole).
 
 The key comes from the environment (``CLICKLOOP_PSEUDONYM_KEY``) and is never logged nor shown
 (its ``repr`` is hidden). Without a key (:func:`pseudonymiser_for`): the embedded simulator's
