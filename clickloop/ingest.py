@@ -46,7 +46,6 @@ from clickloop.readers import (
     FieldChunk,
     empty_fields_table,
     field_chunks,
-    json_value_type,
     read_ahead,
     strip_terminators,
 )
@@ -145,41 +144,35 @@ def _text_typed_sql(f: Field, i: int) -> str:
 
 
 def _json_typed_sql(f: Field, i: int) -> str:
-    """The typed value of field ``i`` from the value ``json_transform`` gave it (``v<i>``, see
-    :func:`clickloop.readers.json_value_type`); NULL when it does not convert."""
+    """The typed value of field ``i`` from the text ``json_transform`` gave it (``v<i>``: a string's
+    text, or the JSON of any other value); NULL when it does not convert."""
     value = f"v{i}"
     if f.column == LABEL:  # a boolean, or a whole number (its range is the rules')
         whole = f"CASE WHEN regexp_full_match({value}, '[+-]?[0-9]+') THEN TRY_CAST({value} AS INTEGER) END"
         return f"CASE lower({value}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
+    number = f"TRY_CAST({value} AS DOUBLE)"
     if f.type == "int":  # a number with a fraction is not an int (it is not rounded)
-        return (
-            f"CASE WHEN {value} = floor({value}) AND {value} {_INT_RANGE} THEN CAST({value} AS INTEGER) END"
-        )
+        return f"CASE WHEN {number} = floor({number}) AND {number} {_INT_RANGE} THEN CAST({number} AS INTEGER) END"
+    if f.type == "float":
+        return number
     if f.type != "timestamp":
         return value
     fmt = f.format or "iso8601"
     if fmt == "iso8601":
-        return value
+        return f"TRY_CAST({value} AS TIMESTAMPTZ)"
     if fmt == "epoch_s":
-        return f"to_timestamp({value})"
+        return f"to_timestamp({number})"
     if fmt == "epoch_ms":
-        return f"to_timestamp({value} / 1000.0)"
+        return f"to_timestamp({number} / 1000.0)"
     return f"CAST(try_strptime({value}, {sql_literal(fmt)}) AS TIMESTAMPTZ)"
 
 
 def _present_sql(f: Field, i: int, kind: str) -> str:
-    """Whether field ``i`` holds a value (present and not null). For JSON, a value that did not
-    convert is NULL too: the line itself is asked, only then; a field read as text converts from any
-    JSON value, so its NULL means missing or null and the line is not parsed again."""
+    """Whether field ``i`` holds a value (present and not null): its text is not NULL. A JSON line
+    refused before typing (``pre_reason``) holds none."""
     if kind == "text":
         return f"s{i} IS NOT NULL"
-    if json_value_type(f) == "VARCHAR":
-        return f"pre_reason IS NULL AND v{i} IS NOT NULL"
-    path = sql_literal(f'$."{f.source}"')
-    return (
-        f"CASE WHEN pre_reason IS NOT NULL THEN false WHEN v{i} IS NOT NULL THEN true "
-        f"ELSE coalesce(json_type(line, {path}), 'NULL') <> 'NULL' END"
-    )
+    return f"pre_reason IS NULL AND v{i} IS NOT NULL"
 
 
 def _reason_sql(spec: LogSpec, window: TimeWindow | None, time_column: str) -> str:

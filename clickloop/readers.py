@@ -1,12 +1,12 @@
 """Reading log files, by format, into the relation the typing query reads.
 
 Each reader yields chunks; a chunk is a relation with ``source_file``, ``line_number``,
-``pre_reason`` (a structural reason, or NULL) and, per contract field ``i``, either a typed value
-``v<i>`` (JSON, with the raw ``line``) or the value as text ``s<i>`` (CSV, Parquet):
+``pre_reason`` (a structural reason, or NULL) and, per contract field ``i``, its value as text:
+``v<i>`` (JSON, with the raw ``line``) or ``s<i>`` (CSV, Parquet); the typing query converts it:
 
 * JSON lines (``.jsonl``/``.json``/``.ndjson``, gzip or not): read in chunks of whole lines of
   about ``CHUNK_BYTES`` (the lines found with numpy over one buffer, no copy), each valid object
-  parsed once by DuckDB's ``json_transform`` straight into typed values;
+  parsed once by DuckDB's ``json_transform`` into the text of each field;
 * CSV with a header line: each line is one record (quoted fields may hold commas, not newlines);
   every value as text (the cast judges it);
 * Parquet: each row is one record, numbered from 1; every value as text.
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clickloop.contract import LABEL, LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
+from clickloop.contract import LINE_NUMBER, SOURCE_FILE, LogSpec, sql_literal
 from clickloop.landing import file_format
 
 T = TypeVar("T")
@@ -144,25 +144,12 @@ def read_lines(files: Sequence[Path]) -> pa.Table:
 # --- Readers: a relation of (file, line, raw text, structural reason, tag and text per field) ----
 
 
-#: What JSON's ``json_transform`` turns each field type into (ints via DOUBLE, so that 1.5 is seen as
-#: not whole instead of being rounded; timestamps in another format than ISO are converted later).
-_JSON_TYPES = {"string": "VARCHAR", "int": "DOUBLE", "float": "DOUBLE"}
-
-
-def json_value_type(f: Field) -> str:
-    """The type ``json_transform`` reads field ``f`` as (NULL where a value does not convert)."""
-    if f.column == LABEL:
-        return "VARCHAR"  # 1, true, "1", "true": judged by the typing
-    if f.type == "timestamp":
-        fmt = f.format or "iso8601"
-        return "TIMESTAMPTZ" if fmt == "iso8601" else "DOUBLE" if fmt.startswith("epoch") else "VARCHAR"
-    return _JSON_TYPES[f.type]
-
-
 def _json_fields_sql(relation: str, spec: LogSpec) -> str:
-    """JSON lines: each valid object parsed once, by ``json_transform`` straight into a typed value
-    per field (``v<i>``, NULL when missing, null or not convertible)."""
-    structure = sql_literal(json.dumps({f.source: json_value_type(f) for f in spec.fields}))
+    """JSON lines: each valid object parsed once, by ``json_transform``, into the text of each field
+    (``v<i>``: a string's value, the JSON of any other value; NULL exactly when the field is missing
+    or null). The typing converts the text (:func:`clickloop.ingest.classify_sql`): a field that is
+    present but does not convert is a bad type, and no line is parsed twice to tell the two apart."""
+    structure = sql_literal(json.dumps({f.source: "VARCHAR" for f in spec.fields}))
     values = ", ".join(f"o.{_quoted(f.source)} AS v{i}" for i, f in enumerate(spec.fields, start=1))
     return f"""
         WITH checked AS (

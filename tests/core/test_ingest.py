@@ -81,11 +81,18 @@ CASES: list[tuple[str, str | None]] = [
     (variant(bid_cpc="0.4USD"), "bad_type:bid_cpc"),
     (variant(ts="yesterday"), "bad_type:ts"),
     (variant(ts=1727770502), "bad_type:ts"),
+    # a boolean, an array or an object is not a number (true is not position 1)
+    (variant(position=True), "bad_type:position"),
+    (variant(bid_cpc=False), "bad_type:bid_cpc"),
+    (variant(bid_cpc=[0.4]), "bad_type:bid_cpc"),
+    (variant(predicted_ctr={"p": 0.1}), "bad_type:predicted_ctr"),
+    (variant(ts=True), "bad_type:ts"),
     # a value is converted where it can be: an id logged as a number is its text, a number logged
     # as a string is the number (what does not convert is a bad type, above)
     (variant(impression_id=12345), None),
     (variant(os=7), None),
     (variant(position="2", bid_cpc="0.5"), None),
+    (variant(position=2.0, bid_cpc=4e-1, predicted_ctr=None), None),  # a whole 2.0 is the int 2
     # row rules: the allowed slots, the price and prediction ranges, the day's own timestamps
     (variant(position=3), "not_allowed:position"),
     (variant(position=0), "not_allowed:position"),
