@@ -297,9 +297,12 @@ def _redacted(
         )
 
 
-def _raw_text(chunk: FieldChunk) -> pa.Array:
+def _raw_text(chunk: FieldChunk, positions: pa.Array) -> pa.Array:
+    """The raw text of the chunk's lines at ``positions`` (taken from the chunk's column as it is:
+    only the taken lines are copied)."""
     table = chunk.table
-    return table.column("line" if "line" in table.column_names else "raw_line").combine_chunks()
+    lines = table.column("line" if "line" in table.column_names else "raw_line")
+    return lines.take(positions).combine_chunks()
 
 
 def _type_chunk(
@@ -332,7 +335,7 @@ def _type_chunk(
     if bad.num_rows:
         numbers = chunk.table.column(LINE_NUMBER)
         first = numbers[0].as_py() if len(numbers) else 0
-        raw = strip_terminators(_raw_text(chunk).take(pc.subtract(bad.column(LINE_NUMBER), first)))
+        raw = strip_terminators(_raw_text(chunk, pc.subtract(bad.column(LINE_NUMBER), first)))
         raw = _redacted(con, bad, raw, spec, chunk.kind)
     else:
         raw = pa.array([], pa.string())
