@@ -15,19 +15,20 @@ Each reader yields chunks; a chunk is a relation with ``source_file``, ``line_nu
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import queue
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from isal import igzip, igzip_lib
 
 from clickloop.contract import LINE_NUMBER, SOURCE_FILE, LogSpec, sql_literal
 from clickloop.landing import file_format
@@ -102,6 +103,28 @@ def strip_terminators(lines: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(lines, "\r?\n$", "")
 
 
+class LogFileError(ValueError):
+    """A log file that cannot be read to its end (a broken gzip stream): the day is not ingested."""
+
+
+#: the first two bytes of every gzip member
+_GZIP_MAGIC = b"\x1f\x8b"
+#: what a broken gzip stream raises: truncated (EOFError), bad deflate data (ISA-L, zlib), bad header
+_GZIP_ERRORS = (EOFError, igzip_lib.IsalError, zlib.error, igzip.BadGzipFile)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """A log file opened for reading bytes; gzip (``.gz``) decompressed by ISA-L's igzip, the same
+    format as Python's gzip (several members included) at about twice its speed."""
+    if not path.name.endswith(".gz"):
+        return open(path, "rb")  # noqa: SIM115 (closed by the caller's with)
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic and magic != _GZIP_MAGIC:
+        raise LogFileError(f"{path}: not a gzip file (it starts with {magic!r}, not {_GZIP_MAGIC!r})")
+    return igzip.open(path, "rb")
+
+
 def iter_line_chunks(
     files: Sequence[Path], chunk_bytes: int = CHUNK_BYTES, keep_terminators: bool = False
 ) -> Iterator[pa.Table]:
@@ -111,14 +134,14 @@ def iter_line_chunks(
     A final newline does not make an extra line ("\n" alone is one empty line), a trailing
     carriage return is dropped (both are kept at the end of each line with ``keep_terminators``,
     which saves a copy of the text), and bytes that are not UTF-8 are kept as U+FFFD so the line
-    can still be quarantined and inspected.
+    can still be quarantined and inspected. A gzip file that breaks off or is corrupt raises
+    :class:`LogFileError` naming the file and the last whole line read before it.
     """
     for path in files:
-        opener = gzip.open if path.name.endswith(".gz") else open
         next_line = 1
         carry = b""
-        with opener(path, "rb") as fh:
-            while block := fh.read(chunk_bytes):
+        with _open_log(path) as fh:
+            while block := _read_block(fh, path, chunk_bytes, next_line):
                 data = carry + block
                 cut = data.rfind(b"\n")
                 if cut < 0:  # no complete line yet
@@ -133,6 +156,17 @@ def iter_line_chunks(
                 yield chunk
         if carry:  # the last line has no newline
             yield _lines_table(path, carry, next_line, keep_terminators)
+
+
+def _read_block(fh: BinaryIO, path: Path, size: int, next_line: int) -> bytes:
+    """The next ``size`` bytes of ``fh``; a broken gzip stream is a :class:`LogFileError`."""
+    try:
+        return fh.read(size)
+    except _GZIP_ERRORS as error:
+        raise LogFileError(
+            f"{path}: the gzip data breaks off or is corrupt after line {next_line - 1:,} "
+            f"({type(error).__name__}: {error}); nothing of the day is ingested: deliver the file again"
+        ) from error
 
 
 def read_lines(files: Sequence[Path]) -> pa.Table:

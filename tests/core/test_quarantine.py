@@ -1,14 +1,17 @@
 """Ingesting one day into the warehouse: the typed partition, the quarantine beside it, and what the UI
 shows of them; the accounting always adds up."""
 
+import gzip
 import json
 from datetime import date
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from clickloop.contract_file import load_contract
 from clickloop.quarantine import ingest_day, quarantined_counts, reasons_markdown, sample_markdown
+from clickloop.readers import LogFileError
 from clickloop.storage import Warehouse
 
 CONTRACT = load_contract()
@@ -54,3 +57,42 @@ def test_a_day_lands_in_its_partition_and_its_quarantine(tmp_path: Path) -> None
     sample = sample_markdown(done.parsed, limit=2)
     assert "| clicks.jsonl:2 | invalid_json | `not json` |" in sample
     assert "clicks.jsonl:4" in sample and "clicks.jsonl:5" not in sample
+
+
+def _broken(whole: bytes, how: str) -> bytes:
+    if how == "truncated":  # a delivery cut off in transfer
+        return whole[: len(whole) // 2]
+    if how == "corrupt":  # bytes overwritten in the middle of the deflate stream
+        middle = len(whole) // 2
+        return whole[:middle] + b"\x00" * 64 + whole[middle + 64 :]
+    return b"plain text, named .gz\n" + whole  # not gzip at all
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        (
+            "truncated",
+            r"clicks-2\.jsonl\.gz: the gzip data breaks off or is corrupt after line [0-9,]+ \(EOFError",
+        ),
+        ("corrupt", r"clicks-2\.jsonl\.gz: the gzip data breaks off or is corrupt after line [0-9,]+ \("),
+        ("not_gzip", r"clicks-2\.jsonl\.gz: not a gzip file \(it starts with b'pl'"),
+    ],
+)
+def test_a_broken_gzip_file_stops_the_day_naming_the_file_and_writes_nothing(
+    tmp_path: Path, how: str, message: str
+) -> None:
+    wh = Warehouse(tmp_path / "data")
+    good = tmp_path / "clicks-1.jsonl.gz"
+    good.write_bytes(gzip.compress(f"{click(0)}\n".encode()))
+    lines = "".join(f"{click(i)}\n" for i in range(1, 20_001)).encode()
+    broken = tmp_path / "clicks-2.jsonl.gz"
+    broken.write_bytes(_broken(gzip.compress(lines), how))
+    with pytest.raises(LogFileError, match=message):
+        ingest_day(wh, [good, broken], CONTRACT.log("clicks"), "raw_clicks", DAY)
+    # neither the partition nor its quarantine, nor a temporary file: the day is simply not there
+    assert not [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    # the same lines delivered whole are ingested
+    broken.write_bytes(gzip.compress(lines))
+    done = ingest_day(wh, [good, broken], CONTRACT.log("clicks"), "raw_clicks", DAY)
+    assert done.parsed.valid_rows == 20_001 and done.parsed.quarantine.num_rows == 0
