@@ -14,7 +14,6 @@ Every file is written atomically and deterministically (gzip without a timestamp
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from isal import igzip
 
 from clickloop.landing import exploration_path
 from clickloop.simulator.clock import MS_PER_DAY, day_start_ms, epoch_ms, iso_ms
@@ -63,7 +63,7 @@ def _write_plan(path: Path, plan: FilePlan) -> int:
     edited = np.array(sorted(plan.edits), dtype=np.int64)
 
     def write(handle: object) -> None:
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=1, fileobj=handle, mtime=0) as gz:
+        with igzip.IGzipFile(filename="", mode="wb", compresslevel=1, fileobj=handle, mtime=0) as gz:
             for start in range(0, len(plan.order), RENDER_CHUNK_ROWS):
                 lines = _render(plan.frame.take(plan.order[start : start + RENDER_CHUNK_ROWS]))
                 for position in edited[(edited >= start) & (edited < start + len(lines))].tolist():
