@@ -11,7 +11,7 @@ reason                         the line
 ``not_an_object``              is JSON but not an object (JSON lines)
 ``bad_row:field_count``        has another number of fields than the header (CSV)
 ``null:<column>``              lacks a required field, or it is null
-``bad_type:<column>``          holds a value of the wrong type (``"first"`` for a position)
+``bad_type:<column>``          holds a value of the wrong type (``"first"`` or ``true`` for a position)
 ``not_allowed:<column>``       holds a value outside the field's allowed set
 ``out_of_range:<column>``      holds a value outside the field's range
 ``outside_partition:<time>``   is stamped outside the day it was delivered for
