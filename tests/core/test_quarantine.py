@@ -10,6 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from clickloop.contract_file import load_contract
+from clickloop.ingest import dictionary_columns
+from clickloop.privacy import pseudonymiser_for
 from clickloop.quarantine import ingest_day, quarantined_counts, reasons_markdown, sample_markdown
 from clickloop.readers import LogFileError
 from clickloop.storage import Warehouse
@@ -96,3 +98,46 @@ def test_a_broken_gzip_file_stops_the_day_naming_the_file_and_writes_nothing(
     broken.write_bytes(gzip.compress(lines))
     done = ingest_day(wh, [good, broken], CONTRACT.log("clicks"), "raw_clicks", DAY)
     assert done.parsed.valid_rows == 20_001 and done.parsed.quarantine.num_rows == 0
+
+
+def test_repeating_text_gets_a_parquet_dictionary_and_ids_numbers_and_pseudonyms_do_not(
+    tmp_path: Path,
+) -> None:
+    spec = CONTRACT.log("impressions")
+    landed = tmp_path / "impressions.jsonl"
+    rows = [
+        {
+            "impression_id": f"i-{i}",
+            "ts": "2026-10-01T08:15:02Z",
+            "request_id": f"r-{i}",
+            "user_id": f"u{i % 7}",
+            "user_segment": "gamers",
+            "ad_id": f"a{i % 3}",
+            "campaign_id": "c1",
+            "advertiser_id": "adv1",
+            "ad_category": "games",
+            "site_id": "s1",
+            "site_category": "news",
+            "device_type": "mobile",
+            "os": "ios",
+            "country": "US",
+            "position": 1 + i % 2,
+            "bid_cpc": 0.42,
+            "model_version": "random-v0",
+        }
+        for i in range(500)
+    ]
+    landed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wh = Warehouse(tmp_path / "data")
+    done = ingest_day(wh, [landed], spec, "raw_impressions", DAY, pseudonymiser_for(CONTRACT, None))
+    assert done.parsed.valid_rows == 500
+    metadata = pq.ParquetFile(done.path).metadata
+    encodings = {
+        metadata.schema.column(i).name: set(metadata.row_group(0).column(i).encodings)
+        for i in range(metadata.num_columns)
+    }
+    dictionary = {name for name, used in encodings.items() if used & {"RLE_DICTIONARY", "PLAIN_DICTIONARY"}}
+    assert {"ad_id", "site_id", "source_file"} <= dictionary
+    assert not dictionary & {"impression_id", "request_id", "user_id", "ts", "position", "bid_cpc"}
+    assert set(dictionary_columns(pq.read_schema(done.path), spec)) == dictionary
+    assert pq.read_table(done.path).column("ad_id").to_pylist() == [r["ad_id"] for r in rows]
