@@ -312,7 +312,9 @@ def _redacted(
 
 def _raw_text(chunk: FieldChunk, positions: pa.Array) -> pa.Array:
     """The raw text of the chunk's lines at ``positions`` (taken from the chunk's column as it is:
-    only the taken lines are copied)."""
+    only the taken lines are copied; a Parquet chunk makes them)."""
+    if chunk.raw_text is not None:
+        return chunk.raw_text(positions)
     table = chunk.table
     lines = table.column("line" if "line" in table.column_names else "raw_line")
     return lines.take(positions).combine_chunks()

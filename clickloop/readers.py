@@ -15,6 +15,7 @@ Each reader yields chunks; a chunk is a relation with ``source_file``, ``line_nu
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import queue
 import threading
@@ -210,18 +211,28 @@ def _quoted(name: str) -> str:
 
 
 def _text_fields_table(
-    lines: pa.Table, values: Sequence[Sequence[str | None]], reasons: Sequence[str | None]
+    lines: pa.Table,
+    values: Sequence[Sequence[str | None] | pa.Array | pa.ChunkedArray],
+    reasons: Sequence[str | None] | pa.Array,
 ) -> pa.Table:
-    """A reader's rows as the typing query's input: every value as text (NULL when missing)."""
-    columns: dict[str, pa.Array] = {
+    """A reader's rows as the typing query's input: every value as text (NULL when missing); the
+    raw text too when ``lines`` has it (CSV: each line; Parquet makes a refused row's on demand)."""
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {
         SOURCE_FILE: lines.column(SOURCE_FILE).combine_chunks(),
         LINE_NUMBER: lines.column(LINE_NUMBER).combine_chunks(),
-        "raw_line": lines.column("line").combine_chunks(),
-        "pre_reason": pa.array(reasons, pa.string()),
     }
+    if "line" in lines.column_names:
+        columns["raw_line"] = lines.column("line").combine_chunks()
+    columns["pre_reason"] = _text_array(reasons)
     for i, column in enumerate(values, start=1):
-        columns[f"s{i}"] = pa.array(column, pa.string())
+        columns[f"s{i}"] = _text_array(column)
     return pa.table(columns)
+
+
+def _text_array(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.cast(pa.string())
+    return pa.array(values, pa.string())
 
 
 def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
@@ -263,35 +274,51 @@ def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[tuple[p
         yield _csv_rows(lines, header, spec), headers
 
 
-def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[pa.Table]:
-    """Parquet: each row is one record, numbered from 1; every value is judged by the cast."""
-    parquet = pq.ParquetFile(path)
-    present = set(parquet.schema_arrow.names)
+def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[tuple[pa.Table, Callable[[pa.Array], pa.Array]]]:
+    """Parquet: each row is one record, numbered from 1; every value is judged by the cast. Yields
+    (the fields relation of a batch, the raw text of its rows at given positions: a row's JSON,
+    made only for the rows that are refused). A file Arrow cannot read is a :class:`LogFileError`."""
+    try:
+        parquet = pq.ParquetFile(path)
+        present = set(parquet.schema_arrow.names)
+    except (pa.ArrowException, OSError) as error:
+        raise LogFileError(f"{path}: not a readable Parquet file ({error})") from error
     missing = [f.source for f in spec.fields if f.required and f.source not in present]
     if missing:
         raise ValueError(f"{path}: the Parquet file lacks the contract's required column(s) {missing}")
     wanted = [f.source for f in spec.fields if f.source in present]
     first = 1
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+    batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
+    while (batch := _next_batch(batches, path, first)) is not None:
         table = pa.Table.from_batches([batch])
         n = table.num_rows
-        raw = [json.dumps(row, default=str) for row in table.to_pylist()]
         lines = pa.table(
             {
-                SOURCE_FILE: pa.array([str(path)] * n, pa.string()),
+                SOURCE_FILE: _file_column(path, n),
                 LINE_NUMBER: pa.array(np.arange(first, first + n, dtype=np.int64)),
-                "line": pa.array(raw, pa.string()),
             }
         )
         values = [
-            table.column(f.source).cast(pa.string()).to_pylist() if f.source in present else [None] * n
+            table.column(f.source).cast(pa.string()) if f.source in present else pa.nulls(n, pa.string())
             for f in spec.fields
         ]
-        yield _text_fields_table(lines, values, [None] * n)
+        yield (
+            _text_fields_table(lines, values, pa.nulls(n, pa.string())),
+            functools.partial(_json_rows, table),
+        )
         first += n
 
 
-# --- Typing and row rules (one query for every format) -----------------------------------------
+def _next_batch(batches: Iterator[pa.RecordBatch], path: Path, first: int) -> pa.RecordBatch | None:
+    try:
+        return next(batches, None)
+    except (pa.ArrowException, OSError) as error:
+        raise LogFileError(f"{path}: the Parquet data is corrupt from row {first:,} ({error})") from error
+
+
+def _json_rows(table: pa.Table, positions: pa.Array) -> pa.Array:
+    """The rows of ``table`` at ``positions`` as JSON objects (a Parquet record's raw text)."""
+    return pa.array([json.dumps(row, default=str) for row in table.take(positions).to_pylist()], pa.string())
 
 
 @dataclass(frozen=True)
@@ -305,6 +332,8 @@ class FieldChunk:
     header_lines: int = 0
     #: "json" (typed values ``v<i>`` and the raw ``line``) or "text" (texts ``s<i>``)
     kind: str = "text"
+    #: the raw text of the rows at given positions, when the table holds none (Parquet)
+    raw_text: Callable[[pa.Array], pa.Array] | None = None
 
 
 def field_chunks(path: Path, spec: LogSpec, chunk_bytes: int = CHUNK_BYTES) -> Iterator[FieldChunk]:
@@ -318,8 +347,8 @@ def field_chunks(path: Path, spec: LogSpec, chunk_bytes: int = CHUNK_BYTES) -> I
         for table, headers in _csv_chunks(path, spec, chunk_bytes):
             yield FieldChunk(table, lambda view: f"SELECT * FROM {view}", table.num_rows + headers, headers)
         return
-    for table in _parquet_chunks(path, spec):
-        yield FieldChunk(table, lambda view: f"SELECT * FROM {view}", table.num_rows)
+    for table, raw_text in _parquet_chunks(path, spec):
+        yield FieldChunk(table, lambda view: f"SELECT * FROM {view}", table.num_rows, raw_text=raw_text)
 
 
 def empty_fields_table(spec: LogSpec) -> pa.Table:

@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clickloop import readers
 from clickloop.contract import LogSpec
 from clickloop.contract_file import load_contract
 from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
 from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
-from clickloop.readers import iter_line_chunks, read_lines
+from clickloop.readers import LogFileError, iter_line_chunks, read_lines
 
 CONTRACT = load_contract()
 IMPRESSIONS = CONTRACT.impressions
@@ -373,7 +374,9 @@ def test_files_of_several_formats_make_one_day(tmp_path: Path) -> None:
 # --- Parquet --------------------------------------------------------------------------------------
 
 
-def test_parquet_rows_are_typed_or_quarantined_row_by_row(tmp_path: Path) -> None:
+def test_parquet_rows_are_typed_or_quarantined_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     n = 6
     ts = [datetime(2026, 10, 1, 8, tzinfo=UTC)] * n
     ts[5] = datetime(2026, 10, 2, 0, tzinfo=UTC)  # outside the day
@@ -413,6 +416,32 @@ def test_parquet_rows_are_typed_or_quarantined_row_by_row(tmp_path: Path) -> Non
     assert (
         parsed.valid.schema == parse([write_lines(tmp_path / "j.jsonl", [variant()], gz=False)]).valid.schema
     )
+    # read in batches of 4 rows: the refused rows of the second batch keep their numbers and text
+    monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 4)
+    batched = parse([f])
+    assert batched.quarantine.equals(parsed.quarantine) and batched.valid.equals(parsed.valid)
+    raw = batched.quarantine.column("raw_line").to_pylist()
+    assert [r.split(",")[0] for r in raw[1:]] == [f'{{"impression_id": "p{i}"' for i in (3, 4, 5)]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"impression_id,ts\n", r"bad\.parquet: not a readable Parquet file \(.*magic bytes"),
+        (None, r"bad\.parquet: not a readable Parquet file \("),  # cut off: the footer is missing
+    ],
+    ids=["not_parquet", "truncated"],
+)
+def test_an_unreadable_parquet_log_is_refused_naming_the_file(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    f = tmp_path / "bad.parquet"
+    if content is None:
+        pq.write_table(pa.Table.from_pylist([json.loads(variant())] * 100), f)
+        content = f.read_bytes()[:-100]
+    f.write_bytes(content)
+    with pytest.raises(LogFileError, match=message):
+        parse([f])
 
 
 def test_parquet_non_integral_slot_is_a_bad_type(tmp_path: Path) -> None:
