@@ -10,6 +10,7 @@ reason                         the line
 ``invalid_json``               is not JSON (JSON lines)
 ``not_an_object``              is JSON but not an object (JSON lines)
 ``bad_row:field_count``        has another number of fields than the header (CSV)
+``bad_row:csv_syntax``         is a record Python's ``csv`` refuses (a carriage return in a field)
 ``null:<column>``              lacks a required field, or it is null
 ``bad_type:<column>``          holds a value of the wrong type (``"first"`` or ``true`` for a position)
 ``not_allowed:<column>``       holds a value outside the field's allowed set

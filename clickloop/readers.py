@@ -235,26 +235,78 @@ def _text_array(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa
     return pa.array(values, pa.string())
 
 
+#: characters that make a CSV line need Python's ``csv`` module (quoting; a carriage return or NUL,
+#: which it refuses or treats specially); every other line is split on commas by Arrow
+_CSV_SPECIAL = '["\\r\\x00]'
+
+
 def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
     """CSV: each line is one record (quoted fields may hold commas, not newlines). An empty field
-    is null; a record with another number of fields than the header is quarantined."""
+    is null; a record with another number of fields than the header is quarantined. Lines without
+    quotes are split by Arrow; the others are parsed by Python's ``csv`` module, as before."""
     index = {name: i for i, name in enumerate(header)}
     positions = [index.get(f.source) for f in spec.fields]
-    texts = lines.column("line").to_pylist()
-    values: list[list[str | None]] = [[] for _ in spec.fields]
-    reasons: list[str | None] = []
-    for record in csv.reader(texts):
-        if not record or (len(record) == 1 and not record[0].strip()):
-            reason = "empty_line"
-        elif len(record) != len(header):
-            reason = "bad_row:field_count"
-        else:
-            reason = None
-        reasons.append(reason)
-        for out, position in zip(values, positions, strict=True):
+    text = lines.column("line").combine_chunks().cast(pa.string())
+    parts = pc.split_pattern(text, ",")
+    counts = pc.list_value_length(parts)
+    empty = pc.and_(pc.equal(counts, 1), pc.equal(pc.utf8_trim_whitespace(text), ""))
+    whole = pc.and_(pc.invert(empty), pc.equal(counts, len(header)))
+    reasons = pc.if_else(
+        empty, "empty_line", pc.if_else(whole, pa.scalar(None, pa.string()), "bad_row:field_count")
+    )
+    flat = pc.list_flatten(parts)
+    starts = parts.offsets.slice(0, len(parts))
+    values = [
+        _csv_field(flat, starts, whole, position)
+        if position is not None
+        else pa.nulls(len(text), pa.string())
+        for position in positions
+    ]
+    special = pc.match_substring_regex(text, _CSV_SPECIAL)
+    if pc.any(special).as_py():
+        reasons, values = _csv_rows_by_python(text, special, header, positions, reasons, values)
+    return _text_fields_table(lines, values, reasons)
+
+
+def _csv_field(flat: pa.Array, starts: pa.Array, whole: pa.Array, position: int) -> pa.Array:
+    """The field at ``position`` of every whole record (NULL for the others, and when empty)."""
+    taken = flat.take(pc.if_else(whole, pc.add(starts, position), pa.scalar(None, starts.type)))
+    return pc.if_else(pc.equal(taken, ""), pa.scalar(None, pa.string()), taken)
+
+
+def _csv_record(line: str, fields: int) -> tuple[list[str], str | None]:
+    """One line's fields by Python's ``csv`` module, and why it is refused (None: it is not)."""
+    try:
+        record = next(csv.reader([line]), [])
+    except csv.Error:  # a carriage return inside an unquoted field, say
+        return [], "bad_row:csv_syntax"
+    if not record or (len(record) == 1 and not record[0].strip()):
+        return [], "empty_line"
+    return record, None if len(record) == fields else "bad_row:field_count"
+
+
+def _csv_rows_by_python(
+    text: pa.Array,
+    special: pa.Array,
+    header: list[str],
+    positions: Sequence[int | None],
+    reasons: pa.Array,
+    values: list[pa.Array],
+) -> tuple[pa.Array, list[pa.Array]]:
+    """The reasons and values of the lines in ``special``, from Python's ``csv`` module."""
+    own_reasons: list[str | None] = []
+    own_values: list[list[str | None]] = [[] for _ in positions]
+    for line in text.filter(special).to_pylist():
+        record, reason = _csv_record(line, len(header))
+        own_reasons.append(reason)
+        for out, position in zip(own_values, positions, strict=True):
             value = None if reason or position is None else record[position]
             out.append(value if value else None)
-    return _text_fields_table(lines, values, reasons)
+    patched = pc.replace_with_mask(reasons, special, pa.array(own_reasons, pa.string()))
+    return patched, [
+        pc.replace_with_mask(column, special, pa.array(own, pa.string()))
+        for column, own in zip(values, own_values, strict=True)
+    ]
 
 
 def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[tuple[pa.Table, int]]:

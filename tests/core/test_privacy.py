@@ -143,13 +143,20 @@ def test_a_csv_line_that_does_not_split_is_withheld(tmp_path: Path) -> None:
     writer.writerow(header)
     writer.writerow(["i1", "2026-10-01T01:00:00Z", "r1", ALICE, "a1", "c1", "v1", "s1", "7", "0.5"])
     writer.writerow(["i2", "2026-10-01T01:00:00Z", "r2", BOB, "a1", "c1", "v1", "s1", "1"])
+    # a carriage return in an unquoted field: Python's csv refuses the record
+    out.write(f"i3,2026-10-01T01:00:00Z,r3,{CAROL},a\r1,c1,v1,s1,1,0.5\n")
     landed = tmp_path / "day.csv"
-    landed.write_text(out.getvalue())
+    landed.write_bytes(out.getvalue().encode())
     with duckdb.connect() as con:
         parsed = parse_log_files(con, [landed], IMPRESSIONS, day_window(DAY), pseudonymiser=KEY)
-    assert parsed.quarantine.column("reason").to_pylist() == ["not_allowed:position", "bad_row:field_count"]
+    assert parsed.quarantine.column("reason").to_pylist() == [
+        "not_allowed:position",
+        "bad_row:field_count",
+        "bad_row:csv_syntax",
+    ]
     assert parsed.quarantine.column("raw_line").to_pylist() == [
         f"i1,2026-10-01T01:00:00Z,r1,{REDACTED},a1,c1,v1,s1,7,0.5",
+        WITHHELD,
         WITHHELD,
     ]
 
