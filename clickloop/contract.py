@@ -71,10 +71,17 @@ class ContractError(ValueError):
     """A contract that cannot be used; the message names the file and the field."""
 
 
+def json_pointer(pointer: str) -> tuple[str, ...]:
+    """The keys of a JSON Pointer (RFC 6901) such as ``/device/os``."""
+    return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer.split("/")[1:])
+
+
 @dataclass(frozen=True)
 class Field:
     """One field of a log line and the canonical column it becomes."""
 
+    #: the field's name in the log; in JSON lines a JSON Pointer (RFC 6901, ``/device/os``) reaches
+    #: into nested objects
     source: str
     column: str
     type: FieldType
@@ -93,6 +100,12 @@ class Field:
     #: a personal id (a user's): stored only as a keyed pseudonym, redacted from quarantined lines
     #: (:mod:`clickloop.privacy`)
     personal: bool = False
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The keys leading to the value in a JSON object: the source's JSON Pointer segments (with
+        ``~1`` for ``/`` and ``~0`` for ``~``), or the source itself."""
+        return json_pointer(self.source) if self.source.startswith("/") else (self.source,)
 
     @property
     def has_range(self) -> bool:

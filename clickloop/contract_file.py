@@ -2,6 +2,7 @@
 and written back."""
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from functools import cache
@@ -37,9 +38,12 @@ from clickloop.contract import (
     LogKind,
     LogSpec,
     Pin,
+    json_pointer,
 )
 
 DEFAULT_CONTRACT_PATH = Path(__file__).resolve().parent / "contracts" / "simulator.yaml"
+#: what a column named for a nested source may be called (it is a column of every table)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _ROLE_TYPES: dict[str, FieldType] = {
     IMPRESSION_ID: "string",
@@ -88,6 +92,13 @@ def _parse_field(raw: Any, where: str) -> Field:
     if unknown:
         raise _fail(where, f"unknown key(s) {sorted(unknown)} (known: {sorted(known)})")
     source = str(raw["source"])
+    if source.startswith("/"):  # a JSON Pointer into nested objects: the column is named
+        if not all(json_pointer(source)):
+            raise _fail(f"{where} ({source})", "a JSON Pointer source has a key between every '/'")
+        if not isinstance(raw.get("column"), str) or not _IDENTIFIER.fullmatch(raw["column"]):
+            raise _fail(
+                f"{where} ({source})", "a JSON Pointer source needs a 'column': a name such as device_os"
+            )
     column = str(raw.get("column", source))
     where = f"{where} ({source})"
     kind = raw.get("type", _ROLE_TYPES.get(column, "string"))
@@ -146,6 +157,13 @@ def _parse_log(kind: LogKind, raw: Any, where: str) -> LogSpec:
         duplicates = sorted({v for v in values if values.count(v) > 1})
         if duplicates:
             raise _fail(where, f"duplicate {attr}(s) {duplicates}")
+    paths = {f.path: f.source for f in fields}
+    for path, source in paths.items():
+        inside = [paths[path[:n]] for n in range(1, len(path)) if path[:n] in paths]
+        if inside:
+            raise _fail(
+                where, f"{source!r} lies inside the field {inside[0]!r}: a JSON value is one or the other"
+            )
     spec = LogSpec(kind, fields)
     required = _REQUIRED_ROLES[kind] if kind == "clicks" else _REQUIRED_ROLES["impressions"]
     for column in required:

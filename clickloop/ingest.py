@@ -300,7 +300,11 @@ def _redacted(
         | {_personal_value(i): bad.column(_personal_value(i)) for i, _ in personal}
     )
     expression = redact_sql(
-        "raw_line", "reason", [_personal_value(i) for i, _ in personal], [f.source for _, f in personal], kind
+        "raw_line",
+        "reason",
+        [_personal_value(i) for i, _ in personal],
+        [f.path[-1] for _, f in personal],
+        kind,
     )
     with registered(con, lines, "redact") as view:
         return (

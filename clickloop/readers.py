@@ -184,8 +184,10 @@ def _json_fields_sql(relation: str, spec: LogSpec) -> str:
     (``v<i>``: a string's value, the JSON of any other value; NULL exactly when the field is missing
     or null). The typing converts the text (:func:`clickloop.ingest.classify_sql`): a field that is
     present but does not convert is a bad type, and no line is parsed twice to tell the two apart."""
-    structure = sql_literal(json.dumps({f.source: "VARCHAR" for f in spec.fields}))
-    values = ", ".join(f"o.{_quoted(f.source)} AS v{i}" for i, f in enumerate(spec.fields, start=1))
+    structure = sql_literal(json.dumps(_json_structure(spec)))
+    values = ", ".join(
+        f"o.{'.'.join(_quoted(key) for key in f.path)} AS v{i}" for i, f in enumerate(spec.fields, start=1)
+    )
     return f"""
         WITH checked AS (
             SELECT {SOURCE_FILE}, {LINE_NUMBER}, line, json_valid(line) AS is_valid FROM {relation}
@@ -204,6 +206,19 @@ def _json_fields_sql(relation: str, spec: LogSpec) -> str:
                {values}
         FROM parsed
     """
+
+
+def _json_structure(spec: LogSpec) -> dict[str, Any]:
+    """The ``json_transform`` structure of the fields: each field's path of keys (nested objects
+    for JSON Pointer sources) ends in text."""
+    structure: dict[str, Any] = {}
+    for f in spec.fields:
+        *parents, leaf = f.path
+        node = structure
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = "VARCHAR"
+    return structure
 
 
 def _quoted(name: str) -> str:

@@ -256,6 +256,20 @@ def test_a_range_on_a_string_and_a_format_on_a_number_are_refused(tmp_path: Path
             lambda r: r.update(validation_suite={"pin": []}),
             "validation_suite: expected a mapping with 'pins'",
         ),
+        (
+            lambda r: r["impressions"]["fields"].append({"source": "/device/os"}),
+            "(/device/os): a JSON Pointer source needs a 'column'",
+        ),
+        (
+            lambda r: r["impressions"]["fields"].append({"source": "/device//os", "column": "os"}),
+            "(/device//os): a JSON Pointer source has a key between every '/'",
+        ),
+        (
+            lambda r: r["impressions"]["fields"].extend(
+                [{"source": "/device", "column": "device"}, {"source": "/device/os", "column": "os"}]
+            ),
+            "'/device/os' lies inside the field '/device'",
+        ),
     ],
 )
 def test_other_mistakes_are_named(tmp_path: Path, change: Any, expected: str) -> None:

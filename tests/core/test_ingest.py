@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from clickloop import readers
 from clickloop.contract import Field, LogSpec
-from clickloop.contract_file import load_contract
+from clickloop.contract_file import load_contract, parse_contract
 from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
 from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
@@ -504,3 +504,55 @@ def test_csv_lines_split_by_arrow_give_what_pythons_csv_gives(texts: list[str]) 
     )
     assert mixed.column("pre_reason").to_pylist() == reasons.to_pylist()
     assert [mixed.column(f"s{i}").to_pylist() for i in (1, 2, 3)] == [v.to_pylist() for v in values]
+
+
+def test_json_pointer_sources_reach_into_nested_objects(tmp_path: Path) -> None:
+    contract = parse_contract(
+        {
+            "name": "nested",
+            "impressions": {
+                "fields": [
+                    {"source": "/imp/id", "column": "impression_id"},
+                    {"source": "ts", "column": "ts", "type": "timestamp"},
+                    {"source": "/ad/id", "column": "ad_id"},
+                    {"source": "/ad/price", "column": "bid_cpc", "type": "float", "range": [0.01, 5.0]},
+                    {"source": "/device/os", "column": "os", "required": False},
+                    {"source": "/user/id", "column": "user_id", "personal": True},
+                ]
+            },
+            "label": {"source": "clicked"},
+            "features": {"categorical": ["os"], "entities": [{"name": "ad", "columns": ["ad_id"]}]},
+        }
+    )
+    ts = "2026-10-01T08:00:00Z"
+
+    def line(imp: object = ..., device: object = ..., price: object = 0.5) -> str:
+        record = {"imp": {"id": "i1"} if imp is ... else imp, "ts": ts, "clicked": 0}
+        record |= {"ad": {"id": "a1", "price": price}, "user": {"id": "carol-1234"}}
+        if device is not ...:
+            record["device"] = device
+        return json.dumps(record)
+
+    lines = [
+        line(device={"os": "ios", "type": "phone"}),
+        line(),  # an optional nested field that is absent
+        line(imp="i3"),  # the id's parent is not an object: the id is missing
+        line(price="cheap"),
+        line(price=True),
+    ]
+    f = write_lines(tmp_path / "nested.jsonl", lines, gz=False)
+    spec = contract.impressions
+    parsed = parse([f], spec=spec, pseudonymiser=pseudonymiser_for(contract, "ab" * 32))
+    valid = parsed.valid.to_pylist()
+    assert [(r["impression_id"], r["ad_id"], r["bid_cpc"], r["os"]) for r in valid] == [
+        ("i1", "a1", 0.5, "ios"),
+        ("i1", "a1", 0.5, None),
+    ]
+    assert valid[0]["user_id"] == pseudonymiser_for(contract, "ab" * 32).value("carol-1234")
+    quarantine = parsed.quarantine.to_pylist()
+    assert [(r["line_number"], r["reason"]) for r in quarantine] == [
+        (3, "null:impression_id"),
+        (4, "bad_type:bid_cpc"),
+        (5, "bad_type:bid_cpc"),
+    ]
+    assert all("carol-1234" not in r["raw_line"] and REDACTED in r["raw_line"] for r in quarantine)
