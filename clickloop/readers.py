@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from isal import igzip, igzip_lib
 
-from clickloop.contract import LINE_NUMBER, SOURCE_FILE, LogSpec, sql_literal
+from clickloop.contract import LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
 from clickloop.landing import file_format
 
 T = TypeVar("T")
@@ -341,19 +341,44 @@ def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[tuple[p
         yield _csv_rows(lines, header, spec), headers
 
 
+def _parquet_path(schema: pa.Schema, f: Field) -> tuple[str, ...] | None:
+    """The column and struct fields holding ``f`` in a Parquet schema (a JSON Pointer source reaches
+    into struct columns), None when the file has no such field."""
+    path = f.path if f.source.startswith("/") else (f.source,)
+    if path[0] not in schema.names:
+        return None
+    kind = schema.field(path[0]).type
+    for key in path[1:]:
+        if not pa.types.is_struct(kind) or kind.get_field_index(key) < 0:
+            return None
+        kind = kind.field(key).type
+    return path
+
+
+def _parquet_value(table: pa.Table, path: tuple[str, ...] | None) -> pa.Array | pa.ChunkedArray:
+    """A field's values as text (NULL throughout when the file lacks it)."""
+    if path is None:
+        return pa.nulls(table.num_rows, pa.string())
+    value = table.column(path[0])
+    for key in path[1:]:
+        value = pc.struct_field(value, key)
+    return value.cast(pa.string())
+
+
 def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[tuple[pa.Table, Callable[[pa.Array], pa.Array]]]:
     """Parquet: each row is one record, numbered from 1; every value is judged by the cast. Yields
     (the fields relation of a batch, the raw text of its rows at given positions: a row's JSON,
     made only for the rows that are refused). A file Arrow cannot read is a :class:`LogFileError`."""
     try:
         parquet = pq.ParquetFile(path)
-        present = set(parquet.schema_arrow.names)
+        schema = parquet.schema_arrow
     except (pa.ArrowException, OSError) as error:
         raise LogFileError(f"{path}: not a readable Parquet file ({error})") from error
-    missing = [f.source for f in spec.fields if f.required and f.source not in present]
+    paths = [_parquet_path(schema, f) for f in spec.fields]
+    missing = [f.source for f, p in zip(spec.fields, paths, strict=True) if f.required and p is None]
     if missing:
         raise ValueError(f"{path}: the Parquet file lacks the contract's required column(s) {missing}")
-    wanted = [f.source for f in spec.fields if f.source in present]
+    wanted = list(dict.fromkeys(p[0] for p in paths if p is not None))
     first = 1
     batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)
     while (batch := _next_batch(batches, path, first)) is not None:
@@ -365,10 +390,7 @@ def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[tuple[pa.Table, Calla
                 LINE_NUMBER: pa.array(np.arange(first, first + n, dtype=np.int64)),
             }
         )
-        values = [
-            table.column(f.source).cast(pa.string()) if f.source in present else pa.nulls(n, pa.string())
-            for f in spec.fields
-        ]
+        values = [_parquet_value(table, p) for p in paths]
         yield (
             _text_fields_table(lines, values, pa.nulls(n, pa.string())),
             functools.partial(_json_rows, table),

@@ -506,24 +506,28 @@ def test_csv_lines_split_by_arrow_give_what_pythons_csv_gives(texts: list[str]) 
     assert [mixed.column(f"s{i}").to_pylist() for i in (1, 2, 3)] == [v.to_pylist() for v in values]
 
 
+#: a contract whose sources reach into nested objects (JSON Pointers)
+NESTED = parse_contract(
+    {
+        "name": "nested",
+        "impressions": {
+            "fields": [
+                {"source": "/imp/id", "column": "impression_id"},
+                {"source": "ts", "column": "ts", "type": "timestamp"},
+                {"source": "/ad/id", "column": "ad_id"},
+                {"source": "/ad/price", "column": "bid_cpc", "type": "float", "range": [0.01, 5.0]},
+                {"source": "/device/os", "column": "os", "required": False},
+                {"source": "/user/id", "column": "user_id", "personal": True},
+            ]
+        },
+        "label": {"source": "clicked"},
+        "features": {"categorical": ["os"], "entities": [{"name": "ad", "columns": ["ad_id"]}]},
+    }
+)
+
+
 def test_json_pointer_sources_reach_into_nested_objects(tmp_path: Path) -> None:
-    contract = parse_contract(
-        {
-            "name": "nested",
-            "impressions": {
-                "fields": [
-                    {"source": "/imp/id", "column": "impression_id"},
-                    {"source": "ts", "column": "ts", "type": "timestamp"},
-                    {"source": "/ad/id", "column": "ad_id"},
-                    {"source": "/ad/price", "column": "bid_cpc", "type": "float", "range": [0.01, 5.0]},
-                    {"source": "/device/os", "column": "os", "required": False},
-                    {"source": "/user/id", "column": "user_id", "personal": True},
-                ]
-            },
-            "label": {"source": "clicked"},
-            "features": {"categorical": ["os"], "entities": [{"name": "ad", "columns": ["ad_id"]}]},
-        }
-    )
+    contract = NESTED
     ts = "2026-10-01T08:00:00Z"
 
     def line(imp: object = ..., device: object = ..., price: object = 0.5) -> str:
@@ -556,3 +560,33 @@ def test_json_pointer_sources_reach_into_nested_objects(tmp_path: Path) -> None:
         (5, "bad_type:bid_cpc"),
     ]
     assert all("carol-1234" not in r["raw_line"] and REDACTED in r["raw_line"] for r in quarantine)
+
+
+def test_json_pointer_sources_reach_into_parquet_struct_columns(tmp_path: Path) -> None:
+    ts = datetime(2026, 10, 1, 8, tzinfo=UTC)
+    rows = [
+        {"imp": {"id": "i1"}, "ts": ts, "ad": {"id": "a1", "price": 0.5}, "device": {"os": "ios"}},
+        {"imp": {"id": "i2"}, "ts": ts, "ad": {"id": "a1", "price": 0.5}, "device": None},
+        {"imp": None, "ts": ts, "ad": {"id": "a1", "price": 0.5}, "device": {"os": "ios"}},
+        {"imp": {"id": "i4"}, "ts": ts, "ad": {"id": "a1", "price": 9.5}, "device": {"os": "ios"}},
+    ]
+    for row in rows:
+        row |= {"user": {"id": "carol-1234"}, "clicked": 0}
+    f = tmp_path / "nested.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    pseudonymiser = pseudonymiser_for(NESTED, "ab" * 32)
+    parsed = parse([f], spec=NESTED.impressions, pseudonymiser=pseudonymiser)
+    valid = parsed.valid.to_pylist()
+    assert [(r["impression_id"], r["ad_id"], r["bid_cpc"], r["os"]) for r in valid] == [
+        ("i1", "a1", 0.5, "ios"),
+        ("i2", "a1", 0.5, None),
+    ]
+    assert {r["user_id"] for r in valid} == {pseudonymiser.value("carol-1234")}
+    assert [(r["line_number"], r["reason"]) for r in parsed.quarantine.to_pylist()] == [
+        (3, "null:impression_id"),
+        (4, "out_of_range:bid_cpc"),
+    ]
+    # a file without the struct field a required source points to is refused by name
+    pq.write_table(pa.Table.from_pylist([{**rows[0], "imp": {"key": "i1"}}]), f)
+    with pytest.raises(ValueError, match=r"lacks the contract's required column\(s\) \['/imp/id'\]"):
+        parse([f], spec=NESTED.impressions, pseudonymiser=pseudonymiser)
