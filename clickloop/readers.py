@@ -10,6 +10,9 @@ Each reader yields chunks; a chunk is a relation with ``source_file``, ``line_nu
 * CSV with a header line: each line is one record (quoted fields may hold commas, not newlines);
   every value as text (the cast judges it);
 * Parquet: each row is one record, numbered from 1; every value as text.
+
+A field's ``source`` may be a JSON Pointer (``/device/os``): a key of a nested object (JSON lines)
+or of a struct column (Parquet).
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def strip_terminators(lines: pa.Array) -> pa.Array:
 
 
 class LogFileError(ValueError):
-    """A log file that cannot be read to its end (a broken gzip stream): the day is not ingested."""
+    """A log file that cannot be read to its end (a broken gzip stream, an unreadable Parquet
+    file): the day is not ingested."""
 
 
 #: the first two bytes of every gzip member
