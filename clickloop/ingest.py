@@ -51,15 +51,9 @@ from clickloop.contract import (
     sql_literal,
 )
 from clickloop.faults import fault_point
+from clickloop.lines import CHUNK_BYTES, strip_terminators
 from clickloop.privacy import PrivacyError, Pseudonymiser, redact_sql
-from clickloop.readers import (
-    CHUNK_BYTES,
-    FieldChunk,
-    empty_fields_table,
-    field_chunks,
-    read_ahead,
-    strip_terminators,
-)
+from clickloop.readers import FieldChunk, empty_fields_table, field_chunks, read_ahead
 from clickloop.storage import StoragePath, commit, one_row, registered, writing
 
 QUARANTINE_SCHEMA = pa.schema(

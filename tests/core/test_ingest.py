@@ -20,9 +20,9 @@ from clickloop import readers
 from clickloop.contract import Field, LogSpec
 from clickloop.contract_file import load_contract, parse_contract
 from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
+from clickloop.lines import LogFileError, iter_line_chunks, read_lines
 from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
-from clickloop.readers import LogFileError, iter_line_chunks, read_lines
 
 CONTRACT = load_contract()
 IMPRESSIONS = CONTRACT.impressions

@@ -11,9 +11,9 @@ import pytest
 
 from clickloop.contract_file import load_contract
 from clickloop.ingest import dictionary_columns
+from clickloop.lines import LogFileError
 from clickloop.privacy import pseudonymiser_for
 from clickloop.quarantine import ingest_day, quarantined_counts, reasons_markdown, sample_markdown
-from clickloop.readers import LogFileError
 from clickloop.storage import Warehouse
 
 CONTRACT = load_contract()
