@@ -19,6 +19,28 @@ from clickloop.contract_file import load_contract
 from clickloop.features import LEFT_IN_EVENTS, FeatureSpec
 from clickloop.storage import Warehouse
 
+#: one impression as the simulator's ad server logs it (a JSON object, valid on 2026-10-01)
+LOGGED_IMPRESSION: dict[str, object] = {
+    "impression_id": "i-1",
+    "ts": "2026-10-01T08:15:02.123Z",
+    "request_id": "r-1",
+    "user_id": "u1",
+    "user_segment": "gamers",
+    "ad_id": "a1",
+    "campaign_id": "c1",
+    "advertiser_id": "adv1",
+    "ad_category": "games",
+    "site_id": "s1",
+    "site_category": "news",
+    "device_type": "mobile",
+    "os": "ios",
+    "country": "US",
+    "position": 1,
+    "bid_cpc": 0.42,
+    "model_version": "random-v0",
+    "predicted_ctr": 0.03,
+}
+
 CONTRACT = load_contract()
 SPEC = FeatureSpec.from_contract(CONTRACT)
 #: Consecutive UTC days from the simulator's first day.

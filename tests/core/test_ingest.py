@@ -23,32 +23,14 @@ from clickloop.ingest import ParsedLogs, TimeWindow, parse_log_files
 from clickloop.lines import LogFileError, iter_line_chunks, read_lines
 from clickloop.privacy import REDACTED, WITHHELD, pseudonymiser_for
 from clickloop.quarantine import day_window
+from tests.core.synthetic import LOGGED_IMPRESSION
 
 CONTRACT = load_contract()
 IMPRESSIONS = CONTRACT.impressions
 DAY = date(2026, 10, 1)
 WINDOW = day_window(DAY)
 
-GOOD = {
-    "impression_id": "i-1",
-    "ts": "2026-10-01T08:15:02.123Z",
-    "request_id": "r-1",
-    "user_id": "u1",
-    "user_segment": "gamers",
-    "ad_id": "a1",
-    "campaign_id": "c1",
-    "advertiser_id": "adv1",
-    "ad_category": "games",
-    "site_id": "s1",
-    "site_category": "news",
-    "device_type": "mobile",
-    "os": "ios",
-    "country": "US",
-    "position": 1,
-    "bid_cpc": 0.42,
-    "model_version": "random-v0",
-    "predicted_ctr": 0.03,
-}
+GOOD = LOGGED_IMPRESSION
 
 
 def variant(**changes: object) -> str:

@@ -15,6 +15,7 @@ from clickloop.lines import LogFileError
 from clickloop.privacy import pseudonymiser_for
 from clickloop.quarantine import ingest_day, quarantined_counts, reasons_markdown, sample_markdown
 from clickloop.storage import Warehouse
+from tests.core.synthetic import LOGGED_IMPRESSION
 
 CONTRACT = load_contract()
 DAY = date(2026, 10, 1)
@@ -106,24 +107,13 @@ def test_repeating_text_gets_a_parquet_dictionary_and_ids_numbers_and_pseudonyms
     spec = CONTRACT.log("impressions")
     landed = tmp_path / "impressions.jsonl"
     rows = [
-        {
+        LOGGED_IMPRESSION
+        | {
             "impression_id": f"i-{i}",
-            "ts": "2026-10-01T08:15:02Z",
             "request_id": f"r-{i}",
             "user_id": f"u{i % 7}",
-            "user_segment": "gamers",
             "ad_id": f"a{i % 3}",
-            "campaign_id": "c1",
-            "advertiser_id": "adv1",
-            "ad_category": "games",
-            "site_id": "s1",
-            "site_category": "news",
-            "device_type": "mobile",
-            "os": "ios",
-            "country": "US",
             "position": 1 + i % 2,
-            "bid_cpc": 0.42,
-            "model_version": "random-v0",
         }
         for i in range(500)
     ]
