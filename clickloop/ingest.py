@@ -127,51 +127,36 @@ class TimeWindow:
 _INT_RANGE = "BETWEEN -2147483648 AND 2147483647"
 
 
-def _text_typed_sql(f: Field, i: int) -> str:
-    """The typed value of field ``i`` from its text ``s<i>`` (CSV, Parquet); NULL when the text
-    does not convert."""
-    text = f"s{i}"
-    if f.type == "string":
-        return text
-    if f.type == "float":
-        return f"TRY_CAST({text} AS DOUBLE)"
-    if f.type == "int":
-        # DuckDB's cast rounds '1.5' to 2 and reads '0x10' as 16: only whole decimal numbers are ints
-        whole = f"CASE WHEN regexp_full_match(trim({text}), '[+-]?[0-9]+') THEN TRY_CAST(trim({text}) AS INTEGER) END"
-        if f.column == LABEL:  # a label may be logged as a boolean
-            return f"CASE lower({text}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
-        return whole
-    fmt = f.format or "iso8601"
-    if fmt == "iso8601":
-        return f"TRY_CAST({text} AS TIMESTAMPTZ)"
-    if fmt == "epoch_s":
-        return f"to_timestamp(TRY_CAST({text} AS DOUBLE))"
-    if fmt == "epoch_ms":
-        return f"CAST(epoch_ms(TRY_CAST({text} AS BIGINT)) AS TIMESTAMPTZ)"
-    return f"CAST(try_strptime({text}, {sql_literal(fmt)}) AS TIMESTAMPTZ)"
-
-
-def _json_typed_sql(f: Field, i: int) -> str:
-    """The typed value of field ``i`` from the text ``json_transform`` gave it (``v<i>``: a string's
-    text, or the JSON of any other value); NULL when it does not convert."""
-    value = f"v{i}"
-    if f.column == LABEL:  # a boolean, or a whole number (its range is the rules')
-        whole = f"CASE WHEN regexp_full_match({value}, '[+-]?[0-9]+') THEN TRY_CAST({value} AS INTEGER) END"
-        return f"CASE lower({value}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
+def _typed_sql(f: Field, i: int, kind: str) -> str:
+    """The typed value of field ``i`` from its text, NULL when the text does not convert: ``s<i>``
+    (CSV, Parquet) or ``v<i>`` (JSON: what ``json_transform`` gave, a string's value or the JSON of
+    any other value). JSON keeps JSON's numbers: an int may be written ``2.0`` (but ``1.5`` is no
+    int, never rounded) and epoch milliseconds may have a fraction; a text int is a whole decimal."""
+    json_text = kind == "json"
+    value = f"v{i}" if json_text else f"s{i}"
     number = f"TRY_CAST({value} AS DOUBLE)"
-    if f.type == "int":  # a number with a fraction is not an int (it is not rounded)
-        return f"CASE WHEN {number} = floor({number}) AND {number} {_INT_RANGE} THEN CAST({number} AS INTEGER) END"
+    if f.type == "string":
+        return value
     if f.type == "float":
         return number
-    if f.type != "timestamp":
-        return value
+    if f.type == "int":
+        # DuckDB's cast rounds '1.5' to 2 and reads '0x10' as 16: only whole decimal numbers are ints
+        digits = value if json_text else f"trim({value})"
+        whole = f"CASE WHEN regexp_full_match({digits}, '[+-]?[0-9]+') THEN TRY_CAST({digits} AS INTEGER) END"
+        if f.column == LABEL:  # a label may be logged as a boolean
+            return f"CASE lower({value}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 ELSE {whole} END"
+        if json_text:
+            return f"CASE WHEN {number} = floor({number}) AND {number} {_INT_RANGE} THEN CAST({number} AS INTEGER) END"
+        return whole
     fmt = f.format or "iso8601"
     if fmt == "iso8601":
         return f"TRY_CAST({value} AS TIMESTAMPTZ)"
     if fmt == "epoch_s":
         return f"to_timestamp({number})"
     if fmt == "epoch_ms":
-        return f"to_timestamp({number} / 1000.0)"
+        if json_text:
+            return f"to_timestamp({number} / 1000.0)"
+        return f"CAST(epoch_ms(TRY_CAST({value} AS BIGINT)) AS TIMESTAMPTZ)"
     return f"CAST(try_strptime({value}, {sql_literal(fmt)}) AS TIMESTAMPTZ)"
 
 
@@ -210,9 +195,8 @@ def classify_sql(
     fields_sql: str, spec: LogSpec, window: TimeWindow | None, time_column: str, kind: str = "text"
 ) -> str:
     """Every row of a reader's relation with its typed values ``x<i>`` and its reason."""
-    typed_sql = _json_typed_sql if kind == "json" else _text_typed_sql
     typed = ", ".join(
-        f"{typed_sql(f, i)} AS x{i}, {_present_sql(f, i, kind)} AS p{i}"
+        f"{_typed_sql(f, i, kind)} AS x{i}, {_present_sql(f, i, kind)} AS p{i}"
         for i, f in enumerate(spec.fields, start=1)
     )
     return f"""
