@@ -210,7 +210,7 @@ def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[tuple[p
 def _parquet_path(schema: pa.Schema, f: Field) -> tuple[str, ...] | None:
     """The column and struct fields holding ``f`` in a Parquet schema (a JSON Pointer source reaches
     into struct columns), None when the file has no such field."""
-    path = f.path if f.source.startswith("/") else (f.source,)
+    path = f.path
     if path[0] not in schema.names:
         return None
     kind = schema.field(path[0]).type
@@ -222,13 +222,13 @@ def _parquet_path(schema: pa.Schema, f: Field) -> tuple[str, ...] | None:
 
 
 def _parquet_value(table: pa.Table, path: tuple[str, ...] | None) -> pa.Array | pa.ChunkedArray:
-    """A field's values as text (NULL throughout when the file lacks it)."""
+    """A field's values (NULL throughout when the file lacks it); the fields table casts them to text."""
     if path is None:
         return pa.nulls(table.num_rows, pa.string())
     value = table.column(path[0])
     for key in path[1:]:
         value = pc.struct_field(value, key)
-    return value.cast(pa.string())
+    return value
 
 
 def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[tuple[pa.Table, Callable[[pa.Array], pa.Array]]]:
