@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clickloop.contract import LogContract, sql_literal
+from clickloop.readers import CSV_SYNTAX, FIELD_COUNT, NOT_AN_OBJECT
 from clickloop.storage import registered
 
 #: The environment variable holding the pseudonymisation key.
@@ -45,7 +46,7 @@ REDACTED = "<redacted>"
 #: of fields, JSON that is not an object) is stored as this text.
 WITHHELD = "<withheld: personal fields not locatable>"
 #: Reasons a line cannot be searched for its personal fields by value or key.
-UNLOCATABLE_REASONS: tuple[str, ...] = ("bad_row:field_count", "bad_row:csv_syntax", "not_an_object")
+UNLOCATABLE_REASONS: tuple[str, ...] = (FIELD_COUNT, CSV_SYNTAX, NOT_AN_OBJECT)
 _BLOCK = 64  # SHA-256's block size in bytes
 #: the DuckDB variables holding the padded keys (set by :meth:`Pseudonymiser.bind`)
 _INNER_PAD, _OUTER_PAD = "clickloop_pseudonym_ipad", "clickloop_pseudonym_opad"

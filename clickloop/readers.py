@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 #: Rows of a Parquet log typed at a time.
 PARQUET_BATCH_ROWS = 1_000_000
+#: the reasons a reader refuses a line before its fields are typed (:mod:`clickloop.ingest`)
+EMPTY_LINE, INVALID_JSON, NOT_AN_OBJECT = "empty_line", "invalid_json", "not_an_object"
+FIELD_COUNT, CSV_SYNTAX = "bad_row:field_count", "bad_row:csv_syntax"
 
 
 # --- Readers: a relation of (file, line, raw text, structural reason, tag and text per field) ----
@@ -66,9 +69,9 @@ def _json_fields_sql(relation: str, spec: LogSpec) -> str:
         )
         SELECT {SOURCE_FILE}, {LINE_NUMBER}, line,
                CASE WHEN is_object THEN NULL
-                    WHEN is_valid THEN 'not_an_object'
-                    WHEN trim(line, chr(32) || chr(9) || chr(13) || chr(10)) = '' THEN 'empty_line'
-                    ELSE 'invalid_json' END AS pre_reason,
+                    WHEN is_valid THEN '{NOT_AN_OBJECT}'
+                    WHEN trim(line, chr(32) || chr(9) || chr(13) || chr(10)) = '' THEN '{EMPTY_LINE}'
+                    ELSE '{INVALID_JSON}' END AS pre_reason,
                {values}
         FROM parsed
     """
@@ -132,9 +135,7 @@ def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
     counts = pc.list_value_length(parts)
     empty = pc.and_(pc.equal(counts, 1), pc.equal(pc.utf8_trim_whitespace(text), ""))
     whole = pc.and_(pc.invert(empty), pc.equal(counts, len(header)))
-    reasons = pc.if_else(
-        empty, "empty_line", pc.if_else(whole, pa.scalar(None, pa.string()), "bad_row:field_count")
-    )
+    reasons = pc.if_else(empty, EMPTY_LINE, pc.if_else(whole, pa.scalar(None, pa.string()), FIELD_COUNT))
     flat = pc.list_flatten(parts)
     starts = parts.offsets.slice(0, len(parts))
     values = [
@@ -160,10 +161,10 @@ def _csv_record(line: str, fields: int) -> tuple[list[str], str | None]:
     try:
         record = next(csv.reader([line]), [])
     except csv.Error:  # a carriage return inside an unquoted field, say
-        return [], "bad_row:csv_syntax"
+        return [], CSV_SYNTAX
     if not record or (len(record) == 1 and not record[0].strip()):
-        return [], "empty_line"
-    return record, None if len(record) == fields else "bad_row:field_count"
+        return [], EMPTY_LINE
+    return record, None if len(record) == fields else FIELD_COUNT
 
 
 def _csv_rows_by_python(
