@@ -11,6 +11,7 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     DataVersion,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -24,6 +25,7 @@ from clickloop.checks import raw_log_rules
 from clickloop.contract import LogContract, LogKind
 from clickloop.expectations import Rule
 from clickloop.landing import files_markdown, fingerprint
+from clickloop.lines import LogFileError
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts, reasons_markdown, sample_markdown
 from clickloop.storage import Warehouse, one_row
 from resources.contract import LogContractResource
@@ -31,8 +33,10 @@ from resources.landing import LogSource
 from resources.warehouse import WarehouseResource
 
 RAW_TABLES: dict[LogKind, str] = {"impressions": "raw_impressions", "clicks": "raw_clicks"}
-#: the metadata key of a day's delivery fingerprint (also the raw asset's data version)
+#: the metadata key of a day's delivery fingerprint (also the raw asset's data version); a failure
+#: on a file that cannot be ingested as delivered carries it too, with the day (FAILED_DAY)
 LANDING_FINGERPRINT = "landing_fingerprint"
+FAILED_DAY = "day"
 _DESCRIPTIONS = {
     "impressions": "Typed ad impressions of one UTC day, exactly as the ad server logged them "
     "(duplicates included); every line that breaks the log contract is in the quarantine with "
@@ -64,7 +68,18 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         pseudonymiser = log_contract.pseudonymiser()  # before reading: no key, no ingest
         files = log_source.partition_files(kind, day)
         delivered = fingerprint(files)  # before reading: a file replaced meanwhile changes it
-        done = ingest_day(warehouse.get(), files, spec, name, day, pseudonymiser)
+        try:
+            done = ingest_day(warehouse.get(), files, spec, name, day, pseudonymiser)
+        except LogFileError as exc:
+            # the delivery's fault: redelivery_sensor ingests the day once its files change
+            raise Failure(
+                description=str(exc),
+                metadata={
+                    LANDING_FINGERPRINT: delivered,
+                    FAILED_DAY: context.partition_key,
+                    "landing_files": MetadataValue.md(files_markdown(files)),
+                },
+            ) from exc
         parsed = done.parsed
         context.log.info(
             f"{kind} {day}: {parsed.lines_read:,} lines = {parsed.valid_rows:,} valid + "

@@ -58,8 +58,24 @@ def failed_check_alert(run_id: str, job: str, failed_checks: Mapping[str, str]) 
     )
 
 
-def run_failed_alert(run_id: str, job: str, message: str) -> Alert:
-    return Alert("run_failed", f"run of {job} failed: {message}", {"run_id": run_id})
+#: a failed step's error is cut to this many characters in an alert (the run page has all of it)
+STEP_ERROR_CHARS = 400
+
+
+def run_failed_alert(
+    run_id: str, job: str, message: str, failed_steps: Mapping[str, str] | None = None
+) -> Alert:
+    """A failed run; ``failed_steps`` maps each failed step to its error (a file that could not be
+    ingested names itself there), which the alert repeats."""
+    if not failed_steps:
+        return Alert("run_failed", f"run of {job} failed: {message}", {"run_id": run_id})
+    errors = {step: _cut(error) for step, error in sorted(failed_steps.items())}
+    return Alert("run_failed", f"run of {job} failed in {', '.join(errors)}", {"run_id": run_id, **errors})
+
+
+def _cut(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= STEP_ERROR_CHARS else text[: STEP_ERROR_CHARS - 1] + "…"
 
 
 #: The tags of a retraining request (``clickloop.retraining.Trigger.tags``) an alert repeats.

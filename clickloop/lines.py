@@ -88,8 +88,9 @@ def strip_terminators(lines: pa.Array) -> pa.Array:
 
 
 class LogFileError(ValueError):
-    """A log file that cannot be read to its end (a broken gzip stream, an unreadable Parquet
-    file): the day is not ingested."""
+    """A log file that cannot be ingested as delivered (a broken gzip stream, an unreadable Parquet
+    file, a CSV header or Parquet schema without a required field): nothing of the day is ingested
+    until its files are delivered again."""
 
 
 #: the first two bytes of every gzip member

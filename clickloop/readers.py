@@ -200,7 +200,7 @@ def _csv_chunks(path: Path, spec: LogSpec, chunk_bytes: int) -> Iterator[tuple[p
             header = next(csv.reader([lines.column("line")[0].as_py()]), [])
             missing = [f.source for f in spec.fields if f.required and f.source not in header]
             if missing:
-                raise ValueError(
+                raise LogFileError(
                     f"{path}: the CSV header lacks the contract's required field(s) "
                     f"{', '.join(missing)} (header: {', '.join(header)})"
                 )
@@ -244,7 +244,7 @@ def _parquet_chunks(path: Path, spec: LogSpec) -> Iterator[tuple[pa.Table, Calla
     paths = [_parquet_path(schema, f) for f in spec.fields]
     missing = [f.source for f, p in zip(spec.fields, paths, strict=True) if f.required and p is None]
     if missing:
-        raise ValueError(f"{path}: the Parquet file lacks the contract's required column(s) {missing}")
+        raise LogFileError(f"{path}: the Parquet file lacks the contract's required column(s) {missing}")
     wanted = list(dict.fromkeys(p[0] for p in paths if p is not None))
     first = 1
     batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted)

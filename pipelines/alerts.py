@@ -1,5 +1,6 @@
-"""Alert sensors: a failed run (naming the blocking checks that stopped it) and a launched
-retraining (naming the metric, value and threshold) are posted to the alert webhook.
+"""Alert sensors: a failed run (naming the blocking checks that stopped it, else its failed steps
+and their errors) and a launched retraining (naming the metric, value and threshold) are posted to
+the alert webhook.
 
 Both are run-status sensors, so one run gives one alert however often the sensors tick. Rollbacks
 alert where they happen (``make rollback``). A webhook that fails is logged, not retried: an alert
@@ -39,9 +40,25 @@ def failed_blocking_checks(instance: DagsterInstance, run_id: str) -> dict[str, 
     return failed
 
 
+def failed_steps(instance: DagsterInstance, run_id: str) -> dict[str, str]:
+    """step -> its error, for every step that failed in the run (a ``Failure``'s description, else
+    the exception's message)."""
+    failed: dict[str, str] = {}
+    for record in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        event = record.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        data = event.step_failure_data
+        described = data.user_failure_data.description if data.user_failure_data else None
+        failed[event.step_key] = described or (data.error.message.strip() if data.error else "failed")
+    return failed
+
+
 def failure_alert(instance: DagsterInstance, run_id: str, job: str, message: str) -> Alert:
     checks = failed_blocking_checks(instance, run_id)
-    return failed_check_alert(run_id, job, checks) if checks else run_failed_alert(run_id, job, message)
+    if checks:
+        return failed_check_alert(run_id, job, checks)
+    return run_failed_alert(run_id, job, message, failed_steps(instance, run_id))
 
 
 def _deliver(context: RunStatusSensorContext, alerts: AlertWebhook, alert: Alert) -> None:

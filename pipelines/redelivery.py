@@ -1,9 +1,13 @@
-"""Logs delivered again: a day's landing files changed after the day was ingested.
+"""Logs delivered again: a day's landing files changed after the day was ingested, or after its
+ingest failed on them.
 
 Every raw materialization records the fingerprint of the files it read (names, sizes, modification
-times; :func:`clickloop.landing.fingerprint`) as metadata and as its data version. ``redelivery_sensor``
-compares each ingested day's recorded fingerprint with the files in the landing folder now, and
-re-ingests a day whose delivery changed; when that run succeeds, ``events_after_redelivery``
+times; :func:`clickloop.landing.fingerprint`) as metadata and as its data version; an ingest that
+stops on a file that cannot be ingested as delivered (a gzip file cut off in transfer, a Parquet file
+without a required column: :class:`clickloop.lines.LogFileError`) records it in its failure.
+``redelivery_sensor`` compares each day's newest attempt with the files in the landing folder now,
+and ingests a day whose delivery changed (a day that failed is left alone until its files change:
+the same broken file is not read twice); when that run succeeds, ``events_after_redelivery``
 rebuilds the events (with their features, drift and online metrics) of every day that reads it:
 D-1 (its late clicks), D and D+1 (its duplicates across midnight), those that were built. The new
 data version marks whatever else was built on the day stale in the UI.
@@ -15,10 +19,12 @@ from datetime import date
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
     DagsterInstance,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     RunStatusSensorContext,
     SensorDefinition,
     SensorEvaluationContext,
@@ -29,7 +35,7 @@ from dagster import (
 
 from assets.events import AD_EVENTS
 from assets.partitions import Calendar
-from assets.raw_logs import LANDING_FINGERPRINT, RAW_TABLES
+from assets.raw_logs import FAILED_DAY, LANDING_FINGERPRINT, RAW_TABLES
 from clickloop.contract import LogContract
 from clickloop.landing import MissingPartitionError, fingerprint
 from pipelines.jobs import LoopJobs
@@ -39,6 +45,8 @@ from resources.landing import LogSource
 REDELIVERY_TAG = "clickloop/redelivered"
 #: Materialization records read per raw table and tick (the newest first).
 RECORD_LIMIT = 5_000
+#: Failed runs read per tick (the newest first) for ingests that failed on their files.
+FAILED_RUN_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,22 @@ class Redelivery:
     fingerprint: str
 
 
-def recorded_fingerprints(instance: DagsterInstance, table: str) -> dict[str, str]:
-    """The fingerprint of the newest materialization of every partition of a raw table."""
+@dataclass(frozen=True)
+class Attempt:
+    """A day's newest ingest of one raw table: the delivery it read, when, and whether it failed on
+    a file that cannot be ingested as delivered."""
+
+    fingerprint: str
+    timestamp: float
+    failed: bool = False
+
+
+def ingested(instance: DagsterInstance, table: str) -> dict[str, Attempt]:
+    """The delivery the newest materialization of every partition of a raw table read."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(table)), limit=RECORD_LIMIT, ascending=False
     ).records
-    found: dict[str, str] = {}
+    found: dict[str, Attempt] = {}
     for record in records:
         materialization = record.asset_materialization
         key = materialization.partition if materialization else None
@@ -63,31 +81,83 @@ def recorded_fingerprints(instance: DagsterInstance, table: str) -> dict[str, st
             continue
         value = materialization.metadata.get(LANDING_FINGERPRINT)
         if value is not None:
-            found[key] = str(getattr(value, "value", value))
+            found[key] = Attempt(str(getattr(value, "value", value)), record.timestamp)
     return found
 
 
-def find_redeliveries(
-    instance: DagsterInstance, log_source: LogSource, contract: LogContract
-) -> tuple[list[Redelivery], list[str]]:
-    """Days whose delivery changed since their ingest, and days whose folder is gone (a note)."""
+def failed_to_ingest(instance: DagsterInstance, table: str) -> dict[str, Attempt]:
+    """The delivery the newest failed ingest of every partition of a raw table stopped on (the
+    failure's metadata, :data:`assets.raw_logs.LANDING_FINGERPRINT`), from the newest failed runs."""
+    found: dict[str, Attempt] = {}
+    runs = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.FAILURE]), limit=FAILED_RUN_LIMIT)
+    for run in runs:
+        for entry in instance.all_logs(run.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE):
+            event = entry.dagster_event
+            failure = event.step_failure_data.user_failure_data if event and event.step_key == table else None
+            metadata = failure.metadata if failure else {}
+            if LANDING_FINGERPRINT not in metadata or FAILED_DAY not in metadata:
+                continue
+            day = str(metadata[FAILED_DAY].value)
+            if day not in found or found[day].timestamp < entry.timestamp:
+                found[day] = Attempt(str(metadata[LANDING_FINGERPRINT].value), entry.timestamp, failed=True)
+    return found
+
+
+def last_attempts(instance: DagsterInstance, table: str) -> dict[str, Attempt]:
+    """Per partition of a raw table, its newest ingest: a materialization or a failure on its files."""
+    attempts = ingested(instance, table)
+    for day, failure in failed_to_ingest(instance, table).items():
+        if day not in attempts or attempts[day].timestamp < failure.timestamp:
+            attempts[day] = failure
+    return attempts
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """What one tick found: days to ingest again, days still waiting for a new delivery after their
+    files could not be ingested, and days ingested whose folder is gone."""
+
+    changed: list[Redelivery]
+    waiting: list[str]
+    missing: list[str]
+
+    def note(self) -> str:
+        parts = []
+        if self.waiting:
+            parts.append(
+                f"{len(self.waiting)} day(s) failed on their files and wait for them to be delivered "
+                f"again: {'; '.join(self.waiting[:3])}"
+            )
+        if self.missing:
+            parts.append(
+                f"{len(self.missing)} ingested day(s) have no files now: {'; '.join(self.missing[:3])}"
+            )
+        return f" ({'; '.join(parts)})" if parts else ""
+
+
+def find_redeliveries(instance: DagsterInstance, log_source: LogSource, contract: LogContract) -> Deliveries:
+    """Days whose delivery changed since their newest ingest (one that failed on its files
+    included), the days whose failed delivery is unchanged, and days whose folder is gone."""
     changed: dict[str, list[tuple[str, str]]] = {}
+    waiting: list[str] = []
     missing: list[str] = []
     for kind in contract.log_kinds:
         table = RAW_TABLES[kind]
-        for day, recorded in sorted(recorded_fingerprints(instance, table).items()):
+        for day, attempt in sorted(last_attempts(instance, table).items()):
             try:
                 now = fingerprint(log_source.partition_files(kind, date.fromisoformat(day)))
             except MissingPartitionError as exc:
                 missing.append(f"{table} {day}: {exc}")
                 continue
-            if now != recorded:
+            if now != attempt.fingerprint:
                 changed.setdefault(day, []).append((table, now))
+            elif attempt.failed:
+                waiting.append(f"{table} {day}")
     redeliveries = [
         Redelivery(day, tuple(t for t, _ in found), "".join(fp[:8] for _, fp in found))
         for day, found in sorted(changed.items())
     ]
-    return redeliveries, missing
+    return Deliveries(redeliveries, waiting, missing)
 
 
 def redelivery_request(redelivery: Redelivery) -> RunRequest:
@@ -115,21 +185,16 @@ def redelivery_sensors(calendar: Calendar, contract: LogContract, jobs: LoopJobs
         job=jobs.ingest,
         minimum_interval_seconds=300,
         default_status=DefaultSensorStatus.STOPPED,
-        description="Re-ingest a day whose landing files were added to, replaced or removed after "
-        "it was ingested (its delivery fingerprint changed).",
+        description="Ingest again a day whose landing files were added to, replaced or removed "
+        "after it was ingested, or after its ingest failed on them (its delivery fingerprint changed).",
     )
     def _redelivery(context: SensorEvaluationContext, log_source: LogSource) -> list[RunRequest] | SkipReason:
-        redeliveries, missing = find_redeliveries(context.instance, log_source, contract)
-        note = (
-            f" ({len(missing)} ingested day(s) have no files now: {'; '.join(missing[:3])})"
-            if missing
-            else ""
-        )
-        if not redeliveries:
-            return SkipReason(f"every ingested day's delivery is unchanged{note}")
-        for r in redeliveries:
-            context.log.info(f"{r.day}: {', '.join(r.tables)} delivered again: re-ingesting{note}")
-        return [redelivery_request(r) for r in redeliveries]
+        found = find_redeliveries(context.instance, log_source, contract)
+        if not found.changed:
+            return SkipReason(f"every ingested day's delivery is unchanged{found.note()}")
+        for r in found.changed:
+            context.log.info(f"{r.day}: {', '.join(r.tables)} delivered again: ingesting{found.note()}")
+        return [redelivery_request(r) for r in found.changed]
 
     @run_status_sensor(
         name="events_after_redelivery",

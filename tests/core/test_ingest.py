@@ -343,7 +343,7 @@ def test_csv_header_without_a_required_field_is_refused(tmp_path: Path) -> None:
     header = [c for c in HEADER if c != "user_id"]
     f = write_lines(tmp_path / "i.csv", [",".join(header)], gz=False)
     with pytest.raises(
-        ValueError, match=r"i\.csv: the CSV header lacks the contract's required field\(s\) user_id"
+        LogFileError, match=r"i\.csv: the CSV header lacks the contract's required field\(s\) user_id"
     ):
         parse([f])
 
@@ -442,7 +442,7 @@ def test_parquet_without_a_required_column_is_refused(tmp_path: Path) -> None:
     f = tmp_path / "part.parquet"
     pq.write_table(pa.table({"impression_id": ["a"], "ts": ["2026-10-01T00:00:00Z"]}), f)
     with pytest.raises(
-        ValueError, match=r"part\.parquet: the Parquet file lacks the contract's required column"
+        LogFileError, match=r"part\.parquet: the Parquet file lacks the contract's required column"
     ):
         parse([f])
 
@@ -570,5 +570,5 @@ def test_json_pointer_sources_reach_into_parquet_struct_columns(tmp_path: Path) 
     ]
     # a file without the struct field a required source points to is refused by name
     pq.write_table(pa.Table.from_pylist([{**rows[0], "imp": {"key": "i1"}}]), f)
-    with pytest.raises(ValueError, match=r"lacks the contract's required column\(s\) \['/imp/id'\]"):
+    with pytest.raises(LogFileError, match=r"lacks the contract's required column\(s\) \['/imp/id'\]"):
         parse([f], spec=NESTED.impressions, pseudonymiser=pseudonymiser)

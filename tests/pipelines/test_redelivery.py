@@ -1,7 +1,9 @@
 """Logs delivered again, on a copy of the shared history: a file added to a day already ingested
 changes its delivery fingerprint; ``redelivery_sensor`` re-ingests that day (and only it); the new
 data version makes the events built on it stale, as the UI shows them; ``events_after_redelivery``
-asks for the events of D-1, D and D+1; once rebuilt they are fresh and nothing fires again."""
+asks for the events of D-1, D and D+1; once rebuilt they are fresh and nothing fires again. A day
+whose ingest failed on a file cut off in transfer is left alone until the file is delivered again,
+then ingested; the failure's alert names the file."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from assets.raw_logs import LANDING_FINGERPRINT
+from pipelines.alerts import failure_alert
 from pipelines.cli.runner import QUIET
 from pipelines.redelivery import REDELIVERY_TAG
-from tests.assets.history import History, metadata_of
+from tests.assets.history import History, metadata_of, settings_keys
 
 LATE_LINES = 5
 
@@ -103,3 +106,41 @@ def test_a_day_delivered_again_is_reingested_and_its_events_rebuilt(history: His
     assert not isinstance(
         loop.defs.get_repository_def().get_sensor_def("events_after_redelivery")(plain), list
     )
+
+
+def test_a_day_whose_file_broke_in_transfer_is_ingested_once_delivered_whole(
+    history: History, tmp_path: Path
+) -> None:
+    loop = history.copy(tmp_path / "loop")
+    day = settings_keys(loop.settings)[len(loop.keys)]  # the day after the history: never ingested
+
+    def run(job: str, tags: dict[str, str] | None = None):  # noqa: ANN202 (ExecuteInProcessResult)
+        return loop.defs.resolve_job_def(job).execute_in_process(
+            instance=loop.instance, partition_key=day, tags=tags, run_config=QUIET, raise_on_error=False
+        )
+
+    assert run("feature_stats_job").success
+    broken = sorted(loop.simulator.partition_files("impressions", day))[0]  # the ad server logs the day
+    whole = broken.read_bytes()
+    broken.write_bytes(whole[: len(whole) // 2])  # cut off in transfer
+
+    failed = run("ingest_job")
+    assert not failed.success
+    assert day not in loop.instance.get_materialized_partitions(AssetKey("raw_impressions"))
+    alert = failure_alert(loop.instance, failed.run_id, "ingest_job", "failed")
+    assert alert.kind == "run_failed" and "raw_impressions" in alert.title
+    assert str(broken) in alert.facts["raw_impressions"] and "breaks off" in alert.facts["raw_impressions"]
+
+    # the same broken file is not read again: the day waits for a new delivery, and says so
+    requests, skipped = tick(loop, "redelivery_sensor")
+    assert requests == [] and f"raw_impressions {day}" in (skipped or ""), skipped
+    assert "delivered again" in (skipped or "")
+
+    broken.write_bytes(whole)  # delivered again, whole
+    (request,), _ = tick(loop, "redelivery_sensor")
+    assert request.partition_key == day and request.tags[REDELIVERY_TAG] == "raw_impressions"
+    assert run("ingest_job", dict(request.tags)).success
+    lines = sum(gzip.decompress(p.read_bytes()).count(b"\n") for p in broken.parent.glob("*.gz"))
+    assert metadata_of(loop.instance, "raw_impressions", day)["lines_read"] == lines
+    requests, skipped = tick(loop, "redelivery_sensor")
+    assert requests == [] and f"raw_impressions {day}" not in (skipped or ""), skipped
