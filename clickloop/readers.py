@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from clickloop.contract import LINE_NUMBER, SOURCE_FILE, Field, LogSpec, sql_literal
@@ -119,15 +120,21 @@ def _text_array(values: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> pa
     return pa.array(values, pa.string())
 
 
-#: characters that make a CSV line need Python's ``csv`` module (quoting; a carriage return or NUL,
-#: which it refuses or treats specially); every other line is split on commas by Arrow
+#: characters that make a CSV line more than commas (quoting; a carriage return or NUL, which
+#: Python's ``csv`` refuses or treats specially); every other line is split on commas by Arrow
 _CSV_SPECIAL = '["\\r\\x00]'
+#: one field of a well-formed CSV line: unquoted without a quote, or quoted whole ("" for a quote)
+_CSV_FIELD = '(?:[^",\\r\\x00]*|"(?:[^"\\r\\x00]|"")*")'
+#: a line of well-formed fields, which Arrow's CSV parser reads as Python's ``csv`` does (RFC 4180);
+#: any other quoted line is left to Python's ``csv``
+_CSV_WELL_FORMED = f"^{_CSV_FIELD}(?:,{_CSV_FIELD})*$"
 
 
 def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
     """CSV: each line is one record (quoted fields may hold commas, not newlines). An empty field
     is null; a record with another number of fields than the header is quarantined. Lines without
-    quotes are split by Arrow; the others are parsed by Python's ``csv`` module, as before."""
+    quotes are split on commas by Arrow, well-formed quoted records are read by Arrow's CSV parser,
+    and the rest (malformed quoting, a carriage return or NUL) by Python's ``csv`` module."""
     index = {name: i for i, name in enumerate(header)}
     positions = [index.get(f.source) for f in spec.fields]
     text = lines.column("line").combine_chunks().cast(pa.string())
@@ -145,9 +152,60 @@ def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
         for position in positions
     ]
     special = pc.match_substring_regex(text, _CSV_SPECIAL)
+    if len(header) > 1 and pc.any(special).as_py():
+        candidates = pc.and_(special, pc.match_substring_regex(text, _CSV_WELL_FORMED))
+        if pc.any(candidates).as_py():
+            quoted, values = _csv_quoted_fields(text, candidates, len(header), positions, values)
+            reasons = pc.replace_with_mask(reasons, quoted, pa.nulls(len(text), pa.string()))
+            special = pc.and_(special, pc.invert(quoted))
     if pc.any(special).as_py():
         reasons, values = _csv_rows_by_python(text, special, header, positions, reasons, values)
     return _text_fields_table(lines, values, reasons)
+
+
+def _csv_quoted_fields(
+    text: pa.Array, candidates: pa.Array, fields: int, positions: Sequence[int | None], values: list[pa.Array]
+) -> tuple[pa.Array, list[pa.Array]]:
+    """(the lines read, ``values`` with their fields): the well-formed lines in ``candidates`` with
+    ``fields`` fields, read by Arrow's CSV parser, an empty field null. A line of another number of
+    fields is not read (Python's ``csv`` judges it)."""
+    own = text.filter(candidates)
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(own)], pa.int32()), own), "\n")[0]
+    buffer = joined.as_buffer()
+    names = [f"c{i}" for i in range(fields)]
+    refused: list[int] = []  # 1-based line numbers within ``own``
+
+    def refuse(row: Any) -> str:
+        refused.append(row.number)
+        return "skip"
+
+    table = pa_csv.read_csv(
+        pa.py_buffer(buffer),
+        # one block, one thread: the refused rows' numbers are the lines' own
+        read_options=pa_csv.ReadOptions(column_names=names, use_threads=False, block_size=buffer.size + 1),
+        parse_options=pa_csv.ParseOptions(
+            newlines_in_values=False, double_quote=True, escape_char=False, invalid_row_handler=refuse
+        ),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    if table.num_rows + len(refused) != len(own) or None in refused:  # never misalign rows
+        raise AssertionError(f"Arrow read {table.num_rows} + {len(refused)} CSV records of {len(own)} lines")
+    read = np.ones(len(own), dtype=bool)
+    read[np.asarray(refused, dtype=np.int64) - 1] = False
+    quoted = pc.replace_with_mask(candidates, candidates, pa.array(read))
+    patched = []
+    for column, position in zip(values, positions, strict=True):
+        if position is None:
+            patched.append(column)
+            continue
+        field = table.column(position).combine_chunks()
+        field = pc.if_else(pc.equal(field, ""), pa.scalar(None, pa.string()), field)
+        patched.append(pc.replace_with_mask(column, quoted, field))
+    return quoted, patched
 
 
 def _csv_field(flat: pa.Array, starts: pa.Array, whole: pa.Array, position: int) -> pa.Array:

@@ -454,17 +454,28 @@ def test_no_files_give_empty_typed_tables() -> None:
     assert parsed.quarantined_by_reason == {}
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
+#: a CSV field as writers quote it: plain, or quoted whole with doubled quotes (commas, spaces inside)
+_FIELD_TEXT = st.text(alphabet=st.sampled_from(["a", "1", ",", " ", "\t", '"', "é", "\u00a0"]), max_size=6)
+_WRITTEN_FIELD = st.one_of(
+    _FIELD_TEXT.filter(lambda t: '"' not in t and "," not in t),
+    _FIELD_TEXT.map(lambda t: '"' + t.replace('"', '""') + '"'),
+)
+#: lines of any characters (mostly malformed), and lines of 1 to 4 written fields (3 make a record)
+_CSV_LINES = st.lists(
+    st.one_of(
         st.text(
             alphabet=st.sampled_from(["a", "1", ",", " ", "\t", '"', "é", "\u00a0", "\r", "\x00"]),
             max_size=12,
         ),
-        min_size=1,
-        max_size=30,
-    )
+        st.lists(_WRITTEN_FIELD, min_size=1, max_size=4).map(",".join),
+    ),
+    min_size=1,
+    max_size=30,
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_CSV_LINES)
 def test_csv_lines_split_by_arrow_give_what_pythons_csv_gives(texts: list[str]) -> None:
     header = ["a", "b", "c"]
     spec = LogSpec(
