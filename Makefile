@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export CLICKLOOP_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CLICKLOOP_DATA_DIR)/dagster_home
 
-.PHONY: install run real test test-fast ui bench rollback scenario staleness lint clean serve
+.PHONY: install run real test test-fast test-scale ui bench rollback scenario staleness lint clean serve
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: $(STAMP)
 # the inner loop: the core and the assets, no end-to-end tier
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not e2e" $(PYTEST_ARGS)
+
+# the scale tier: the stable stream over 14 served days at 5,000 and 20,000 requests a day, each scale
+# on a worker of its own (some 15 min on 2 cores; .ci/run runs it after make test)
+test-scale: $(STAMP)
+	$(PY) -m pytest -n 2 --scale tests/scale $(PYTEST_ARGS)
 
 # the UI on http://127.0.0.1:3000, and the HTML reports under $(CLICKLOOP_DATA_DIR)/reports (Evidently
 # drift, Data Docs) served on http://127.0.0.1:$(REPORTS_PORT) so the asset pages link to them

@@ -2,7 +2,9 @@
 ``tests/assets`` and ``tests/pipelines`` (Dagster definitions materialized in-process), and
 ``tests/e2e`` (real processes and services: PostgreSQL, the daemon, the webserver, a browser, the
 scenarios, the benchmark). Everything under ``tests/e2e`` is marked ``e2e``, so
-``pytest -m "not e2e"`` is the inner loop and ``make test`` runs every tier.
+``pytest -m "not e2e"`` is the inner loop and ``make test`` runs every tier but one: ``tests/scale``
+(the stable stream at 5,000 and 20,000 requests a day, some 15 minutes on 2 cores) is skipped unless
+``--scale`` is given (``make test-scale``, which ``.ci/run`` runs after ``make test``).
 
 When the session selects end-to-end tests that need long background work (the daemon's history, the
 drift scenarios, the rollout scenario), that work starts at the session's first test, whatever its
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 TESTS = Path(__file__).resolve().parent
 E2E = TESTS / "e2e"
+SCALE = TESTS / "scale"
 #: the xdist groups: the end-to-end tier, and what reads the shared history (``tests/assets/history.py``)
 E2E_GROUP = "e2e"
 HISTORY_GROUP = "history"
@@ -52,10 +55,22 @@ def _under_xdist(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--scale",
+        action="store_true",
+        help="run the scale tier (tests/scale: the stable stream at 5,000 and 20,000 requests a day)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if E2E in item.path.resolve().parents:
             item.add_marker(pytest.mark.e2e)
+        if SCALE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.scale)
+            if not config.getoption("--scale"):
+                item.add_marker(pytest.mark.skip(reason="the scale tier: make test-scale (pytest --scale)"))
     if _under_xdist(config):
         # the two long groups first, so that each worker takes one before the modules are shared out
         rank = {E2E_GROUP: 0, HISTORY_GROUP: 1}
@@ -69,7 +84,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return worker_group(config.rootpath / nodeid.split("::", 1)[0])
+            path = config.rootpath / nodeid.split("::", 1)[0]
+            # each scale of the scale tier on a worker of its own
+            return nodeid if SCALE in path.resolve().parents else worker_group(path)
 
     config.option.loadscopereorder = False
     return GroupScheduling(config, log)

@@ -542,8 +542,10 @@ SCENARIO_TIMEOUT_S = 1500
 BACKGROUND_NICENESS = 10
 
 
-def scenario_argv(name: str, days: int, *options: str) -> list[str]:
-    """``python -m pipelines.cli.scenario NAME`` at the tier's scale."""
+def scenario_argv(
+    name: str, days: int, *options: str, requests_per_day: int = SCENARIO_REQUESTS_PER_DAY
+) -> list[str]:
+    """``python -m pipelines.cli.scenario NAME`` at the tier's scale (or ``requests_per_day``)."""
     return [
         sys.executable,
         "-m",
@@ -556,7 +558,7 @@ def scenario_argv(name: str, days: int, *options: str) -> list[str]:
         "--days",
         str(days),
         "--requests-per-day",
-        str(SCENARIO_REQUESTS_PER_DAY),
+        str(requests_per_day),
         *options,
     ]
 

@@ -30,77 +30,28 @@ run last and wait for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clickloop.calibration import CALIBRATION_LAG_DAYS
-from clickloop.retraining import RetrainThresholds
-from tests.e2e.support import SCENARIO_DAYS, SCENARIO_START, SCENARIO_WARMUP_DAYS
-
-WARMUP_DAYS = SCENARIO_WARMUP_DAYS  # days 0..9 served by the random policy
-START = SCENARIO_START  # the champion serves days 11 and 12 before the scenario: the pre-scenario level
-#: how far one served day's calibration may stray from 1 (the quality sensor's tolerance: about three
-#: standard deviations of a day's click count at the tier's scale, some 200 clicks)
-DAY_CALIBRATION_TOLERANCE = RetrainThresholds().calibration_tolerance
-#: the issue's band: a served day's calibration within 1 ± this, as far as the day's clicks tell
-CALIBRATION_BAND = 0.1
-
-ScenarioResult = Callable[[str], dict[str, Any]]
-
-
-def days_of(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return result["days"]
-
-
-def triggers(result: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-    """(index of the day whose monitoring crossed the threshold, the trigger), in day order."""
-    return [(i, t) for i, day in enumerate(days_of(result)) for t in day["triggers"]]
-
-
-def champion_capture(days: list[dict[str, Any]]) -> float:
-    values = [d["oracle_capture"] for d in days]
-    assert all(v is not None for v in values), f"days without online metrics: {days}"
-    return sum(values) / len(values)
-
-
-def pre_scenario_capture(result: dict[str, Any]) -> float:
-    served = days_of(result)[WARMUP_DAYS + 1 : START]
-    assert served and all(d["served_by"].startswith("ctr_model-v1") for d in served), served
-    return champion_capture(served)
+from tests.e2e.scenarios import (
+    CALIBRATION_BAND,
+    DAY_CALIBRATION_TOLERANCE,
+    START,
+    ScenarioResult,
+    champion_capture,
+    check_stable_fortnight,
+    days_of,
+    far_from,
+    pre_scenario_capture,
+    triggers,
+)
 
 
 def test_stable_stream_triggers_no_retraining(scenario_result: ScenarioResult) -> None:
-    result = scenario_result("stable")
-    days = days_of(result)
-    assert len(days) == SCENARIO_DAYS["stable"]
-    served = days[WARMUP_DAYS + 1 :]
-    assert len(served) == 14
-    assert triggers(result) == [], result["stdout"][-3000:]
-    # one model served the whole fortnight, monitored every day, and kept its level
-    assert {d["served_by"] for d in served} == {"ctr_model-v1"}
-    assert all(d["context_drift"] == 0 for d in served), [d["context_drift"] for d in served]
-    assert not any(d["checks_failed"] for d in days)
-    first, last = champion_capture(served[:2]), champion_capture(served[-2:])
-    assert last >= 0.9 * first
-    # recalibrated daily on its own traffic from its third served day on: calibrated on average,
-    # every day within the noise of a day's clicks
-    settled = [d["calibration"] for d in served[CALIBRATION_LAG_DAYS:]]
-    assert abs(sum(settled) / len(settled) - 1.0) <= CALIBRATION_BAND, settled
-    assert all(abs(c - 1.0) <= DAY_CALIBRATION_TOLERANCE for c in settled), settled
-    # and each of those days is consistent with 1 ± 0.1 given its clicks: its 95 % interval meets
-    # [0.9, 1.1] (at the tier's 3,000 a day a day's interval is about ± 13 %)
-    far = [far_from(d, CALIBRATION_BAND) for d in served[CALIBRATION_LAG_DAYS:]]
-    assert far == [None] * len(far), far
-
-
-def far_from(day: dict[str, Any], tolerance: float) -> tuple[str, float, float] | None:
-    """(day, interval) when the day's calibration interval misses 1 ± ``tolerance`` altogether."""
-    low, high = day["calibration_low"], day["calibration_high"]
-    assert low is not None and high is not None, day
-    return (day["day"], low, high) if low > 1.0 + tolerance or high < 1.0 - tolerance else None
+    check_stable_fortnight(scenario_result("stable"))
 
 
 def recovery(result: dict[str, Any], launched: int) -> tuple[float, float, float]:
