@@ -1,19 +1,23 @@
 """The champion's daily recalibration: what the ad server applies to its scores on day D."""
 
+import pyarrow as pa
 from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
 from assets.partitions import Calendar
 from clickloop.calibration import (
+    CALIBRATION_LAG_DAYS,
     DAILY_TAGS,
+    POOLED_DAYS,
     SERVING_CALIBRATION,
-    fit_day,
+    fit_serving_day,
     rescored_features,
     write_serving_calibration,
 )
 from clickloop.contract import LogContract
 from clickloop.features import FeatureSpec
+from clickloop.model import TEST_DAY_TAG, VALIDATION_DAY_TAG
 from clickloop.presentation import markdown_table
 from clickloop.ranking import STATS_TABLE
 from resources.tracking import ModelRegistry
@@ -27,7 +31,7 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         name=SERVING_CALIBRATION,
         partitions_def=calendar.partitions,
         deps=[
-            AssetDep(AD_EVENTS, partition_mapping=calendar.newest_labelled_day),
+            AssetDep(AD_EVENTS, partition_mapping=calendar.recalibration_days),
             AssetDep(STATS_TABLE, partition_mapping=calendar.statistics_of_recalibration),
         ],
         group_name="serving",
@@ -35,8 +39,10 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         description="The champion's Platt calibration for serving day D, fitted on the newest day "
         "whose labels were final when D began (D-2): its score of each impression as the ad server "
         "computed it, against the click, with the features of D-1's statistics (the newest that "
-        "leave D-2 out, one day behind those D is served with). The ad server applies it on D; the "
-        "newest one is also on the model version's page in the registry (tags daily_calibration.*).",
+        "leave D-2 out, one day behind those D is served with). A version that did not serve D-2 "
+        f"(its first served days) is fitted on up to {POOLED_DAYS} such days pooled, from its "
+        "validation day on. The ad server applies it on D; the newest one is also on the model "
+        "version's page in the registry (tags daily_calibration.*).",
     )
     def _serving_calibration(
         context: AssetExecutionContext, warehouse: WarehouseResource, model_registry: ModelRegistry
@@ -47,23 +53,33 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
             [k for k in context.asset_partition_keys_for_input(name) if store.has_partition(name, k)]
             for name in (AD_EVENTS, STATS_TABLE)
         )
+        # each labelled day with the statistics of the day after it, the newest (D-2) first
+        pairs = [(k, calendar.neighbour(k, 1)) for k in reversed(labelled)]
+        pairs = [(k, after) for k, after in pairs if after in stats]
+        newest = calendar.neighbour(day, -CALIBRATION_LAG_DAYS)
         champion = model_registry.champion()
         missing = {
             "no champion yet": champion is None,
             "no labelled day before it yet": not labelled,
-            "no statistics of the day before": not stats,
+            f"no events of {newest} or no statistics of the day after it": not pairs or pairs[0][0] != newest,
         }
-        if champion is None or not labelled or not stats:
+        if champion is None or any(missing.values()):
             why = next(reason for reason, true in missing.items() if true)
             context.log.info(f"{SERVING_CALIBRATION} {day}: {why}; the champion keeps its last calibration")
             return MaterializeResult(metadata={"status": f"not fitted: {why}"})
-        require_upstream_checks_passed(context, {AD_EVENTS: labelled})
+        require_upstream_checks_passed(context, {AD_EVENTS: [k for k, _ in pairs]})
         version, booster = champion
-        (events_path,) = store.require_partition_paths(AD_EVENTS, labelled)
-        (stats_path,) = store.require_partition_paths(STATS_TABLE, stats)
-        with store.duckdb() as con:
-            table = rescored_features(con, spec, events_path, stats_path)
-        fitted = fit_day(booster, table, spec, version, labelled[0])
+        statistics_of = dict(pairs)
+
+        def features_of(labelled_day: str) -> pa.Table:
+            (events_path,) = store.require_partition_paths(AD_EVENTS, [labelled_day])
+            (stats_path,) = store.require_partition_paths(STATS_TABLE, [statistics_of[labelled_day]])
+            with store.duckdb() as con:
+                return rescored_features(con, spec, events_path, stats_path)
+
+        tags = model_registry.version_tags(version)
+        first_unseen = tags.get(VALIDATION_DAY_TAG) or tags.get(TEST_DAY_TAG)
+        fitted = fit_serving_day(booster, spec, version, [k for k, _ in pairs], features_of, first_unseen)
         path = write_serving_calibration(store, day, fitted)
         model_registry.set_version_tags(version, fitted.to_tags(DAILY_TAGS))
         summary = fitted.summary()
@@ -73,7 +89,7 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
                 "status": "fitted" if not fitted.is_identity else "identity (too few clicks to fit)",
                 "model_version": version,
                 "fitted_on": fitted.fitted_on,
-                "statistics_of": stats[0],
+                "statistics_of": pairs[0][1],
                 "slope": round(fitted.slope, 4),
                 "intercept": round(fitted.intercept, 4),
                 "calibration_before": summary["calibration_before"],

@@ -25,6 +25,8 @@ from clickloop.features import FeatureSpec
 from clickloop.model import (
     CTR_MODEL,
     DOWNSAMPLING_ATTR,
+    TEST_DAY_TAG,
+    VALIDATION_DAY_TAG,
     ModelManifest,
     model_dir,
     save_booster,
@@ -257,7 +259,8 @@ def ctr_model_asset(contract: LogContract):
         version = model_registry.register(
             run,
             tags={
-                "test_day": split.split.test,
+                TEST_DAY_TAG: split.split.test,
+                VALIDATION_DAY_TAG: split.split.validation,
                 DOWNSAMPLING_ATTR: repr(split.negative_downsampling_rate),
                 "dagster_run_id": context.run_id,
             },

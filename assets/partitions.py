@@ -19,7 +19,7 @@ from dagster import (
     asset_check,
 )
 
-from clickloop.calibration import CALIBRATION_LAG_DAYS, CALIBRATION_STATS_LAG_DAYS
+from clickloop.calibration import CALIBRATION_LAG_DAYS, CALIBRATION_STATS_LAG_DAYS, POOLED_DAYS
 
 
 def days_around(start_offset: int, end_offset: int) -> TimeWindowPartitionMapping:
@@ -69,16 +69,17 @@ class Calendar:
         return days_around(-(self.feature_window_days + 1), -2)
 
     @property
-    def newest_labelled_day(self) -> TimeWindowPartitionMapping:
-        """The newest day whose labels were final when day D began: D-2 (the end of the history
-        window), what the champion is recalibrated on before it serves D."""
-        return days_around(-CALIBRATION_LAG_DAYS, -CALIBRATION_LAG_DAYS)
+    def recalibration_days(self) -> TimeWindowPartitionMapping:
+        """The labelled days the champion is recalibrated on before it serves D: the newest whose
+        labels were final when D began (D-2, the end of the history window), and the
+        :data:`POOLED_DAYS` - 1 before it, pooled for a version that did not serve D-2."""
+        return days_around(-CALIBRATION_LAG_DAYS - POOLED_DAYS + 1, -CALIBRATION_LAG_DAYS)
 
     @property
     def statistics_of_recalibration(self) -> TimeWindowPartitionMapping:
-        """The statistics the newest labelled day (D-2) is re-scored with for the calibration of D:
-        those of D-1, the newest whose window leaves D-2 out."""
-        return days_around(-CALIBRATION_STATS_LAG_DAYS, -CALIBRATION_STATS_LAG_DAYS)
+        """The statistics each recalibration day is re-scored with: those of the day after it (D-1
+        for D-2), the newest whose window leaves it out."""
+        return days_around(-CALIBRATION_STATS_LAG_DAYS - POOLED_DAYS + 1, -CALIBRATION_STATS_LAG_DAYS)
 
     def daily_check(self, **kwargs: Any) -> Callable[[Callable[..., Any]], AssetChecksDefinition]:
         """``@asset_check(**kwargs)`` on these daily partitions: a check of each day of its asset.

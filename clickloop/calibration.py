@@ -1,4 +1,5 @@
-"""Recalibration of the champion: Platt scaling of its scores on the newest labelled day.
+"""Recalibration of the champion: Platt scaling of its scores on the newest labelled day (pooled
+with the days before it while the version has not served one).
 
 A CTR model's ranking ages slower than its probabilities. The champion's predictions drift away from
 the observed click rate when the traffic moves (a CTR drop), and even on a stable stream, because the
@@ -19,6 +20,17 @@ the served calibration's days outside 1 ± 0.1 from the third day on went from t
 none (largest deviation 0.067); on ``stable``, from its third served day on, the mean absolute
 deviation from 1 fell from 0.043 to 0.033.
 
+A version's first two served days are fitted on traffic it did not serve (D-2 was its predecessor's),
+and one such day is a poor guide to its level on its own traffic: the model is under-confident at
+the top of its scores (on the random policy's days its raw score over true CTR falls from 1.47 in the
+lowest fifth of scores to 1.02 in the highest), the champion serves mostly that top (a mean score of
+0.18 in its highest fifth against 0.067 on random traffic), and a single day's few hundred clicks
+leave the Platt slope that extrapolates there uncertain (1.18 on one random day, 1.06 on the next).
+So a version that did not serve D-2 is fitted on up to :data:`POOLED_DAYS` labelled days pooled, from
+its validation day on (never a training day). Replayed offline on the stable stream (the served
+day's predictions against the simulator's true CTR): 0.923 and 0.803 with D-2 alone became 0.959
+and 0.904 at 5,000 requests a day, 0.926 and 0.895 became 0.956 and 0.932 at 20,000.
+
 Platt scaling, not isotonic regression: two numbers, monotone (the champion's ranking of one ad against
 another at the same bid is kept), stable on a day of a few hundred clicks, and small enough to live in
 the registry as tags of the model version. With too few clicks the day keeps the identity
@@ -29,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +62,9 @@ from clickloop.storage import StoragePath, Warehouse
 CALIBRATION_LAG_DAYS = 2
 #: D-2's rows are scored with the statistics of D-1, the newest that leave D-2 out
 CALIBRATION_STATS_LAG_DAYS = CALIBRATION_LAG_DAYS - 1
+#: a version that has not served D-2 is fitted on up to this many labelled days (D-4 … D-2) of the
+#: traffic before it, pooled, those from its validation day on (never its training days)
+POOLED_DAYS = 3
 #: fewer clicks than this on the day: the fit is not trusted, the identity is kept
 MIN_CLICKS = 30
 #: scores are clipped away from 0 and 1 before the logit
@@ -195,6 +210,42 @@ def fit_day(
     table = served_by(table, served_version(model_version))
     labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
     return fit_platt(served_scores(booster, table, spec), labels, model_version, day)
+
+
+def serves_enough(table: pa.Table, model_version: str) -> bool:
+    """Whether ``model_version`` served enough clicks of a day's features to be fitted on them alone
+    (a log that does not name the serving version: every day counts as its own)."""
+    if MODEL_VERSION not in table.column_names:
+        return True
+    return served_by(table, served_version(model_version)) is not table
+
+
+def fit_serving_day(
+    booster: xgb.Booster,
+    spec: FeatureSpec,
+    model_version: str,
+    days: Sequence[str],
+    features_of: Callable[[str], pa.Table],
+    first_unseen_day: str | None,
+) -> Calibration:
+    """A version's calibration for a serving day, from the labelled ``days`` before it (newest
+    first; ``features_of(day)`` re-scores one). The newest day alone when the version served it;
+    else (its first served days: the traffic is its predecessor's) the days from
+    ``first_unseen_day`` (its validation day: never a training day) on, pooled, up to
+    :data:`POOLED_DAYS`. A day of another policy's traffic tells the version's level on its own
+    traffic less well than a day of its own (it shows the ads that policy chose), and a single one
+    adds its count's noise on top."""
+    newest = features_of(days[0])
+    if serves_enough(newest, model_version):
+        return fit_day(booster, newest, spec, model_version, days[0])
+    pooled = [d for d in days[1:POOLED_DAYS] if first_unseen_day is not None and d >= first_unseen_day]
+    tables = [newest, *(features_of(d) for d in pooled)]
+    scores = np.concatenate([served_scores(booster, t, spec) for t in tables])
+    labels = np.concatenate(
+        [t.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64) for t in tables]
+    )
+    fitted_on = days[0] if not pooled else f"{pooled[-1]}…{days[0]}"
+    return fit_platt(scores, labels, model_version, fitted_on)
 
 
 # --- Stored per serving day -----------------------------------------------------------------------

@@ -26,6 +26,10 @@ from clickloop.storage import StoragePath, Warehouse, atomic_write_bytes, atomic
 CTR_MODEL = "ctr_model"
 #: Booster attribute holding the negative downsampling rate w the model was trained with.
 DOWNSAMPLING_ATTR = "negative_downsampling_rate"
+#: registry tags of a model version: the days it was tested and validated on (every day before the
+#: validation day was a training day)
+TEST_DAY_TAG = "test_day"
+VALIDATION_DAY_TAG = "validation_day"
 #: Booster attribute holding the training categories (JSON): XGBoost drops its own when early
 #: stopping cuts the booster at its best iteration, and would then read category codes by position.
 CATEGORIES_ATTR = "training_categories"

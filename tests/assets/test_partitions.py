@@ -29,8 +29,17 @@ def test_windows_read_the_days_around_d_and_skip_those_before_the_first() -> Non
     window = upstream_days(CALENDAR.history_window, "2026-10-20")[0]
     assert window == [f"2026-10-{day:02d}" for day in range(12, 19)]
     assert upstream_days(CALENDAR.history_window, "2026-10-02") == ([], [])
-    assert upstream_days(CALENDAR.newest_labelled_day, "2026-10-20")[0] == ["2026-10-18"]
-    assert upstream_days(CALENDAR.statistics_of_recalibration, "2026-10-20")[0] == ["2026-10-19"]
+    # the recalibration of D: D-4 … D-2, each with the statistics of the day after it
+    assert upstream_days(CALENDAR.recalibration_days, "2026-10-20")[0] == [
+        "2026-10-16",
+        "2026-10-17",
+        "2026-10-18",
+    ]
+    assert upstream_days(CALENDAR.statistics_of_recalibration, "2026-10-20")[0] == [
+        "2026-10-17",
+        "2026-10-18",
+        "2026-10-19",
+    ]
 
 
 def test_the_days_up_to_a_day_end_with_it_and_start_no_earlier_than_the_first() -> None:

@@ -2,20 +2,28 @@
 the ad server applies to which version on which day."""
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from clickloop.calibration import (
     DAILY_TAGS,
     MIN_CLICKS,
+    POOLED_DAYS,
     PROMOTION_TAGS,
     Calibration,
     calibration_for,
     calibration_served,
     fit_platt,
+    fit_serving_day,
     newest_from_tags,
+    served_scores,
     write_serving_calibration,
 )
+from clickloop.contract import LABEL, MODEL_VERSION
+from clickloop.model import served_version
 from clickloop.storage import Warehouse
+from tests.core.conftest import Trained
+from tests.core.synthetic import KEYS, SPEC, features_day
 
 
 def miscalibrated(rows: int, slope: float, intercept: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,3 +77,38 @@ def test_the_served_calibration_is_the_versions_newest_on_or_before_the_day(tmp_
     assert newest_from_tags("2", {**tags, **daily.to_tags(DAILY_TAGS)}) == daily
     assert newest_from_tags("2", tags) == at_promotion
     assert newest_from_tags("2", {}).is_identity
+
+
+def test_a_version_that_did_not_serve_the_day_is_fitted_on_the_days_before_it_pooled(
+    trained: Trained,
+) -> None:
+    booster = trained.booster("1")
+    days = [KEYS[9], KEYS[8], KEYS[7], KEYS[6]][:POOLED_DAYS]  # newest first: D-2, D-3, D-4
+    tables = {day: features_day(day, n=3000, seed=5) for day in days}  # the random policy's traffic
+    asked: list[str] = []
+
+    def features_of(day: str) -> pa.Table:
+        asked.append(day)
+        return tables[day]
+
+    # its first served days: the days from its validation day (KEYS[8]) on, pooled; never KEYS[7]
+    pooled = fit_serving_day(booster, SPEC, "1", days, features_of, first_unseen_day=KEYS[8])
+    assert asked == [KEYS[9], KEYS[8]]
+    assert (pooled.rows, pooled.fitted_on) == (6000, f"{KEYS[8]}…{KEYS[9]}")
+    both = [tables[KEYS[9]], tables[KEYS[8]]]
+    scores = np.concatenate([served_scores(booster, t, SPEC) for t in both])
+    labels = np.concatenate([t.column(LABEL).to_numpy().astype(np.float64) for t in both])
+    expected = fit_platt(scores, labels, "1", pooled.fitted_on)
+    assert (pooled.slope, pooled.intercept) == pytest.approx((expected.slope, expected.intercept))
+    # without its validation day the newest day alone, as before
+    alone = fit_serving_day(booster, SPEC, "1", days, features_of, first_unseen_day=None)
+    assert (alone.rows, alone.fitted_on) == (3000, KEYS[9])
+
+    # once it served the newest day: its own impressions of that day alone
+    served = tables[KEYS[9]]
+    own = np.arange(served.num_rows) < 2000
+    versions = pa.array(np.where(own, served_version("1"), "random-v0"))
+    tables[KEYS[9]] = served.set_column(served.column_names.index(MODEL_VERSION), MODEL_VERSION, versions)
+    asked.clear()
+    fitted = fit_serving_day(booster, SPEC, "1", days, features_of, first_unseen_day=KEYS[6])
+    assert asked == [KEYS[9]] and (fitted.rows, fitted.fitted_on) == (2000, KEYS[9])

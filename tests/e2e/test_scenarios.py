@@ -7,9 +7,9 @@ two served days included, is built once (``--warmup-only``) and every scenario s
 of it at its start day (``--warmup-from``). What
 must hold:
 
-* ``stable`` for 14 served days: no sensor asks for a retraining, and once the champion is
-  recalibrated on its own traffic (its third served day on) its served calibration is 1 ± 0.1 on
-  average and on every day as far as the day's clicks tell (its 95 % interval meets 1 ± 0.1);
+* ``stable`` for 14 served days: no sensor asks for a retraining, and the champion's served
+  calibration is 1 ± 0.1 on average and on every day as far as the day's clicks tell (its 95 %
+  interval meets 1 ± 0.1), its first two days (calibrated on the random policy's days) included;
 * ``device_shift``, ``ctr_drop``, ``new_campaigns``: a sensor asks for a retraining within 2 days of
   the start (the run is launched at the tick after the day whose monitoring crossed a threshold), one
   retraining for the episode (the cool-down), and after it the champion's oracle capture is back to
