@@ -4,6 +4,7 @@ the logged position, is tested in tests/core)."""
 
 import pyarrow.parquet as pq
 
+from clickloop.calibration import read_serving_calibration
 from clickloop.simulator import TARGET_CTR
 from tests.assets.history import SIMULATOR, History
 
@@ -36,3 +37,19 @@ def test_the_random_policy_served_until_the_first_promotion(history: History) ->
         ).to_pandas()
         assert set(impressions["model_version"]) == {"random-v0"}
         assert set(impressions["predicted_ctr"]) == {TARGET_CTR}  # the prior: no ranking signal
+
+
+def test_the_champion_is_calibrated_on_the_random_days_since_its_validation_day_until_it_served_one(
+    history: History,
+) -> None:
+    """Its first two served days are calibrated on the random policy's days before them, pooled:
+    from its validation day (never a training day) up to D-2; the registry holds that day."""
+    keys = history.keys
+    tags = history.registry.version_tags("1")
+    validation, test = tags["validation_day"], tags["test_day"]
+    assert (validation, test) == (keys[8], keys[9])
+    first, second = history.champion_days
+    assert read_serving_calibration(history.warehouse, first).fitted_on == f"{validation}…{test}"
+    assert read_serving_calibration(history.warehouse, second).fitted_on == f"{validation}…{keys[10]}"
+    fitted = history.metadata("serving_calibration", second)
+    assert fitted["fitted_on"] == f"{validation}…{keys[10]}" and fitted["status"] == "fitted"
