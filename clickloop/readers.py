@@ -138,20 +138,14 @@ def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
     index = {name: i for i, name in enumerate(header)}
     positions = [index.get(f.source) for f in spec.fields]
     text = lines.column("line").combine_chunks().cast(pa.string())
-    parts = pc.split_pattern(text, ",")
-    counts = pc.list_value_length(parts)
-    empty = pc.and_(pc.equal(counts, 1), pc.equal(pc.utf8_trim_whitespace(text), ""))
-    whole = pc.and_(pc.invert(empty), pc.equal(counts, len(header)))
-    reasons = pc.if_else(empty, EMPTY_LINE, pc.if_else(whole, pa.scalar(None, pa.string()), FIELD_COUNT))
-    flat = pc.list_flatten(parts)
-    starts = parts.offsets.slice(0, len(parts))
-    values = [
-        _csv_field(flat, starts, whole, position)
-        if position is not None
-        else pa.nulls(len(text), pa.string())
-        for position in positions
-    ]
     special = pc.match_substring_regex(text, _CSV_SPECIAL)
+    if pc.all(special).as_py():  # every line quoted (an export quoting every field): no comma split
+        reasons, values = (
+            pa.nulls(len(text), pa.string()),
+            [pa.nulls(len(text), pa.string()) for _ in positions],
+        )
+    else:
+        reasons, values = _csv_split_on_commas(text, len(header), positions)
     if len(header) > 1 and pc.any(special).as_py():
         candidates = pc.and_(special, pc.match_substring_regex(text, _CSV_WELL_FORMED))
         if pc.any(candidates).as_py():
@@ -161,6 +155,27 @@ def _csv_rows(lines: pa.Table, header: list[str], spec: LogSpec) -> pa.Table:
     if pc.any(special).as_py():
         reasons, values = _csv_rows_by_python(text, special, header, positions, reasons, values)
     return _text_fields_table(lines, values, reasons)
+
+
+def _csv_split_on_commas(
+    text: pa.Array, fields: int, positions: Sequence[int | None]
+) -> tuple[pa.Array, list[pa.Array]]:
+    """(reasons, values) of every line split on commas by Arrow, right for the lines without a
+    quote, carriage return or NUL (the others are read again after)."""
+    parts = pc.split_pattern(text, ",")
+    counts = pc.list_value_length(parts)
+    empty = pc.and_(pc.equal(counts, 1), pc.equal(pc.utf8_trim_whitespace(text), ""))
+    whole = pc.and_(pc.invert(empty), pc.equal(counts, fields))
+    reasons = pc.if_else(empty, EMPTY_LINE, pc.if_else(whole, pa.scalar(None, pa.string()), FIELD_COUNT))
+    flat = pc.list_flatten(parts)
+    starts = parts.offsets.slice(0, len(parts))
+    values = [
+        _csv_field(flat, starts, whole, position)
+        if position is not None
+        else pa.nulls(len(text), pa.string())
+        for position in positions
+    ]
+    return reasons, values
 
 
 def _csv_quoted_fields(
