@@ -24,7 +24,7 @@ from assets.partitions import Calendar
 from clickloop.checks import raw_log_rules
 from clickloop.contract import LogContract, LogKind
 from clickloop.expectations import Rule
-from clickloop.landing import files_markdown, fingerprint
+from clickloop.landing import MissingPartitionError, files_markdown, fingerprint
 from clickloop.lines import LogFileError
 from clickloop.quarantine import day_window, ingest_day, quarantined_counts, reasons_markdown, sample_markdown
 from clickloop.storage import Warehouse, one_row
@@ -34,7 +34,8 @@ from resources.warehouse import WarehouseResource
 
 RAW_TABLES: dict[LogKind, str] = {"impressions": "raw_impressions", "clicks": "raw_clicks"}
 #: the metadata key of a day's delivery fingerprint (also the raw asset's data version); a failure
-#: on a file that cannot be ingested as delivered carries it too, with the day (FAILED_DAY)
+#: on a file that cannot be ingested as delivered, or on a day not delivered yet (the fingerprint of
+#: no files), carries it too, with the day (FAILED_DAY)
 LANDING_FINGERPRINT = "landing_fingerprint"
 FAILED_DAY = "day"
 _DESCRIPTIONS = {
@@ -66,7 +67,14 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
     ) -> MaterializeResult:
         day = context.partition_time_window.start.date()
         pseudonymiser = log_contract.pseudonymiser()  # before reading: no key, no ingest
-        files = log_source.partition_files(kind, day)
+        try:
+            files = log_source.partition_files(kind, day)
+        except MissingPartitionError as exc:
+            # not delivered yet: redelivery_sensor ingests the day once its files arrive
+            raise Failure(
+                description=str(exc),
+                metadata={LANDING_FINGERPRINT: fingerprint([]), FAILED_DAY: context.partition_key},
+            ) from exc
         delivered = fingerprint(files)  # before reading: a file replaced meanwhile changes it
         try:
             done = ingest_day(warehouse.get(), files, spec, name, day, pseudonymiser)

@@ -4,7 +4,8 @@ ingest failed on them.
 Every raw materialization records the fingerprint of the files it read (names, sizes, modification
 times; :func:`clickloop.landing.fingerprint`) as metadata and as its data version; an ingest that
 stops on a file that cannot be ingested as delivered (a gzip file cut off in transfer, a Parquet file
-without a required column: :class:`clickloop.lines.LogFileError`) records it in its failure.
+without a required column: :class:`clickloop.lines.LogFileError`) records it in its failure, and
+one that found no files for the day (not delivered yet) records the fingerprint of no files.
 ``redelivery_sensor`` compares each day's newest attempt with the files in the landing folder now,
 and ingests a day whose delivery changed (a day that failed is left alone until its files change:
 the same broken file is not read twice); when that run succeeds, ``events_after_redelivery``
@@ -125,8 +126,8 @@ class Deliveries:
         parts = []
         if self.waiting:
             parts.append(
-                f"{len(self.waiting)} day(s) failed on their files and wait for them to be delivered "
-                f"again: {'; '.join(self.waiting[:3])}"
+                f"{len(self.waiting)} day(s) failed on their files (or found none) and wait for them "
+                f"to be delivered again: {'; '.join(self.waiting[:3])}"
             )
         if self.missing:
             parts.append(
@@ -147,8 +148,10 @@ def find_redeliveries(instance: DagsterInstance, log_source: LogSource, contract
             try:
                 now = fingerprint(log_source.partition_files(kind, date.fromisoformat(day)))
             except MissingPartitionError as exc:
-                missing.append(f"{table} {day}: {exc}")
-                continue
+                if not attempt.failed:
+                    missing.append(f"{table} {day}: {exc}")
+                    continue
+                now = fingerprint([])  # a day that failed for want of files still has none
             if now != attempt.fingerprint:
                 changed.setdefault(day, []).append((table, now))
             elif attempt.failed:

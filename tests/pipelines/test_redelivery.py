@@ -3,27 +3,47 @@ changes its delivery fingerprint; ``redelivery_sensor`` re-ingests that day (and
 data version makes the events built on it stale, as the UI shows them; ``events_after_redelivery``
 asks for the events of D-1, D and D+1; once rebuilt they are fresh and nothing fires again. A day
 whose ingest failed on a file cut off in transfer is left alone until the file is delivered again,
-then ingested; the failure's alert names the file."""
+then ingested; the failure's alert names the file. So is a day whose files had not arrived when its
+ingest ran."""
 
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from dagster import AssetKey, RunRequest, build_run_status_sensor_context, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    RunRequest,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
 from assets.raw_logs import LANDING_FINGERPRINT
 from pipelines.alerts import failure_alert
 from pipelines.cli.runner import QUIET
+from pipelines.definitions import build_defs
 from pipelines.redelivery import REDELIVERY_TAG
-from tests.assets.history import History, metadata_of, settings_keys
+from pipelines.settings import Settings
+from tests.assets.history import History, metadata_of, open_test_instance, settings_keys
+from tests.assets.support import DAY, impression_records, json_line, write_landing
 
 LATE_LINES = 5
 
 
-def tick(loop: History, name: str) -> tuple[list[RunRequest], str | None]:
+class Loop(Protocol):
+    """What a sensor tick needs of a loop: its definitions and Dagster instance."""
+
+    defs: Definitions
+    instance: DagsterInstance
+
+
+def tick(loop: Loop, name: str) -> tuple[list[RunRequest], str | None]:
     """One tick of a sensor on the loop's instance and resources, as the daemon would run it."""
     repo = loop.defs.get_repository_def()
     with build_sensor_context(
@@ -144,3 +164,44 @@ def test_a_day_whose_file_broke_in_transfer_is_ingested_once_delivered_whole(
     assert metadata_of(loop.instance, "raw_impressions", day)["lines_read"] == lines
     requests, skipped = tick(loop, "redelivery_sensor")
     assert requests == [] and f"raw_impressions {day}" not in (skipped or ""), skipped
+
+
+@dataclass
+class LandingLoop:
+    defs: Definitions
+    instance: DagsterInstance
+
+
+def test_a_day_not_delivered_when_its_ingest_ran_is_ingested_once_its_files_arrive(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        log_source="landing",
+        resources={"log_source": {"landing_dir": str(landing)}},
+    )
+    loop = LandingLoop(build_defs(settings), open_test_instance(tmp_path / "dagster_home"))
+
+    def ingest(tags: dict[str, str] | None = None):  # noqa: ANN202 (ExecuteInProcessResult)
+        return loop.defs.resolve_job_def("ingest_job").execute_in_process(
+            instance=loop.instance, partition_key=DAY, tags=tags, run_config=QUIET, raise_on_error=False
+        )
+
+    assert not ingest().success  # the schedule ran before the ad server delivered the day
+    requests, skipped = tick(loop, "redelivery_sensor")
+    assert (
+        requests == []
+        and f"raw_impressions {DAY}" in (skipped or "")
+        and f"raw_clicks {DAY}" in (skipped or "")
+    )
+    # waiting for a first delivery, not an ingested day whose files went missing
+    assert "wait for them to be delivered" in (skipped or "") and "have no files now" not in (skipped or "")
+
+    write_landing(landing, "impressions", DAY, [json_line(r) for r in impression_records(DAY, 300)])
+    (request,), _ = tick(loop, "redelivery_sensor")
+    assert request.partition_key == DAY and request.tags[REDELIVERY_TAG] == "raw_impressions"
+    ingest(dict(request.tags))
+    assert metadata_of(loop.instance, "raw_impressions", DAY)["lines_read"] == 300
+    # the clicks are still missing: the day waits for them, and only for them
+    requests, skipped = tick(loop, "redelivery_sensor")
+    assert requests == [] and f"raw_clicks {DAY}" in (skipped or "")
+    assert f"raw_impressions {DAY}" not in (skipped or "")
