@@ -14,6 +14,7 @@ D-1 (its late clicks), D and D+1 (its duplicates across midnight), those that we
 data version marks whatever else was built on the day stale in the UI.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
@@ -86,28 +87,34 @@ def ingested(instance: DagsterInstance, table: str) -> dict[str, Attempt]:
     return found
 
 
-def failed_to_ingest(instance: DagsterInstance, table: str) -> dict[str, Attempt]:
-    """The delivery the newest failed ingest of every partition of a raw table stopped on (the
-    failure's metadata, :data:`assets.raw_logs.LANDING_FINGERPRINT`), from the newest failed runs."""
-    found: dict[str, Attempt] = {}
+def failed_to_ingest(instance: DagsterInstance) -> dict[str, dict[str, Attempt]]:
+    """Per raw table and partition, the delivery its newest failed ingest stopped on (the failure's
+    metadata, :data:`assets.raw_logs.LANDING_FINGERPRINT`), from the newest failed runs (read once
+    a tick, for every table)."""
+    found: dict[str, dict[str, Attempt]] = {}
     runs = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.FAILURE]), limit=FAILED_RUN_LIMIT)
     for run in runs:
         for entry in instance.all_logs(run.dagster_run.run_id, of_type=DagsterEventType.STEP_FAILURE):
             event = entry.dagster_event
-            failure = event.step_failure_data.user_failure_data if event and event.step_key == table else None
-            metadata = failure.metadata if failure else {}
+            if event is None or event.step_key is None or event.step_failure_data.user_failure_data is None:
+                continue
+            metadata = event.step_failure_data.user_failure_data.metadata
             if LANDING_FINGERPRINT not in metadata or FAILED_DAY not in metadata:
                 continue
+            days = found.setdefault(event.step_key, {})
             day = str(metadata[FAILED_DAY].value)
-            if day not in found or found[day].timestamp < entry.timestamp:
-                found[day] = Attempt(str(metadata[LANDING_FINGERPRINT].value), entry.timestamp, failed=True)
+            if day not in days or days[day].timestamp < entry.timestamp:
+                days[day] = Attempt(str(metadata[LANDING_FINGERPRINT].value), entry.timestamp, failed=True)
     return found
 
 
-def last_attempts(instance: DagsterInstance, table: str) -> dict[str, Attempt]:
-    """Per partition of a raw table, its newest ingest: a materialization or a failure on its files."""
+def last_attempts(
+    instance: DagsterInstance, table: str, failures: Mapping[str, Attempt]
+) -> dict[str, Attempt]:
+    """Per partition of a raw table, its newest ingest: a materialization or a failure on its files
+    (``failures``: the table's, :func:`failed_to_ingest`)."""
     attempts = ingested(instance, table)
-    for day, failure in failed_to_ingest(instance, table).items():
+    for day, failure in failures.items():
         if day not in attempts or attempts[day].timestamp < failure.timestamp:
             attempts[day] = failure
     return attempts
@@ -142,9 +149,10 @@ def find_redeliveries(instance: DagsterInstance, log_source: LogSource, contract
     changed: dict[str, list[tuple[str, str]]] = {}
     waiting: list[str] = []
     missing: list[str] = []
+    failures = failed_to_ingest(instance)
     for kind in contract.log_kinds:
         table = RAW_TABLES[kind]
-        for day, attempt in sorted(last_attempts(instance, table).items()):
+        for day, attempt in sorted(last_attempts(instance, table, failures.get(table, {})).items()):
             try:
                 now = fingerprint(log_source.partition_files(kind, date.fromisoformat(day)))
             except MissingPartitionError as exc:
