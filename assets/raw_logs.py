@@ -4,6 +4,10 @@ One asset per log the contract declares (``raw_impressions``, and ``raw_clicks``
 as a label on the impressions), each with a blocking check that judges the day.
 """
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -47,6 +51,16 @@ _DESCRIPTIONS = {
 }
 
 
+def delivery_failure(error: Exception, day: str, files: Sequence[Path]) -> Failure:
+    """The failure of a day's ingest that its delivery caused (no files yet, a file that cannot be
+    ingested as delivered), with the day and the delivery's fingerprint: redelivery_sensor ingests
+    the day once its files change."""
+    metadata: dict[str, Any] = {LANDING_FINGERPRINT: fingerprint(files), FAILED_DAY: day}
+    if files:
+        metadata["landing_files"] = MetadataValue.md(files_markdown(files))
+    return Failure(description=str(error), metadata=metadata)
+
+
 def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> AssetsDefinition:
     name = RAW_TABLES[kind]
     spec = contract.log(kind)
@@ -69,25 +83,13 @@ def _raw_asset(calendar: Calendar, contract: LogContract, kind: LogKind) -> Asse
         pseudonymiser = log_contract.pseudonymiser()  # before reading: no key, no ingest
         try:
             files = log_source.partition_files(kind, day)
-        except MissingPartitionError as exc:
-            # not delivered yet: redelivery_sensor ingests the day once its files arrive
-            raise Failure(
-                description=str(exc),
-                metadata={LANDING_FINGERPRINT: fingerprint([]), FAILED_DAY: context.partition_key},
-            ) from exc
+        except MissingPartitionError as exc:  # not delivered yet
+            raise delivery_failure(exc, context.partition_key, []) from exc
         delivered = fingerprint(files)  # before reading: a file replaced meanwhile changes it
         try:
             done = ingest_day(warehouse.get(), files, spec, name, day, pseudonymiser)
-        except LogFileError as exc:
-            # the delivery's fault: redelivery_sensor ingests the day once its files change
-            raise Failure(
-                description=str(exc),
-                metadata={
-                    LANDING_FINGERPRINT: delivered,
-                    FAILED_DAY: context.partition_key,
-                    "landing_files": MetadataValue.md(files_markdown(files)),
-                },
-            ) from exc
+        except LogFileError as exc:  # a file that cannot be ingested as delivered
+            raise delivery_failure(exc, context.partition_key, files) from exc
         parsed = done.parsed
         context.log.info(
             f"{kind} {day}: {parsed.lines_read:,} lines = {parsed.valid_rows:,} valid + "

@@ -203,21 +203,23 @@ def rescored_features(
     return con.sql(events_features_sql(con, spec, events_path, stats_path)).to_arrow_table()
 
 
+def _scores_and_labels(
+    booster: xgb.Booster, tables: Sequence[pa.Table], spec: FeatureSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """The served scores and the clicks of the rows of ``tables``, one after the other."""
+    scores = np.concatenate([served_scores(booster, t, spec) for t in tables])
+    labels = np.concatenate(
+        [t.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64) for t in tables]
+    )
+    return scores, labels
+
+
 def fit_day(
     booster: xgb.Booster, table: pa.Table, spec: FeatureSpec, model_version: str, day: str
 ) -> Calibration:
     """Fit a version's calibration on one labelled day of features (the impressions it served)."""
-    table = served_by(table, served_version(model_version))
-    labels = table.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64)
-    return fit_platt(served_scores(booster, table, spec), labels, model_version, day)
-
-
-def serves_enough(table: pa.Table, model_version: str) -> bool:
-    """Whether ``model_version`` served enough clicks of a day's features to be fitted on them alone
-    (a log that does not name the serving version: every day counts as its own)."""
-    if MODEL_VERSION not in table.column_names:
-        return True
-    return served_by(table, served_version(model_version)) is not table
+    own = served_by(table, served_version(model_version))
+    return fit_platt(*_scores_and_labels(booster, [own], spec), model_version, day)
 
 
 def fit_serving_day(
@@ -229,23 +231,20 @@ def fit_serving_day(
     first_unseen_day: str | None,
 ) -> Calibration:
     """A version's calibration for a serving day, from the labelled ``days`` before it (newest
-    first; ``features_of(day)`` re-scores one). The newest day alone when the version served it;
-    else (its first served days: the traffic is its predecessor's) the days from
-    ``first_unseen_day`` (its validation day: never a training day) on, pooled, up to
-    :data:`POOLED_DAYS`. A day of another policy's traffic tells the version's level on its own
-    traffic less well than a day of its own (it shows the ads that policy chose), and a single one
-    adds its count's noise on top."""
+    first; ``features_of(day)`` re-scores one). The newest day alone when the version served it
+    (or the log does not name the serving version); else (its first served days: the traffic is
+    its predecessor's) the days from ``first_unseen_day`` (its validation day: never a training
+    day) on, pooled, up to :data:`POOLED_DAYS`. A day of another policy's traffic tells the
+    version's level on its own traffic less well than a day of its own (it shows the ads that policy
+    chose), and a single one adds its count's noise on top."""
     newest = features_of(days[0])
-    if serves_enough(newest, model_version):
-        return fit_day(booster, newest, spec, model_version, days[0])
+    own = served_by(newest, served_version(model_version))
+    if own is not newest or MODEL_VERSION not in newest.column_names:
+        return fit_platt(*_scores_and_labels(booster, [own], spec), model_version, days[0])
     pooled = [d for d in days[1:POOLED_DAYS] if first_unseen_day is not None and d >= first_unseen_day]
     tables = [newest, *(features_of(d) for d in pooled)]
-    scores = np.concatenate([served_scores(booster, t, spec) for t in tables])
-    labels = np.concatenate(
-        [t.column(LABEL).to_numpy(zero_copy_only=False).astype(np.float64) for t in tables]
-    )
     fitted_on = days[0] if not pooled else f"{pooled[-1]}…{days[0]}"
-    return fit_platt(scores, labels, model_version, fitted_on)
+    return fit_platt(*_scores_and_labels(booster, tables, spec), model_version, fitted_on)
 
 
 # --- Stored per serving day -----------------------------------------------------------------------

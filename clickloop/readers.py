@@ -217,16 +217,22 @@ def _csv_quoted_fields(
         if position is None:
             patched.append(column)
             continue
-        field = table.column(position).combine_chunks()
-        field = pc.if_else(pc.equal(field, ""), pa.scalar(None, pa.string()), field)
-        patched.append(pc.replace_with_mask(column, quoted, field))
+        patched.append(
+            pc.replace_with_mask(column, quoted, _empty_as_null(table.column(position).combine_chunks()))
+        )
     return quoted, patched
 
 
 def _csv_field(flat: pa.Array, starts: pa.Array, whole: pa.Array, position: int) -> pa.Array:
     """The field at ``position`` of every whole record (NULL for the others, and when empty)."""
-    taken = flat.take(pc.if_else(whole, pc.add(starts, position), pa.scalar(None, starts.type)))
-    return pc.if_else(pc.equal(taken, ""), pa.scalar(None, pa.string()), taken)
+    return _empty_as_null(
+        flat.take(pc.if_else(whole, pc.add(starts, position), pa.scalar(None, starts.type)))
+    )
+
+
+def _empty_as_null(values: pa.Array) -> pa.Array:
+    """A CSV field's text, NULL where the field is empty."""
+    return pc.if_else(pc.equal(values, ""), pa.scalar(None, pa.string()), values)
 
 
 def _csv_record(line: str, fields: int) -> tuple[list[str], str | None]:
