@@ -5,9 +5,8 @@ from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, Materiali
 
 from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
-from assets.partitions import Calendar
+from assets.partitions import STATISTICS_OF_LABELLED_DAY, Calendar
 from clickloop.calibration import (
-    CALIBRATION_LAG_DAYS,
     DAILY_TAGS,
     POOLED_DAYS,
     SERVING_CALIBRATION,
@@ -53,10 +52,14 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
             [k for k in context.asset_partition_keys_for_input(name) if store.has_partition(name, k)]
             for name in (AD_EVENTS, STATS_TABLE)
         )
-        # each labelled day with the statistics of the day after it, the newest (D-2) first
-        pairs = [(k, calendar.neighbour(k, 1)) for k in reversed(labelled)]
-        pairs = [(k, after) for k, after in pairs if after in stats]
-        newest = calendar.neighbour(day, -CALIBRATION_LAG_DAYS)
+        # each labelled day with the statistics it is re-scored with, the newest (D-2) first
+        pairs = [
+            (k, after)
+            for k in reversed(labelled)
+            for after in calendar.upstream_days(STATISTICS_OF_LABELLED_DAY, k)
+            if after in stats
+        ]
+        newest = max(calendar.upstream_days(calendar.recalibration_days, day), default=None)
         champion = model_registry.champion()
         missing = {
             "no champion yet": champion is None,

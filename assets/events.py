@@ -10,6 +10,7 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
+    TimeWindowPartitionMapping,
     asset,
 )
 from pydantic import Field
@@ -20,13 +21,18 @@ from assets.guards import require_upstream_checks_passed
 from assets.partitions import CLICKS_FOR_EVENTS, IMPRESSIONS_FOR_EVENTS, Calendar
 from assets.raw_logs import RAW_TABLES
 from clickloop.checks import events_rules
-from clickloop.contract import LogContract
+from clickloop.contract import LogContract, LogKind
 from clickloop.events import MAX_WINDOW_HOURS, join_events, label_events
 from clickloop.presentation import significant
 from clickloop.quarantine import day_window
 from resources.warehouse import WarehouseResource
 
 AD_EVENTS = "ad_events"
+#: the days of each raw log the events of day D read
+EVENTS_READ: dict[LogKind, TimeWindowPartitionMapping] = {
+    "impressions": IMPRESSIONS_FOR_EVENTS,
+    "clicks": CLICKS_FOR_EVENTS,
+}
 
 
 class AdEventsConfig(Config):
@@ -40,9 +46,8 @@ class AdEventsConfig(Config):
 
 
 def ad_events_asset(calendar: Calendar, contract: LogContract) -> AssetsDefinition:
-    deps = [AssetDep(RAW_TABLES["impressions"], partition_mapping=IMPRESSIONS_FOR_EVENTS)]
-    if not contract.labelled:
-        deps.append(AssetDep(RAW_TABLES["clicks"], partition_mapping=CLICKS_FOR_EVENTS))
+    kinds: list[LogKind] = ["impressions"] if contract.labelled else ["impressions", "clicks"]
+    deps = [AssetDep(RAW_TABLES[kind], partition_mapping=EVENTS_READ[kind]) for kind in kinds]
 
     @asset(
         name=AD_EVENTS,

@@ -41,6 +41,11 @@ def days_around(start_offset: int, end_offset: int) -> TimeWindowPartitionMappin
 IMPRESSIONS_FOR_EVENTS = days_around(-1, 0)
 #: the clicks of D-1 (to rank duplicates of D-1's impressions), D, and D+1 (late clicks).
 CLICKS_FOR_EVENTS = days_around(-1, 1)
+#: the statistics a labelled day is re-scored with to recalibrate: those of the day after it, the
+#: newest whose window leaves the day itself out (no row sees its own click).
+STATISTICS_OF_LABELLED_DAY = days_around(
+    CALIBRATION_LAG_DAYS - CALIBRATION_STATS_LAG_DAYS, CALIBRATION_LAG_DAYS - CALIBRATION_STATS_LAG_DAYS
+)
 
 
 @dataclass(frozen=True)
@@ -98,17 +103,32 @@ class Calendar:
     def keys(self) -> list[str]:
         return self.partitions.get_partition_keys()
 
+    def upstream_days(self, mapping: TimeWindowPartitionMapping, key: str) -> list[str]:
+        """The days ``mapping`` maps day ``key`` to (what an asset of day ``key`` reads through it),
+        oldest first; those outside the partitions are skipped."""
+        partitions = self.partitions
+        upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+            partitions.subset_with_partition_keys([key]), partitions, partitions
+        )
+        return sorted(upstream.partitions_subset.get_partition_keys())
+
+    def downstream_days(self, mapping: TimeWindowPartitionMapping, key: str) -> list[str]:
+        """The days whose asset reads day ``key`` through ``mapping``, oldest first; those outside
+        the partitions (after today) are skipped."""
+        partitions = self.partitions
+        return sorted(
+            mapping.get_downstream_partitions_for_partitions(
+                partitions.subset_with_partition_keys([key]), partitions, partitions
+            ).get_partition_keys()
+        )
+
     def days_up_to(self, key: str, days: int) -> list[str]:
         """The ``days`` daily partitions ending with ``key``, oldest first (those before the first
         day skipped): the window a plot of the recent days shows, read through the same partition
         mapping as the loop's other windows."""
         if days < 1:
             raise ValueError(f"a window of days is at least one day, not {days}")
-        partitions = self.partitions
-        upstream = days_around(-(days - 1), 0).get_upstream_mapped_partitions_result_for_partitions(
-            partitions.subset_with_partition_keys([key]), partitions, partitions
-        )
-        return sorted(upstream.partitions_subset.get_partition_keys())
+        return self.upstream_days(days_around(-(days - 1), 0), key)
 
     def neighbour(self, key: str | None, offset: int) -> str | None:
         """The daily partition ``offset`` places from ``key``, or None outside the partitions."""

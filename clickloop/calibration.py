@@ -243,7 +243,7 @@ def fit_serving_day(
         return fit_platt(*_scores_and_labels(booster, [own], spec), model_version, days[0])
     pooled = [d for d in days[1:POOLED_DAYS] if first_unseen_day is not None and d >= first_unseen_day]
     tables = [newest, *(features_of(d) for d in pooled)]
-    fitted_on = days[0] if not pooled else f"{pooled[-1]}…{days[0]}"
+    fitted_on = ", ".join(sorted([days[0], *pooled]))  # each day named: ``days`` may skip one
     return fit_platt(*_scores_and_labels(booster, tables, spec), model_version, fitted_on)
 
 

@@ -9,12 +9,13 @@ one that found no files for the day (not delivered yet) records the fingerprint 
 ``redelivery_sensor`` compares each day's newest attempt with the files in the landing folder now,
 and ingests a day whose delivery changed (a day that failed is left alone until its files change:
 the same broken file is not read twice); when that run succeeds, ``events_after_redelivery``
-rebuilds the events (with their features, drift and online metrics) of every day that reads it:
-D-1 (its late clicks), D and D+1 (its duplicates across midnight), those that were built. The new
+rebuilds the events (with their features, drift and online metrics) of every day that reads it,
+through the events' partition mappings: D and D+1 for impressions (duplicates across midnight),
+D-1 … D+1 for clicks (late clicks), those that were built. The new
 data version marks whatever else was built on the day stale in the UI.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -35,7 +36,7 @@ from dagster import (
     sensor,
 )
 
-from assets.events import AD_EVENTS
+from assets.events import AD_EVENTS, EVENTS_READ
 from assets.partitions import Calendar
 from assets.raw_logs import FAILED_DAY, LANDING_FINGERPRINT, RAW_TABLES
 from clickloop.contract import LogContract
@@ -181,11 +182,14 @@ def redelivery_request(redelivery: Redelivery) -> RunRequest:
     )
 
 
-def events_to_rebuild(instance: DagsterInstance, calendar: Calendar, day: str) -> list[str]:
-    """The days whose events read the raw logs of ``day`` (D-1, D, D+1) and were built."""
-    built = instance.get_materialized_partitions(AssetKey(AD_EVENTS))
-    around = [calendar.neighbour(day, offset) for offset in (-1, 0, 1)]
-    return [k for k in around if k is not None and k in built]
+def events_to_rebuild(
+    instance: DagsterInstance, calendar: Calendar, day: str, tables: Sequence[str]
+) -> list[str]:
+    """The days whose events read the raw ``tables`` of ``day`` (the events' own partition
+    mappings: D and D+1 for impressions, D-1 … D+1 for clicks) and were built."""
+    kinds = [kind for kind, name in RAW_TABLES.items() if name in tables]
+    reading = {k for kind in kinds for k in calendar.downstream_days(EVENTS_READ[kind], day)}
+    return sorted(reading & set(instance.get_materialized_partitions(AssetKey(AD_EVENTS))))
 
 
 def redelivery_sensors(calendar: Calendar, contract: LogContract, jobs: LoopJobs) -> list[SensorDefinition]:
@@ -214,14 +218,14 @@ def redelivery_sensors(calendar: Calendar, contract: LogContract, jobs: LoopJobs
         request_job=jobs.events,
         default_status=DefaultSensorStatus.STOPPED,
         description="After a day delivered again is re-ingested, rebuild the events of the days "
-        "that read it (D-1, D, D+1, those that were built).",
+        "that read it (D and D+1 for impressions, D-1 … D+1 for clicks; those that were built).",
     )
     def _events_after(context: RunStatusSensorContext) -> list[RunRequest] | SkipReason:
         run = context.dagster_run
         day = run.tags.get("dagster/partition")
         if REDELIVERY_TAG not in run.tags or day is None:
             return SkipReason("not a re-ingest of logs delivered again")
-        days = events_to_rebuild(context.instance, calendar, day)
+        days = events_to_rebuild(context.instance, calendar, day, run.tags[REDELIVERY_TAG].split(","))
         if not days:
             return SkipReason(f"no events built on {day} yet")
         return [

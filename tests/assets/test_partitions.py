@@ -6,7 +6,13 @@ import warnings
 import pytest
 from dagster import BetaWarning
 
-from assets.partitions import CLICKS_FOR_EVENTS, Calendar, days_around
+from assets.partitions import (
+    CLICKS_FOR_EVENTS,
+    IMPRESSIONS_FOR_EVENTS,
+    STATISTICS_OF_LABELLED_DAY,
+    Calendar,
+    days_around,
+)
 
 CALENDAR = Calendar(start_date="2026-10-01", feature_window_days=7)
 
@@ -40,6 +46,22 @@ def test_windows_read_the_days_around_d_and_skip_those_before_the_first() -> Non
         "2026-10-18",
         "2026-10-19",
     ]
+
+
+def test_the_days_that_read_a_day_are_the_windows_seen_from_the_other_side() -> None:
+    # the raw logs of D are read by the events of D and D+1 (impressions), D-1 … D+1 (clicks)
+    assert CALENDAR.downstream_days(IMPRESSIONS_FOR_EVENTS, "2026-10-05") == ["2026-10-05", "2026-10-06"]
+    assert CALENDAR.downstream_days(CLICKS_FOR_EVENTS, "2026-10-05") == [
+        "2026-10-04",
+        "2026-10-05",
+        "2026-10-06",
+    ]
+    assert CALENDAR.downstream_days(CLICKS_FOR_EVENTS, "2026-10-01") == ["2026-10-01", "2026-10-02"]
+    last = CALENDAR.keys()[-1]  # no partition after it yet
+    assert CALENDAR.downstream_days(CLICKS_FOR_EVENTS, last) == CALENDAR.keys()[-2:]
+    # a labelled day is re-scored with the statistics of the day after it
+    assert CALENDAR.upstream_days(STATISTICS_OF_LABELLED_DAY, "2026-10-05") == ["2026-10-06"]
+    assert CALENDAR.upstream_days(STATISTICS_OF_LABELLED_DAY, last) == []
 
 
 def test_the_days_up_to_a_day_end_with_it_and_start_no_earlier_than_the_first() -> None:

@@ -49,7 +49,9 @@ def test_the_champion_is_calibrated_on_the_random_days_since_its_validation_day_
     validation, test = tags["validation_day"], tags["test_day"]
     assert (validation, test) == (keys[8], keys[9])
     first, second = history.champion_days
-    assert read_serving_calibration(history.warehouse, first).fitted_on == f"{validation}…{test}"
-    assert read_serving_calibration(history.warehouse, second).fitted_on == f"{validation}…{keys[10]}"
+    assert read_serving_calibration(history.warehouse, first).fitted_on == f"{validation}, {test}"
+    assert (
+        read_serving_calibration(history.warehouse, second).fitted_on == f"{validation}, {test}, {keys[10]}"
+    )
     fitted = history.metadata("serving_calibration", second)
-    assert fitted["fitted_on"] == f"{validation}…{keys[10]}" and fitted["status"] == "fitted"
+    assert fitted["fitted_on"] == f"{validation}, {test}, {keys[10]}" and fitted["status"] == "fitted"

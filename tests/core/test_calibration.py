@@ -94,7 +94,7 @@ def test_a_version_that_did_not_serve_the_day_is_fitted_on_the_days_before_it_po
     # its first served days: the days from its validation day (KEYS[8]) on, pooled; never KEYS[7]
     pooled = fit_serving_day(booster, SPEC, "1", days, features_of, first_unseen_day=KEYS[8])
     assert asked == [KEYS[9], KEYS[8]]
-    assert (pooled.rows, pooled.fitted_on) == (6000, f"{KEYS[8]}…{KEYS[9]}")
+    assert (pooled.rows, pooled.fitted_on) == (6000, f"{KEYS[8]}, {KEYS[9]}")
     both = [tables[KEYS[9]], tables[KEYS[8]]]
     scores = np.concatenate([served_scores(booster, t, SPEC) for t in both])
     labels = np.concatenate([t.column(LABEL).to_numpy().astype(np.float64) for t in both])
@@ -103,6 +103,9 @@ def test_a_version_that_did_not_serve_the_day_is_fitted_on_the_days_before_it_po
     # without its validation day the newest day alone, as before
     alone = fit_serving_day(booster, SPEC, "1", days, features_of, first_unseen_day=None)
     assert (alone.rows, alone.fitted_on) == (3000, KEYS[9])
+    # a day between them not built (no events or statistics): the days fitted on are each named
+    gap = fit_serving_day(booster, SPEC, "1", [KEYS[9], KEYS[7]], features_of, first_unseen_day=KEYS[7])
+    assert (gap.rows, gap.fitted_on) == (6000, f"{KEYS[7]}, {KEYS[9]}")
 
     # once it served the newest day: its own impressions of that day alone
     served = tables[KEYS[9]]
