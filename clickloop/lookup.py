@@ -30,41 +30,52 @@ from clickloop.storage import StoragePath, read_parquet
 
 @dataclass(frozen=True)
 class _KeyTable:
-    """One key type's statistics: its keys (one or two columns of text) and their numbers."""
+    """One key type's statistics: its keys (one or two columns of text) and their numbers, with
+    the indexes a lookup reads built once: each key column's vocabulary, and each row's key as one
+    integer over those vocabularies (a NULL part has a code of its own, one past the vocabulary)."""
 
     keys: tuple[np.ndarray, ...]
     impressions: np.ndarray
     ctr: np.ndarray
+    vocabularies: tuple[pd.Index, ...]
+    combined: pd.Index
+
+    @classmethod
+    def of(cls, keys: tuple[np.ndarray, ...], impressions: np.ndarray, ctr: np.ndarray) -> _KeyTable:
+        vocabularies = tuple(pd.Index(pd.unique(k[~pd.isna(k)]), dtype=object) for k in keys)
+        combined = np.zeros(len(impressions), dtype=np.int64)
+        for column, vocabulary in zip(keys, vocabularies, strict=True):
+            codes = vocabulary.get_indexer(pd.Index(column, dtype=object))
+            combined = combined * (len(vocabulary) + 1) + np.where(codes < 0, len(vocabulary), codes)
+        return cls(keys, impressions, ctr, vocabularies, pd.Index(combined))
 
 
-def _codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
-    """Integer codes of a column and the vocabulary they index (NULL: code -1)."""
+#: a candidate column as integer codes and the text values they index (NULL: code -1)
+Codes = tuple[np.ndarray, pd.Index]
+
+
+def _codes(values: pd.Series) -> Codes:
+    """Integer codes of a column and the vocabulary they index, as text (NULL: code -1)."""
     if isinstance(values.dtype, pd.CategoricalDtype):
         return values.cat.codes.to_numpy(), pd.Index(values.cat.categories.astype(str))
     codes, uniques = pd.factorize(values.astype(object), use_na_sentinel=True)
     return codes, pd.Index(uniques).astype(str)
 
 
-def _find(table: _KeyTable, columns: Sequence[pd.Series]) -> np.ndarray:
+def _find(table: _KeyTable, columns: Sequence[Codes]) -> np.ndarray:
     """For each row, the position of its key in ``table``, -1 when it is not there. Keys are
-    compared as in the SQL (``IS NOT DISTINCT FROM``): a NULL matches a NULL."""
-    combined = np.zeros(len(columns[0]), dtype=np.int64)
-    known = np.zeros(len(table.impressions), dtype=np.int64)
-    matchable = np.ones(len(table.impressions), dtype=bool)
-    for column, stats_keys in zip(columns, table.keys, strict=True):
-        codes, vocabulary = _codes(column)
-        null = len(vocabulary)  # NULL has a code of its own on both sides
-        stats_codes = vocabulary.get_indexer(pd.Index(stats_keys, dtype=object))
-        stats_codes[pd.isna(stats_keys)] = null
-        matchable &= stats_codes >= 0
-        width = len(vocabulary) + 1
-        combined = combined * width + np.where(codes < 0, null, codes)
-        known = known * width + stats_codes
-    positions = np.flatnonzero(matchable)
-    if positions.size == 0:  # no history for this key type: nothing is found
-        return np.full(len(combined), -1, dtype=np.int64)
-    local = pd.Index(known[positions]).get_indexer(combined)
-    return np.where(local >= 0, positions[local], -1)
+    compared as in the SQL (``IS NOT DISTINCT FROM``): a NULL matches a NULL. Only the rows'
+    distinct values are hashed against the table's vocabularies; the table's indexes are reused."""
+    combined = np.zeros(len(columns[0][0]), dtype=np.int64)
+    unseen = np.zeros(len(combined), dtype=bool)
+    for (codes, values), vocabulary in zip(columns, table.vocabularies, strict=True):
+        null = len(vocabulary)
+        in_table = np.append(vocabulary.get_indexer(values), null)  # code -1 (NULL) takes the last
+        mapped = in_table[codes]
+        unseen |= mapped < 0
+        combined = combined * (null + 1) + mapped
+    combined[unseen] = -1  # never a key of the table
+    return table.combined.get_indexer(combined)
 
 
 class StatsLookup:
@@ -78,7 +89,7 @@ class StatsLookup:
         for name, width in [(e.name, len(e.columns)) for e in spec.entities] + [(USER_KEY_TYPE, 1)]:
             rows = table[table["key_type"] == name]
             keys = tuple(rows[f"key{k + 1}"].astype(object).to_numpy() for k in range(width))
-            self.tables[name] = _KeyTable(
+            self.tables[name] = _KeyTable.of(
                 keys, rows["impressions"].to_numpy(np.int64), rows["ctr"].to_numpy(np.float64)
             )
 
@@ -95,14 +106,21 @@ class StatsLookup:
         rows' own position column)."""
         spec = self.spec
         out = row_features(spec, candidates, position)
+        coded: dict[str, Codes] = {}  # each key column coded once, whatever entities share it
+
+        def codes(column: str) -> Codes:
+            if column not in coded:
+                coded[column] = _codes(candidates[column])
+            return coded[column]
+
         for entity in spec.entities:
             table = self.tables[entity.name]
-            found = _find(table, [candidates[c] for c in entity.columns])
+            found = _find(table, [codes(c) for c in entity.columns])
             out[impressions_feature(entity)] = _take(table.impressions, found, 0)
             out[ctr_feature(entity)] = _take(table.ctr, found, self.prior)
         if spec.user_activity:
             table = self.tables[USER_KEY_TYPE]
-            out[USER_ACTIVITY] = _take(table.impressions, _find(table, [candidates[USER_ID]]), 0)
+            out[USER_ACTIVITY] = _take(table.impressions, _find(table, [codes(USER_ID)]), 0)
         return out
 
 

@@ -102,18 +102,35 @@ class Pseudonymiser:
         """The pseudonym of one id (Python's :mod:`hmac`)."""
         return hmac.new(self.key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def values(self, ids: pd.Series | Sequence[object]) -> np.ndarray:
-        """The pseudonyms of a column of ids (each distinct id hashed once; missing stay None)."""
-        codes, uniques = pd.factorize(pd.Series(ids, dtype=object), use_na_sentinel=True)
-        hashed = np.array([self.value(str(u)) for u in uniques] + [None], dtype=object)
-        return hashed[np.where(codes < 0, len(uniques), codes)]
+    def values(self, ids: pd.Series | Sequence[object]) -> pd.Categorical:
+        """The pseudonyms of a column of ids, as a categorical of them: each distinct id present is
+        hashed once (of a categorical column, only the categories its rows use); missing stay
+        missing. A lookup of the pseudonyms then reads the codes instead of hashing text again."""
+        series = pd.Series(ids)
+        if isinstance(series.dtype, pd.CategoricalDtype):
+            codes, used = pd.factorize(series.cat.codes.to_numpy())  # -1 (missing) is a value here
+            texts = [None if c < 0 else str(series.cat.categories[c]) for c in used]
+        else:
+            codes, uniques = pd.factorize(series.astype(object), use_na_sentinel=True)
+            texts = [str(u) for u in uniques]
+        present = np.array([t is not None for t in texts], dtype=bool)
+        hashed = np.array([self.value(t) for t in texts if t is not None], dtype=object)
+        # one category per pseudonym (ids of other types with the same text share one)
+        categories, inverse = np.unique(hashed, return_inverse=True)
+        remap = np.full(len(texts), -1, dtype=np.int64)
+        remap[present] = inverse
+        out = np.full(len(codes), -1, dtype=np.int64)
+        known = codes >= 0
+        out[known] = remap[codes[known]]
+        return pd.Categorical.from_codes(out, categories=categories)
 
     def frame(self, candidates: pd.DataFrame) -> pd.DataFrame:
-        """Candidates as the ad server sent them, their personal columns as pseudonyms."""
+        """Candidates as the ad server sent them, their personal columns as pseudonyms (categorical);
+        the caller's frame is left as it is."""
         present = [c for c in self.columns if c in candidates.columns]
         if not present:
             return candidates
-        out = candidates.copy()
+        out = candidates.copy(deep=False)  # the columns replaced below are new arrays
         for column in present:
             out[column] = self.values(candidates[column])
         return out

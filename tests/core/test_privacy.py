@@ -188,6 +188,18 @@ def test_without_a_key_only_the_simulators_synthetic_ids_get_the_public_key() ->
 def test_serving_reaches_the_stored_pseudonym_from_the_raw_id() -> None:
     candidates = pd.DataFrame({"user_id": [ALICE, None, ALICE, BOB], "ad_id": ["a1", "a2", "a3", "a4"]})
     out = KEY.frame(candidates)
-    assert out["user_id"].tolist() == [KEY.value(ALICE), None, KEY.value(ALICE), KEY.value(BOB)]
+
+    def ids(column: pd.Series) -> list[str | None]:
+        return [None if pd.isna(v) else v for v in column]
+
+    assert isinstance(out["user_id"].dtype, pd.CategoricalDtype)  # a lookup reads its codes
+    assert ids(out["user_id"]) == [KEY.value(ALICE), None, KEY.value(ALICE), KEY.value(BOB)]
+    # ids given as a categorical (the simulator's): the same pseudonyms, only the used ids hashed
+    given = candidates.astype({"user_id": pd.CategoricalDtype([BOB, CAROL, ALICE])})
+    assert ids(KEY.frame(given)["user_id"]) == ids(out["user_id"])
+    assert set(KEY.frame(given)["user_id"].cat.categories) == {KEY.value(ALICE), KEY.value(BOB)}
+    # ids of other types with the same text are one user, one pseudonym
+    mixed = KEY.frame(pd.DataFrame({"user_id": [7, "7", None]}))["user_id"]
+    assert ids(mixed) == [KEY.value("7"), KEY.value("7"), None]
     assert out["ad_id"].tolist() == candidates["ad_id"].tolist()
     assert candidates["user_id"].iloc[0] == ALICE  # the caller's frame is left alone
