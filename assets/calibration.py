@@ -48,18 +48,16 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
     ) -> MaterializeResult:
         day = context.partition_key
         store = warehouse.get()
-        labelled, stats = (
-            [k for k in context.asset_partition_keys_for_input(name) if store.has_partition(name, k)]
-            for name in (AD_EVENTS, STATS_TABLE)
-        )
+        window = {name: context.asset_partition_keys_for_input(name) for name in (AD_EVENTS, STATS_TABLE)}
+        labelled, stats = ([k for k in window[name] if store.has_partition(name, k)] for name in window)
+        newest = max(window[AD_EVENTS], default=None)  # D-2, built or not
         # each labelled day with the statistics it is re-scored with, the newest (D-2) first
         pairs = [
             (k, after)
-            for k in reversed(labelled)
+            for k in sorted(labelled, reverse=True)
             for after in calendar.upstream_days(STATISTICS_OF_LABELLED_DAY, k)
             if after in stats
         ]
-        newest = max(calendar.upstream_days(calendar.recalibration_days, day), default=None)
         champion = model_registry.champion()
         missing = {
             "no champion yet": champion is None,
