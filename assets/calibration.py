@@ -1,16 +1,21 @@
 """The champion's daily recalibration: what the ad server applies to its scores on day D."""
 
 import pyarrow as pa
+import xgboost as xgb
 from dagster import AssetDep, AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from assets.events import AD_EVENTS
 from assets.guards import require_upstream_checks_passed
-from assets.partitions import STATISTICS_OF_LABELLED_DAY, Calendar
+from assets.partitions import IMPRESSIONS_OF_STATISTICS_SHIFT, STATISTICS_OF_LABELLED_DAY, Calendar
+from assets.raw_logs import RAW_TABLES
 from clickloop.calibration import (
     DAILY_TAGS,
     POOLED_DAYS,
     SERVING_CALIBRATION,
+    Calibration,
+    carried_to_serving_statistics,
     fit_serving_day,
+    impressions_features,
     rescored_features,
     write_serving_calibration,
 )
@@ -19,6 +24,7 @@ from clickloop.features import FeatureSpec
 from clickloop.model import TEST_DAY_TAG, VALIDATION_DAY_TAG
 from clickloop.presentation import markdown_table
 from clickloop.ranking import STATS_TABLE
+from clickloop.storage import Warehouse
 from resources.tracking import ModelRegistry
 from resources.warehouse import WarehouseResource
 
@@ -32,6 +38,7 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         deps=[
             AssetDep(AD_EVENTS, partition_mapping=calendar.recalibration_days),
             AssetDep(STATS_TABLE, partition_mapping=calendar.statistics_of_recalibration),
+            AssetDep(RAW_TABLES["impressions"], partition_mapping=IMPRESSIONS_OF_STATISTICS_SHIFT),
         ],
         group_name="serving",
         kinds={"xgboost", "parquet"},
@@ -40,8 +47,10 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         "computed it, against the click, with the features of D-1's statistics (the newest that "
         "leave D-2 out, one day behind those D is served with). A version that did not serve D-2 "
         f"(its first served days) is fitted on up to {POOLED_DAYS} such days pooled, from its "
-        "validation day on. The ad server applies it on D; the newest one is also on the model "
-        "version's page in the registry (tags daily_calibration.*).",
+        "validation day on. Its intercept is then carried to D's statistics (statistics_shift): "
+        "D-1's impressions keep their calibrated total when scored with them. The ad server "
+        "applies it on D; the newest one is also on the model version's page in the registry "
+        "(tags daily_calibration.*).",
     )
     def _serving_calibration(
         context: AssetExecutionContext, warehouse: WarehouseResource, model_registry: ModelRegistry
@@ -81,6 +90,7 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         tags = model_registry.version_tags(version)
         first_unseen = tags.get(VALIDATION_DAY_TAG) or tags.get(TEST_DAY_TAG)
         fitted = fit_serving_day(booster, spec, version, [k for k, _ in pairs], features_of, first_unseen)
+        fitted, shifted_on = _carried_to_day(context, store, spec, booster, fitted, stats_of_fit=pairs[0][1])
         path = write_serving_calibration(store, day, fitted)
         model_registry.set_version_tags(version, fitted.to_tags(DAILY_TAGS))
         summary = fitted.summary()
@@ -91,6 +101,8 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
                 "model_version": version,
                 "fitted_on": fitted.fitted_on,
                 "statistics_of": pairs[0][1],
+                "statistics_shift": round(fitted.statistics_shift, 4),
+                "shift_measured_on": shifted_on,
                 "slope": round(fitted.slope, 4),
                 "intercept": round(fitted.intercept, 4),
                 "calibration_before": summary["calibration_before"],
@@ -101,3 +113,29 @@ def serving_calibration_asset(calendar: Calendar, contract: LogContract) -> Asse
         )
 
     return _serving_calibration
+
+
+def _carried_to_day(
+    context: AssetExecutionContext,
+    store: Warehouse,
+    spec: FeatureSpec,
+    booster: xgb.Booster,
+    fitted: Calibration,
+    stats_of_fit: str,
+) -> tuple[Calibration, str]:
+    """``fitted`` carried to the statistics of the serving day on the impressions of the day before
+    it, and what it was measured on; as fitted when either is not built yet (or it is the identity)."""
+    day, raw = context.partition_key, RAW_TABLES["impressions"]
+    (previous,) = context.asset_partition_keys_for_input(raw) or [None]
+    if fitted.is_identity:
+        return fitted, "not carried: the identity (too few clicks to fit)"
+    if previous is None or not store.has_partition(raw, previous):
+        return fitted, f"not carried: no impressions of {previous or 'the day before'}"
+    if not store.has_partition(STATS_TABLE, day):
+        return fitted, f"not carried: no statistics of {day}"
+    (impressions,) = store.require_partition_paths(raw, [previous])
+    stats = store.require_partition_paths(STATS_TABLE, [stats_of_fit, day])
+    with store.duckdb() as con:
+        before, after = (impressions_features(con, spec, impressions, path) for path in stats)
+    carried = carried_to_serving_statistics(booster, spec, fitted, before, after)
+    return carried, f"impressions of {previous} ({before.num_rows:,}), statistics of {stats_of_fit} → {day}"

@@ -41,6 +41,9 @@ def days_around(start_offset: int, end_offset: int) -> TimeWindowPartitionMappin
 IMPRESSIONS_FOR_EVENTS = days_around(-1, 0)
 #: the clicks of D-1 (to rank duplicates of D-1's impressions), D, and D+1 (late clicks).
 CLICKS_FOR_EVENTS = days_around(-1, 1)
+#: the impressions the recalibration of D is carried to D's statistics on: those of D-1, the newest,
+#: in neither D-1's statistics nor D's.
+IMPRESSIONS_OF_STATISTICS_SHIFT = days_around(-CALIBRATION_STATS_LAG_DAYS, -CALIBRATION_STATS_LAG_DAYS)
 #: the statistics a labelled day is re-scored with to recalibrate: those of the day after it, the
 #: newest whose window leaves the day itself out (no row sees its own click).
 STATISTICS_OF_LABELLED_DAY = days_around(
@@ -83,8 +86,8 @@ class Calendar:
     @property
     def statistics_of_recalibration(self) -> TimeWindowPartitionMapping:
         """The statistics each recalibration day is re-scored with: those of the day after it (D-1
-        for D-2), the newest whose window leaves it out."""
-        return days_around(-CALIBRATION_STATS_LAG_DAYS - POOLED_DAYS + 1, -CALIBRATION_STATS_LAG_DAYS)
+        for D-2), the newest whose window leaves it out; and D's own, the calibration is carried to."""
+        return days_around(-CALIBRATION_STATS_LAG_DAYS - POOLED_DAYS + 1, 0)
 
     def daily_check(self, **kwargs: Any) -> Callable[[Callable[..., Any]], AssetChecksDefinition]:
         """``@asset_check(**kwargs)`` on these daily partitions: a check of each day of its asset.

@@ -9,6 +9,7 @@ from dagster import BetaWarning
 from assets.partitions import (
     CLICKS_FOR_EVENTS,
     IMPRESSIONS_FOR_EVENTS,
+    IMPRESSIONS_OF_STATISTICS_SHIFT,
     STATISTICS_OF_LABELLED_DAY,
     Calendar,
     days_around,
@@ -35,7 +36,8 @@ def test_windows_read_the_days_around_d_and_skip_those_before_the_first() -> Non
     window = upstream_days(CALENDAR.history_window, "2026-10-20")[0]
     assert window == [f"2026-10-{day:02d}" for day in range(12, 19)]
     assert upstream_days(CALENDAR.history_window, "2026-10-02") == ([], [])
-    # the recalibration of D: D-4 … D-2, each with the statistics of the day after it
+    # the recalibration of D: D-4 … D-2, each with the statistics of the day after it, carried to
+    # D's statistics on the impressions of D-1
     assert upstream_days(CALENDAR.recalibration_days, "2026-10-20")[0] == [
         "2026-10-16",
         "2026-10-17",
@@ -45,7 +47,9 @@ def test_windows_read_the_days_around_d_and_skip_those_before_the_first() -> Non
         "2026-10-17",
         "2026-10-18",
         "2026-10-19",
+        "2026-10-20",
     ]
+    assert upstream_days(IMPRESSIONS_OF_STATISTICS_SHIFT, "2026-10-20")[0] == ["2026-10-19"]
 
 
 def test_the_days_that_read_a_day_are_the_windows_seen_from_the_other_side() -> None:

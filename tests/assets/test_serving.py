@@ -2,9 +2,20 @@
 impressions it serves carry its version and predictions (ranking itself, and its independence from
 the logged position, is tested in tests/core)."""
 
-import pyarrow.parquet as pq
+from dataclasses import replace
 
-from clickloop.calibration import read_serving_calibration
+import pyarrow.parquet as pq
+import pytest
+
+from clickloop.calibration import (
+    impressions_features,
+    read_serving_calibration,
+    served_scores,
+    with_user_activity_of,
+)
+from clickloop.contract_file import load_contract
+from clickloop.features import FeatureSpec
+from clickloop.ranking import STATS_TABLE
 from clickloop.simulator import TARGET_CTR
 from tests.assets.history import SIMULATOR, History
 
@@ -55,3 +66,33 @@ def test_the_champion_is_calibrated_on_the_random_days_since_its_validation_day_
     )
     fitted = history.metadata("serving_calibration", second)
     assert fitted["fitted_on"] == f"{validation}, {test}, {keys[10]}" and fitted["status"] == "fitted"
+
+
+def test_the_champions_calibration_is_carried_to_the_statistics_it_serves_with(history: History) -> None:
+    """Fitted with the statistics of D-1, it is carried to D's on D-1's impressions (the champion's
+    first served day, which neither file holds): scored with D's statistics they keep the calibrated
+    total they had with D-1's."""
+    first, second = history.champion_days
+    store = history.warehouse
+    stored = read_serving_calibration(store, second)
+    metadata = history.metadata("serving_calibration", second)
+    assert metadata["shift_measured_on"].startswith(f"impressions of {first} (")
+    assert metadata["shift_measured_on"].endswith(f"statistics of {first} → {second}")
+    assert stored.statistics_shift != 0.0
+    assert metadata["statistics_shift"] == pytest.approx(stored.statistics_shift, abs=1e-4)
+    as_fitted = replace(stored, intercept=stored.intercept - stored.statistics_shift, statistics_shift=0.0)
+    spec = FeatureSpec.from_contract(load_contract())
+    version, booster = history.registry.champion()
+    assert version == stored.model_version
+    (impressions,) = store.require_partition_paths("raw_impressions", [first])
+    with store.duckdb() as con:
+        before, after = (
+            impressions_features(con, spec, impressions, path)
+            for path in store.require_partition_paths(STATS_TABLE, [first, second])
+        )
+    assert set(before.column("model_version").to_pylist()) == {"ctr_model-v1"}
+    after = with_user_activity_of(after, before)
+    kept = stored.apply(served_scores(booster, after, spec)).sum()
+    assert kept == pytest.approx(as_fitted.apply(served_scores(booster, before, spec)).sum(), rel=1e-6)
+    # (with D-1's statistics on both sides the carry would have moved nothing)
+    assert stored.apply(served_scores(booster, before, spec)).sum() != pytest.approx(kept, rel=1e-3)

@@ -8,18 +8,23 @@ import pytest
 from clickloop.calibration import (
     DAILY_TAGS,
     MIN_CLICKS,
+    MIN_SHIFT_ROWS,
     POOLED_DAYS,
     PROMOTION_TAGS,
     Calibration,
     calibration_for,
     calibration_served,
+    carried_to_serving_statistics,
     fit_platt,
     fit_serving_day,
     newest_from_tags,
     served_scores,
+    to_serving_statistics,
+    with_user_activity_of,
     write_serving_calibration,
 )
 from clickloop.contract import LABEL, MODEL_VERSION
+from clickloop.features import USER_ACTIVITY, ctr_feature
 from clickloop.model import served_version
 from clickloop.storage import Warehouse
 from tests.core.conftest import Trained
@@ -115,3 +120,68 @@ def test_a_version_that_did_not_serve_the_day_is_fitted_on_the_days_before_it_po
     asked.clear()
     fitted = fit_serving_day(booster, SPEC, "1", days, features_of, first_unseen_day=KEYS[6])
     assert asked == [KEYS[9]] and (fitted.rows, fitted.fitted_on) == (2000, KEYS[9])
+
+
+def test_the_calibration_is_carried_to_the_statistics_of_the_serving_day() -> None:
+    """The intercept moves until the same impressions, scored with the serving day's statistics,
+    get the calibrated total they got with the statistics the map was fitted with."""
+    fitted = Calibration("1", slope=0.9, intercept=0.2, fitted_on="2026-10-10", rows=4000, clicks=300)
+    scores, _ = miscalibrated(4000, 1.0, 0.0, seed=3)
+    logits = np.log(scores / (1 - scores))
+    # every score 0.3 higher in the logit: the intercept falls by slope · 0.3, exactly
+    moved = 1.0 / (1.0 + np.exp(-(logits + 0.3)))
+    carried = to_serving_statistics(fitted, scores, moved)
+    assert carried.statistics_shift == pytest.approx(-0.9 * 0.3, abs=1e-9)
+    assert carried.intercept == pytest.approx(0.2 - 0.27, abs=1e-9) and carried.slope == fitted.slope
+    np.testing.assert_allclose(carried.apply(moved), fitted.apply(scores), rtol=1e-9)
+    assert (carried.fitted_on, carried.rows, carried.clicks) == (fitted.fitted_on, 4000, 300)
+    # scores that move unevenly: the total is kept, not each score
+    uneven = 1.0 / (1.0 + np.exp(-(logits + np.linspace(-0.5, 1.0, len(logits)))))
+    carried = to_serving_statistics(fitted, scores, uneven)
+    assert carried.apply(uneven).sum() == pytest.approx(fitted.apply(scores).sum(), rel=1e-9)
+    # unchanged statistics move nothing; the identity (no fit) is not carried
+    assert to_serving_statistics(fitted, scores, scores).statistics_shift == pytest.approx(0.0, abs=1e-12)
+    identity = Calibration.identity("1")
+    assert to_serving_statistics(identity, scores, moved) == identity
+    with pytest.raises(ValueError, match="different rows"):
+        to_serving_statistics(fitted, scores, moved[:-1])
+
+
+def test_the_carry_is_measured_on_the_versions_own_impressions_with_the_users_activity_unchanged(
+    trained: Trained,
+) -> None:
+    booster = trained.booster("1")
+    fitted = Calibration("1", slope=0.8, intercept=-0.1, fitted_on=KEYS[8])
+    before = features_day(KEYS[9], n=3000, seed=11)
+    column = before.column_names.index
+    # the serving day's statistics: every ad's CTR a third higher, and each user's activity that
+    # of another day (which the carry must not take: it would count the impression itself)
+    after = before.set_column(
+        column(ctr_feature(SPEC.entities[0])),
+        ctr_feature(SPEC.entities[0]),
+        pa.array(before.column(ctr_feature(SPEC.entities[0])).to_numpy() * 4 / 3),
+    ).set_column(column(USER_ACTIVITY), USER_ACTIVITY, pa.array(np.full(3000, 7), pa.int64()))
+    served_with = with_user_activity_of(after, before)
+    assert served_with.column(USER_ACTIVITY).equals(before.column(USER_ACTIVITY))
+    carried = carried_to_serving_statistics(booster, SPEC, fitted, before, after)
+    expected = to_serving_statistics(
+        fitted, served_scores(booster, before, SPEC), served_scores(booster, served_with, SPEC)
+    )
+    assert (
+        carried.statistics_shift == pytest.approx(expected.statistics_shift) and carried.statistics_shift < 0
+    )
+    # once the version served enough of D-1's impressions, those alone
+    own = np.arange(3000) < MIN_SHIFT_ROWS + 200
+    versions = pa.array(np.where(own, served_version("1"), "random-v0"))
+    mine = [t.set_column(column(MODEL_VERSION), MODEL_VERSION, versions) for t in (before, after)]
+    carried_own = carried_to_serving_statistics(booster, SPEC, fitted, *mine)
+    mask = pa.array(own)
+    expected_own = to_serving_statistics(
+        fitted,
+        served_scores(booster, before.filter(mask), SPEC),
+        served_scores(booster, served_with.filter(mask), SPEC),
+    )
+    assert carried_own.statistics_shift == pytest.approx(expected_own.statistics_shift)
+    assert carried_own.statistics_shift != pytest.approx(carried.statistics_shift)
+    with pytest.raises(ValueError, match="different impressions"):
+        carried_to_serving_statistics(booster, SPEC, fitted, before, after.slice(1))

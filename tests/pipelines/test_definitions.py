@@ -49,6 +49,7 @@ LOOP_EDGES = {
     ("feature_stats", "features"),
     ("ad_events", "serving_calibration"),
     ("feature_stats", "serving_calibration"),
+    ("raw_impressions", "serving_calibration"),
     ("features", "training_set"),
     ("features", "test_set"),
     ("training_set", "ctr_model"),

@@ -4,9 +4,9 @@ The end-to-end tier runs every scenario at 3,000 requests a day from one shared 
 ``stable`` runs alone at each scale, its own warm-up included (``python -m pipelines.cli.scenario
 stable``, a real process on its own data folder), and must show what it shows in the tier
 (:func:`tests.e2e.scenarios.check_stable_fortnight`): no sensor asks for a retraining, and the
-champion's served calibration is 1 ± 0.1 on average and on every one of the 14 days as far as the
-day's clicks tell. At 20,000 a day a day's interval is about ± 3.5 %, so that check is nearly the
-band itself.
+champion's served calibration is 1 ± 0.1 on average and on every one of the 14 days, and here each
+day's own figure is within the band too (the end-to-end tier asks only that each day's 95 % interval
+meets it: at 3,000 a day the interval is about ± 13 %, at 5,000 ± 8 %, at 20,000 ± 3.5 %).
 
 About 4 and 7 minutes side by side on 2 cores, so not part of ``make test``: ``make test-scale`` runs this tier
 (``pytest --scale tests/scale``; each scale on its own pytest-xdist worker), and ``.ci/run`` runs it
@@ -40,4 +40,4 @@ def test_stable_stream_asks_for_no_retraining_and_stays_calibrated(
     assert done.returncode == 0, f"stable at {requests_per_day:,} a day:\n{done.tail()}"
     result = json.loads(out.read_text())
     result["stdout"] = done.output
-    check_stable_fortnight(result)
+    check_stable_fortnight(result, every_day_in_band=True)
