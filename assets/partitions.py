@@ -6,7 +6,7 @@ midnight); the statistics of day D use the days whose labels were final when D b
 """
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +132,11 @@ class Calendar:
         if days < 1:
             raise ValueError(f"a window of days is at least one day, not {days}")
         return self.upstream_days(days_around(-(days - 1), 0), key)
+
+    def completed_by(self, mappings: Sequence[TimeWindowPartitionMapping], key: str | None) -> str | None:
+        """The day whose newest input through ``mappings`` (each a window of the days an asset
+        reads) is day ``key``: the day that ``key`` completes, None outside the partitions."""
+        return self.neighbour(key, -max(mapping.end_offset for mapping in mappings))
 
     def neighbour(self, key: str | None, offset: int) -> str | None:
         """The daily partition ``offset`` places from ``key``, or None outside the partitions."""

@@ -4,7 +4,9 @@ The daily refresh is a chain, because day D is only complete in steps: at 01:00 
 ingests yesterday's logs; when that run succeeds a run-status sensor builds the events, features,
 drift report and online metrics of the day before (whose attribution window has just closed); when
 that succeeds another builds the statistics the ad server may use the day after next. Each link
-asks the partitions definition for the neighbouring partition, so there is no date arithmetic.
+requests the day the finished run's partition completes, read from the partition mappings of what
+it builds (the events read the clicks of D-1 … D+1, so the clicks of D complete the events of D-1),
+so there is no date arithmetic and a changed window moves the chain with it.
 
 The retraining sensors read the monitoring store and apply the rules of
 :mod:`clickloop.retraining`. Each request carries a ``run_key`` (the same day never triggers twice)
@@ -12,7 +14,7 @@ and tags naming the metric, its value and the threshold; a day whose blocking da
 never triggers a retraining (the sensor says so in its skip reason).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dagster import (
@@ -28,12 +30,13 @@ from dagster import (
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
+    TimeWindowPartitionMapping,
     run_status_sensor,
     sensor,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from assets.events import AD_EVENTS
+from assets.events import AD_EVENTS, EVENTS_READ
 from assets.guards import check_problems
 from assets.partitions import Calendar
 from assets.raw_logs import RAW_TABLES
@@ -226,14 +229,26 @@ def retraining_sensors(
 @dataclass(frozen=True)
 class ChainLink:
     """One link of the daily refresh: when a run of ``after`` ends with ``status`` for partition
-    D, request ``then`` for the partition ``offset`` places from D."""
+    D, request ``then`` for the day D completes: the one whose newest input through ``reads`` (the
+    partition mappings through which ``then`` reads what ``after`` built) is D."""
 
     sensor: str
     after: str
     status: DagsterRunStatus
     then: str
-    offset: int
+    reads: Callable[[Calendar], Sequence[TimeWindowPartitionMapping]]
     description: str
+
+    def target(self, calendar: Calendar, key: str | None) -> str | None:
+        return calendar.completed_by(self.reads(calendar), key)
+
+
+def _events_read(_: Calendar) -> Sequence[TimeWindowPartitionMapping]:
+    return tuple(EVENTS_READ.values())
+
+
+def _statistics_read(calendar: Calendar) -> Sequence[TimeWindowPartitionMapping]:
+    return (calendar.history_window,)
 
 
 #: The refresh chain. An ingest that failed its blocking checks still lets the day before be built
@@ -245,7 +260,7 @@ CHAIN: tuple[ChainLink, ...] = (
         "ingest_job",
         DagsterRunStatus.SUCCESS,
         "events_job",
-        -1,
+        _events_read,
         "After day D's logs are ingested, build D-1's events, features and monitoring.",
     ),
     ChainLink(
@@ -253,7 +268,7 @@ CHAIN: tuple[ChainLink, ...] = (
         "ingest_job",
         DagsterRunStatus.FAILURE,
         "events_job",
-        -1,
+        _events_read,
         "After day D's ingest failed (e.g. a blocking check), still try D-1: its guards refuse "
         "to build on any partition that failed its checks.",
     ),
@@ -262,7 +277,7 @@ CHAIN: tuple[ChainLink, ...] = (
         "events_job",
         DagsterRunStatus.SUCCESS,
         "feature_stats_job",
-        2,
+        _statistics_read,
         "After day D's events, build the statistics serving D+2 may use.",
     ),
 )
@@ -270,9 +285,9 @@ CHAIN: tuple[ChainLink, ...] = (
 
 def chain_request(calendar: Calendar, link: ChainLink, key: str | None) -> RunRequest | SkipReason:
     """What ``link`` requests after a run of partition ``key``."""
-    target = calendar.neighbour(key, link.offset)
+    target = link.target(calendar, key)
     if target is None:
-        return SkipReason(f"the partition {link.offset:+d} day(s) from {key} does not exist yet")
+        return SkipReason(f"the partition {key} completes for {link.then} does not exist yet")
     return RunRequest(run_key=f"{link.then}:{target}", partition_key=target)
 
 

@@ -18,7 +18,7 @@ from dagster import (
     materialize,
 )
 
-from assets.partitions import Calendar
+from assets.partitions import Calendar, days_around
 from assets.raw_logs import raw_log_assets
 from clickloop.contract_file import load_contract
 from clickloop.drift import DriftRow
@@ -61,6 +61,10 @@ def test_chain_links_request_neighbouring_partitions() -> None:
     assert isinstance(chain_request(CALENDAR, by_name["serving_stats_after_events"], KEYS[-1]), SkipReason)
     assert isinstance(chain_request(CALENDAR, by_name["events_after_ingest"], "not-a-day"), SkipReason)
     assert CALENDAR.neighbour("not-a-day", 1) is None
+    # the targets come from the windows through which the requested job reads the finished one:
+    # a window that ends later moves the chain with it
+    assert CALENDAR.completed_by([days_around(-5, -3)], KEYS[10]) == KEYS[13]
+    assert CALENDAR.completed_by([days_around(-1, 0), days_around(-1, 2)], KEYS[10]) == KEYS[8]
 
 
 def chain_sensor_after(loop: PriceBugLoop, report: RunReport, sensor: str) -> RunRequest | SkipReason:
