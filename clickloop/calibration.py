@@ -126,8 +126,7 @@ class Calibration:
     def apply(self, scores: np.ndarray) -> np.ndarray:
         if self.is_identity:
             return np.asarray(scores, dtype=np.float64)
-        s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
-        return 1.0 / (1.0 + np.exp(-(self.slope * np.log(s / (1.0 - s)) + self.intercept)))
+        return _sigmoid(self.slope * _logit(scores) + self.intercept)
 
     def to_tags(self, prefix: str) -> dict[str, str]:
         """The registry tags (strings) of this calibration, under ``prefix``."""
@@ -179,7 +178,7 @@ def fit_platt(
         )
     from sklearn.linear_model import LogisticRegression  # (a second to import: only when fitting)
 
-    logits = np.log(s / (1.0 - s)).reshape(-1, 1)
+    logits = _logit(s).reshape(-1, 1)
     # (nearly) unregularised maximum likelihood: two parameters, thousands of rows
     fit = LogisticRegression(C=1e6, solver="lbfgs", max_iter=200).fit(logits, y)
     slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
@@ -190,6 +189,16 @@ def fit_platt(
         )
     fitted = Calibration(model_version, slope, intercept, day, len(y), clicks, before)
     return Calibration(**{**asdict(fitted), "calibration_after": _ratio(y, fitted.apply(s))})
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    """``log(s / (1 - s))`` of scores clipped away from 0 and 1."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return np.log(s / (1.0 - s))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _ratio(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
@@ -300,11 +309,10 @@ def to_serving_statistics(
     if fitted.is_identity or len(fitted_scores) == 0:
         return fitted
     target = float(fitted.apply(fitted_scores).sum())
-    s = np.clip(serving_scores, _EPS, 1.0 - _EPS)
-    x = fitted.slope * np.log(s / (1.0 - s))
+    x = fitted.slope * _logit(serving_scores)
     intercept = fitted.intercept
     for _ in range(50):  # Newton on a monotone function of one variable: a few steps
-        p = 1.0 / (1.0 + np.exp(-(x + intercept)))
+        p = _sigmoid(x + intercept)
         gap = float(p.sum()) - target
         if abs(gap) <= 1e-10 * target:
             break
